@@ -1,0 +1,28 @@
+"""Neuroscope: explanations for CNN classifiers and segmenters, PyTorch and Keras.
+
+The public API (CONTRACT.md §5): `load_model`, `Explainer`, `Target`. Frameworks are
+imported lazily, so `import neuroscope` and `neuroscope --help` stay instant.
+"""
+from __future__ import annotations
+
+from .errors import BadImage, BadModel, BadParameter, BadTarget, Cancelled, NeuroscopeError  # noqa: F401
+
+__all__ = ["load_model", "Explainer", "Target", "NeuroscopeError", "BadImage", "BadModel", "BadParameter",
+           "BadTarget", "Cancelled", "list_models", "list_methods", "default_layer"]
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in ("Explainer", "default_layer", "Explanation", "Prediction"):
+        from . import engine
+        return getattr(engine, name)
+    if name in ("load_model", "list_models"):
+        from . import zoo
+        return getattr(zoo, name)
+    if name == "Target":
+        from .targets import Target
+        return Target
+    if name == "list_methods":
+        from .methods.registry import list_methods
+        return list_methods
+    raise AttributeError(f"module 'neuroscope' has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""Network architectures defined in plain torch, for bundled demo models and user specs."""

@@ -1,0 +1,90 @@
+"""The backend contract: everything an explanation method needs from a framework.
+
+Methods are written once against this protocol; `torch_backend` and `keras_backend`
+implement it. All arrays crossing this boundary are numpy float32, images are
+channels-last ``[N, H, W, 3]`` *preprocessed* model inputs (see `neuroscope.images`),
+feature maps are channels-first ``[K, h, w]`` without the batch dimension.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import numpy as np
+
+#: ReLU rules understood by `Backend.capture(rule=...)` / `input_gradients(rule=...)`.
+#: "guided": dy * [dy > 0] * f'(x)   (guided backpropagation)
+#: "deconvnet": dy * [dy > 0]         (deconvnet; f'(x) ignored)
+RULES = ("guided", "deconvnet")
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One layer (module) whose output can be captured."""
+
+    name: str                                  # torch: module path; keras: layer name ("name#k" for reuse k>0)
+    type: str                                  # class name, e.g. "Conv2d", "ReLU6"
+    shape: tuple[int, ...] | None              # output shape channels-first, no batch dim ([C,H,W] or [C]); None if not a tensor
+    spatial: bool                              # output has H >= 2 and W >= 2
+    stride: int | None                         # round(input H / output H) for spatial layers, else None
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The scalar being explained, in framework-neutral form.
+
+    logit form:  y = sum_c class_weights[c] * sum_p mask[p] * z[c, p]
+    prob  form:  y = sum_c class_weights[c] * sum_p mask[p] * P[c, p] / sum_p mask[p]
+    where z are the model's logits (log of its output when the model outputs
+    probabilities) and P = softmax(z) over the class axis. For classification
+    ``mask`` is None and the sums over p vanish. ``mask`` is float32 [h, w] at the
+    resolution of the model output (= model input size; backends upsample a coarser
+    segmentation output bilinearly before applying it).
+    """
+
+    class_weights: np.ndarray                  # float32 [C]: +1 for the class, -1 for a contrast class
+    mask: np.ndarray | None = None             # float32 [h, w] region weights (segmentation)
+
+
+@dataclass
+class Capture:
+    """Result of ONE forward + ONE backward pass (see `Backend.capture`)."""
+
+    output: np.ndarray                         # logits of the input, [C] or [C, H, W]
+    score: float                               # objective (logit form) at the input
+    activations: dict[str, np.ndarray] = field(default_factory=dict)   # name -> [K, h, w] (or [K])
+    gradients: dict[str, np.ndarray] = field(default_factory=dict)     # name -> d score / d activation, same shape
+    input_grad: np.ndarray | None = None       # d score / d input, [H, W, 3]
+
+
+class Backend(Protocol):
+    """What every framework adapter provides. Implementations must be thread-safe:
+    a Streamlit server calls one backend from many threads at once, and every hook or
+    gradient override a call installs must act only for that call and be removed even
+    when it raises."""
+
+    framework: str                             # "torch" | "keras"
+    device: str                                # e.g. "cpu", "cuda:0", "/GPU:0"
+    input_size: tuple[int, int]                # (H, W) the model is run at
+    task: str                                  # "classification" | "segmentation"
+
+    def layers(self) -> list[LayerInfo]:
+        """All capturable layers in execution order (order outputs are produced)."""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Logits for a batch x [N, H, W, 3]: [N, C] or [N, C, H, W]. No gradients."""
+
+    def scores(self, x: np.ndarray, objective: Objective, kind: str = "logit") -> np.ndarray:
+        """Objective value per batch item, [N]; kind "logit" or "prob" (see Objective)."""
+
+    def capture(self, x: np.ndarray, objective: Objective, layers: Sequence[str] = (),
+                input_grad: bool = True, rule: str | None = None) -> Capture:
+        """ONE forward pass of x [1, H, W, 3] recording the outputs of `layers`, and ONE
+        backward pass of the objective (logit form) giving their gradients and, if
+        asked, the input gradient. `rule` applies a ReLU rule (RULES) to the backward
+        of every ReLU-like activation (ReLU, ReLU6, ...) for this call only."""
+
+    def input_gradients(self, x: np.ndarray, objective: Objective,
+                        rule: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Batched input gradients: (grads [N, H, W, 3], scores [N]) of the objective
+        (logit form) for each item of x [N, H, W, 3]."""

@@ -1,0 +1,301 @@
+"""PyTorch adapter of the backend contract (`neuroscope.backends.base`).
+
+Hooks are installed per call, act only for the thread that installed them, and are
+removed in ``finally`` — a Streamlit server shares one module between sessions, so
+nothing may leak from one request into another.
+"""
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import BadModel, BadParameter
+from .base import RULES, Capture, LayerInfo, Objective
+
+
+class _ReluRule(torch.autograd.Function):
+    """ReLU-like forward with a guided-backprop / deconvnet backward."""
+
+    @staticmethod
+    def forward(ctx, x, forward_fn, slope: float, upper: float, guided: bool):  # noqa: D401
+        ctx.save_for_backward(x)
+        ctx.slope, ctx.upper, ctx.guided = slope, upper, guided
+        return forward_fn(x)
+
+    @staticmethod
+    def backward(ctx, dy):
+        (x,) = ctx.saved_tensors
+        g = dy.clamp(min=0)
+        if ctx.guided:  # dy * [dy > 0] * f'(x)
+            deriv = torch.where(x > 0, torch.ones_like(x), torch.full_like(x, ctx.slope))
+            if ctx.upper != float("inf"):
+                deriv = deriv * (x < ctx.upper)
+            g = g * deriv
+        return g, None, None, None, None
+
+
+def _relu_params(module: nn.Module) -> tuple[float, float] | None:
+    """(negative slope, upper cut-off) if `module` is a ReLU-like activation, else None."""
+    if isinstance(module, nn.ReLU):
+        return 0.0, float("inf")
+    if isinstance(module, nn.Hardtanh) and module.min_val == 0.0:  # ReLU6 is Hardtanh(0, 6)
+        return 0.0, float(module.max_val)
+    if isinstance(module, nn.LeakyReLU):
+        return float(module.negative_slope), float("inf")
+    return None
+
+
+def _select_output(out, selector):
+    if isinstance(out, dict):
+        if selector is None:
+            selector = "out" if "out" in out else next(iter(out))
+        if selector not in out:
+            raise BadModel(f"model output has no key {selector!r}; keys: {sorted(map(str, out))}")
+        return out[selector]
+    if isinstance(out, (tuple, list)):
+        idx = 0 if selector is None else int(selector)
+        if not -len(out) <= idx < len(out):
+            raise BadModel(f"model output has {len(out)} items; output index {idx} is out of range")
+        return out[idx]
+    if not isinstance(out, torch.Tensor):
+        raise BadModel(f"model returned {type(out).__name__}; expected a tensor, a dict or a tuple of tensors")
+    return out
+
+
+class TorchBackend:
+    """Backend for an ``nn.Module`` taking NCHW float input."""
+
+    framework = "torch"
+
+    def __init__(self, module: nn.Module, input_size: tuple[int, int], task: str,
+                 output: str | int | None = None, output_kind: str = "logits",
+                 device: str | None = None):
+        if not isinstance(module, nn.Module):
+            raise BadModel(f"expected a torch.nn.Module, got {type(module).__name__}")
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.task = task
+        self.output = output
+        self.output_kind = output_kind
+        self.warnings: list[str] = []
+        module.eval()
+        for p in module.parameters():
+            p.requires_grad_(False)
+        # In-place activations would overwrite captured outputs and break the ReLU rules;
+        # turning them off changes no result, only memory.
+        for m in module.modules():
+            if isinstance(getattr(m, "inplace", None), bool):
+                m.inplace = False
+        module.to(self.device)
+        self._channels_last = self.device == "cpu" and any(isinstance(m, nn.Conv2d) for m in module.modules())
+        if self._channels_last:
+            module.to(memory_format=torch.channels_last)
+        self.module = module
+        self._names = {id(m): n for n, m in module.named_modules() if n}
+        self._by_name = {n: m for n, m in module.named_modules() if n}
+        self._layers: list[LayerInfo] | None = None
+        self._clone_on_capture: set[str] = set()  # outputs later modified in place by the model
+        self._lock = threading.Lock()
+
+    # ----------------------------------------------------------------- helpers
+    def _to_tensor(self, x: np.ndarray, requires_grad: bool = False) -> torch.Tensor:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim != 4 or x.shape[-1] != 3:
+            raise BadParameter(f"expected input [N, H, W, 3], got {list(x.shape)}")
+        t = torch.from_numpy(x).to(self.device).permute(0, 3, 1, 2)  # NHWC memory = channels_last NCHW
+        if not self._channels_last:
+            t = t.contiguous()
+        if requires_grad:
+            t = t.detach().requires_grad_(True)
+        return t
+
+    def _logits(self, out, hw: tuple[int, int]) -> torch.Tensor:
+        z = _select_output(out, self.output).float()
+        if self.output_kind == "probabilities":
+            z = torch.log(z.clamp_min(1e-12))
+        if self.task == "segmentation":
+            if z.ndim != 4:
+                raise BadModel(f"a segmentation model must output [N, C, H, W]; got shape {list(z.shape)}")
+            if tuple(z.shape[-2:]) != hw:
+                z = nn.functional.interpolate(z, size=hw, mode="bilinear", align_corners=False)
+        elif z.ndim != 2:
+            raise BadModel(f"a classification model must output [N, C]; got shape {list(z.shape)}")
+        return z
+
+    def _objective(self, z: torch.Tensor, objective: Objective, kind: str) -> torch.Tensor:
+        w = torch.as_tensor(objective.class_weights, dtype=z.dtype, device=z.device)
+        if w.shape[0] != z.shape[1]:
+            raise BadParameter(f"objective has {w.shape[0]} class weights; model has {z.shape[1]} classes")
+        if kind == "prob":
+            z = torch.softmax(z, dim=1)
+        elif kind != "logit":
+            raise BadParameter(f"unknown score kind {kind!r}")
+        idx = torch.nonzero(w).flatten().tolist()  # only the classes that matter
+        if objective.mask is None:
+            return sum(w[c] * z[:, c] for c in idx)
+        m = torch.as_tensor(objective.mask, dtype=z.dtype, device=z.device)
+        y = sum(w[c] * (z[:, c] * m).sum(dim=(1, 2)) for c in idx)
+        return y / m.sum() if kind == "prob" else y
+
+    @contextmanager
+    def _hooks(self, want: set[str], rule: str | None, records: dict) -> Iterator[None]:
+        """Forward hooks for this thread only: record `want` outputs, apply `rule`."""
+        if rule is not None and rule not in RULES:
+            raise BadParameter(f"unknown ReLU rule {rule!r}; expected one of {RULES}")
+        owner = threading.get_ident()
+        counts: dict[str, int] = defaultdict(int)
+        guided = rule == "guided"
+        base_names = {k.split("#")[0] for k in want}
+        handles = []
+
+        def make_hook(name: str, relu: tuple[float, float] | None):
+            def hook(module, inputs, out):
+                if threading.get_ident() != owner:
+                    return None
+                k = counts[name]
+                counts[name] += 1
+                key = name if k == 0 else f"{name}#{k}"
+                replaced = None
+                if relu is not None and inputs and isinstance(inputs[0], torch.Tensor):
+                    replaced = out = _ReluRule.apply(inputs[0], module.forward, relu[0], relu[1], guided)
+                if key in want and isinstance(out, torch.Tensor):
+                    records[key] = out
+                    if key in self._clone_on_capture:
+                        replaced = out.clone()  # the model modifies this output in place later
+                return replaced
+            return hook
+
+        try:
+            for name, module in self._by_name.items():
+                relu = _relu_params(module) if rule is not None else None
+                if name in base_names or relu is not None:
+                    handles.append(module.register_forward_hook(make_hook(name, relu)))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    # ------------------------------------------------------------- contract
+    def layers(self) -> list[LayerInfo]:
+        with self._lock:
+            if self._layers is None:
+                self._layers = self._probe_layers()
+            return list(self._layers)
+
+    def _probe_layers(self) -> list[LayerInfo]:
+        H, W = self.input_size
+        records: dict[str, torch.Tensor] = {}
+        order: list[str] = []
+        versions: dict[str, int] = {}
+        owner = threading.get_ident()
+        counts: dict[str, int] = defaultdict(int)
+        shapes: dict[str, object] = {}
+        types: dict[str, str] = {}
+        handles = []
+
+        def make_hook(name: str):
+            def hook(module, inputs, out):
+                if threading.get_ident() != owner:
+                    return None
+                k = counts[name]
+                counts[name] += 1
+                key = name if k == 0 else f"{name}#{k}"
+                order.append(key)
+                types[key] = type(module).__name__
+                if isinstance(out, torch.Tensor):
+                    shapes[key] = tuple(out.shape[1:])
+                    records[key] = out
+                    versions[key] = out._version
+                else:
+                    shapes[key] = None
+                return None
+            return hook
+
+        x = self._to_tensor(np.zeros((1, H, W, 3), np.float32))
+        try:
+            for name, module in self._by_name.items():
+                handles.append(module.register_forward_hook(make_hook(name)))
+            with torch.no_grad():
+                out = self.module(x)
+            self._logits(out, (H, W))  # validates the output
+        except BadModel:
+            raise
+        except Exception as exc:  # a model that cannot run at its input size
+            raise BadModel(f"model forward failed at input size {H}x{W}: {type(exc).__name__}: {exc}") from None
+        finally:
+            for h in handles:
+                h.remove()
+        self._clone_on_capture = {k for k, t in records.items() if t._version != versions[k]}
+        infos = []
+        for key in order:
+            shape = shapes[key]
+            spatial = shape is not None and len(shape) == 3 and shape[1] >= 2 and shape[2] >= 2
+            stride = max(1, round(H / shape[1])) if spatial else None
+            infos.append(LayerInfo(key, types[key], tuple(int(s) for s in shape) if shape is not None else None,
+                                   spatial, stride))
+        return infos
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        xt = self._to_tensor(x)
+        with torch.inference_mode():
+            z = self._logits(self.module(xt), tuple(xt.shape[-2:]))
+        return z.float().cpu().numpy()
+
+    def scores(self, x: np.ndarray, objective: Objective, kind: str = "logit") -> np.ndarray:
+        xt = self._to_tensor(x)
+        with torch.inference_mode():
+            z = self._logits(self.module(xt), tuple(xt.shape[-2:]))
+            y = self._objective(z, objective, kind)
+        return y.float().cpu().numpy().reshape(-1)
+
+    def capture(self, x: np.ndarray, objective: Objective, layers: Sequence[str] = (),
+                input_grad: bool = True, rule: str | None = None) -> Capture:
+        if x.shape[0] != 1:
+            raise BadParameter("capture takes one image (batch of 1)")
+        if layers:
+            self.layers()  # learn which outputs need cloning before the first capture
+        want = set(layers)
+        records: dict[str, torch.Tensor] = {}
+        xt = self._to_tensor(x, requires_grad=True)
+        with torch.enable_grad(), self._hooks(want, rule, records):
+            z = self._logits(self.module(xt), tuple(xt.shape[-2:]))
+            y = self._objective(z, objective, "logit")
+        missing = want - set(records)
+        if missing:
+            raise BadParameter(f"layer(s) not found or not a tensor output: {', '.join(sorted(missing))}")
+        keys = [k for k in layers if records[k].requires_grad]
+        inputs = [records[k] for k in keys] + ([xt] if input_grad else [])
+        grads = torch.autograd.grad(y.sum(), inputs, allow_unused=True) if inputs else []
+        cap = Capture(output=z[0].detach().float().cpu().numpy(), score=float(y.detach().sum()))
+        by_key = dict(zip(keys, grads))
+        for k in layers:
+            a = records[k].detach()[0].float()
+            g = by_key.get(k)
+            cap.activations[k] = a.cpu().numpy()
+            cap.gradients[k] = (torch.zeros_like(a) if g is None else g[0].float()).cpu().numpy()
+        if input_grad:
+            g = grads[-1]
+            g = torch.zeros_like(xt) if g is None else g
+            cap.input_grad = g[0].permute(1, 2, 0).float().cpu().numpy()
+        return cap
+
+    def input_gradients(self, x: np.ndarray, objective: Objective,
+                        rule: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        xt = self._to_tensor(x, requires_grad=True)
+        records: dict = {}
+        with torch.enable_grad(), self._hooks(set(), rule, records):
+            z = self._logits(self.module(xt), tuple(xt.shape[-2:]))
+            y = self._objective(z, objective, "logit")
+        (g,) = torch.autograd.grad(y.sum(), [xt])
+        return g.permute(0, 2, 3, 1).float().cpu().numpy(), y.detach().float().cpu().numpy()
+
+    def hook_count(self) -> int:
+        """Number of forward/backward hooks on the module (tests: nothing may leak)."""
+        return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+                   for m in self.module.modules())

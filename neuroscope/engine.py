@@ -1,0 +1,395 @@
+"""The Explainer: one per loaded model; device placement, caches, thread-safe explanations."""
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .backends.base import Capture, LayerInfo
+from .errors import BadModel, BadParameter, Cancelled
+from .images import ImageLike, blur, image_hash, load_image, normalize, resize_labels, resize_map, resize_rgb
+from .methods.registry import MethodInfo, check_params, get_method
+from .targets import ResolvedTarget, Target, resolve_target
+from .zoo import Model, default_palette, load_model
+
+Progress = Callable[[float, str], bool]
+
+
+def default_layer(layers: Sequence[LayerInfo]) -> str | None:
+    """Among spatial layers with the largest stride, the last in execution order (CONTRACT.md §3)."""
+    spatial = [l for l in layers if l.spatial]
+    if not spatial:
+        return None
+    top = max(l.stride for l in spatial)
+    return [l for l in spatial if l.stride == top][-1].name
+
+
+@dataclass
+class Prepared:
+    """An image read and preprocessed once (cached by content hash)."""
+
+    image: np.ndarray            # original RGB uint8 [H, W, 3]
+    hash: str
+    rgb: np.ndarray              # resized to the model input, uint8 [h, w, 3]
+    x: np.ndarray                # preprocessed float32 [1, h, w, 3]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.image.shape[0], self.image.shape[1]
+
+
+@dataclass
+class Prediction:
+    """Model output for one image, in original pixels where it is spatial."""
+
+    task: str
+    classes: list[str]
+    shape: tuple[int, int]                       # original [H, W]
+    logits: np.ndarray                           # [C] or [C, h, w]
+    probs: np.ndarray                            # softmax; [C] or [C, h, w]
+    label_map: np.ndarray | None = None          # argmax at model resolution [h, w] (segmentation)
+    labels: np.ndarray | None = None             # argmax resized to original (nearest) [H, W]
+
+    def top(self, k: int = 5) -> list[dict]:
+        order = np.argsort(-self.probs)[:k]
+        return [{"class_id": int(i), "name": self.classes[i], "prob": float(self.probs[i])} for i in order]
+
+    def pixel_shares(self) -> list[dict]:
+        counts = np.bincount(self.labels.ravel(), minlength=len(self.classes)) / self.labels.size
+        order = [int(i) for i in np.argsort(-counts, kind="stable") if counts[i] > 0]
+        return [{"class_id": i, "name": self.classes[i], "pixel_share": float(counts[i])} for i in order]
+
+    def as_json(self) -> dict:
+        if self.task == "classification":
+            return {"task": self.task, "top": self.top(5)}
+        return {"task": self.task, "shape": list(self.shape), "classes": self.pixel_shares()}
+
+
+@dataclass
+class Explanation:
+    """A map at original resolution plus what produced it."""
+
+    map: np.ndarray                              # float32 [H, W]
+    meta: dict
+    map_model: np.ndarray | None = None          # float32 [h, w] at model resolution
+
+    def as_json(self) -> dict:
+        m = self.map
+        return {"method": self.meta["method"], "layer": self.meta["layer"], "target": self.meta["target"],
+                "shape": list(m.shape), "min": float(m.min()), "max": float(m.max()),
+                "time_ms": self.meta["time_ms"], "meta": {"params": self.meta["params"], **self.meta["extra"]}}
+
+
+class _LRU:
+    """A small thread-safe LRU bounded by entry count and (optionally) bytes."""
+
+    def __init__(self, max_items: int, max_bytes: int | None = None):
+        self.max_items, self.max_bytes = max_items, max_bytes
+        self._d: OrderedDict = OrderedDict()
+        self._sizes: dict = {}
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            if key in self._d:
+                self._d.move_to_end(key)
+                return self._d[key]
+        return None
+
+    def put(self, key, value, nbytes: int = 0) -> None:
+        with self._lock:
+            self._d[key] = value
+            self._d.move_to_end(key)
+            self._sizes[key] = nbytes
+            while len(self._d) > self.max_items or (
+                    self.max_bytes is not None and sum(self._sizes.values()) > self.max_bytes and len(self._d) > 1):
+                old, _ = self._d.popitem(last=False)
+                self._sizes.pop(old, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._d.clear()
+            self._sizes.clear()
+
+
+def _capture_bytes(cap: Capture) -> int:
+    return sum(a.nbytes for a in cap.activations.values()) + sum(g.nbytes for g in cap.gradients.values())
+
+
+class MethodContext:
+    """What a method sees: the prepared image, the resolved target, the layer, the
+    parameters, cached captures, and a progress/cancel hook."""
+
+    def __init__(self, explainer: "Explainer", prep: Prepared, target: ResolvedTarget, layer: str | None,
+                 params: dict, progress: Progress | None, info: MethodInfo):
+        self.explainer, self.prep, self.target, self.layer, self.params = explainer, prep, target, layer, params
+        self.info = info
+        self._progress = progress
+        self.extra: dict[str, Any] = {}
+
+    @property
+    def backend(self):
+        return self.explainer.backend
+
+    @property
+    def spec(self):
+        return self.explainer.spec
+
+    @property
+    def x(self) -> np.ndarray:
+        return self.prep.x
+
+    @property
+    def rgb(self) -> np.ndarray:
+        return self.prep.rgb
+
+    @property
+    def objective(self):
+        return self.target.objective
+
+    @property
+    def model_size(self) -> tuple[int, int]:
+        return self.prep.rgb.shape[0], self.prep.rgb.shape[1]
+
+    def capture(self, layers: Sequence[str] = (), input_grad: bool = False, rule: str | None = None) -> Capture:
+        return self.explainer._capture(self.prep, self.target, tuple(layers), input_grad, rule)
+
+    def preprocess(self, rgb: np.ndarray) -> np.ndarray:
+        """uint8-range RGB batch [N, h, w, 3] (float ok, unclipped) -> model input."""
+        return self.explainer.preprocess_rgb(rgb)
+
+    def baseline_rgb(self, kind: str) -> np.ndarray:
+        """Perturbation baseline in uint8-range RGB at model size (CONTRACT.md §1)."""
+        return self.explainer.baseline_rgb(self.prep, kind)
+
+    def upsample(self, m: np.ndarray) -> np.ndarray:
+        """A map at layer resolution -> model resolution (the shared resize)."""
+        return resize_map(m, self.model_size)
+
+    def rng(self, seed: int = 0) -> np.random.Generator:
+        return np.random.default_rng(seed)
+
+    def tick(self, fraction: float, message: str = "") -> None:
+        """Report progress; raises `Cancelled` when the callback returns False."""
+        if self._progress is not None and self._progress(float(min(1.0, max(0.0, fraction))), message) is False:
+            raise Cancelled(f"{self.info.name} cancelled")
+
+
+class Explainer:
+    """Explanations for one model. Thread-safe: share one per model across sessions.
+
+    Nothing here holds a lock during a model pass, so a long Score-CAM never blocks
+    another caller's Grad-CAM; caches are bounded LRUs keyed by content.
+    """
+
+    def __init__(self, model: Any, *, device: str | None = None, input_size: tuple[int, int] | None = None,
+                 cache_size: int = 128, capture_cache_bytes: int = 1 << 30, **load_kwargs):
+        if not isinstance(model, Model):
+            model = load_model(model, device=device, input_size=input_size, **load_kwargs)
+        elif input_size is not None and tuple(input_size) != tuple(model.spec.input_size):
+            model = load_model(model.spec, device=device, input_size=input_size)
+        self.model = model
+        self.spec = model.spec
+        self.backend = model.backend
+        self.task = model.spec.task
+        self.classes = model.spec.classes
+        self.palette = model.spec.palette or default_palette(len(self.classes))
+        self.device = getattr(self.backend, "device", "cpu")
+        self.stats: Counter = Counter()          # model passes by kind (tests count them)
+        self._stats_lock = threading.Lock()
+        self._prepared = _LRU(32)
+        self._predictions = _LRU(32)
+        self._captures = _LRU(16, capture_cache_bytes)
+        self._results = _LRU(cache_size)
+
+    # ----------------------------------------------------------- basics
+    def _count(self, kind: str, n: int = 1) -> None:
+        with self._stats_lock:
+            self.stats[kind] += n
+
+    def layers(self) -> list[LayerInfo]:
+        return self.backend.layers()
+
+    def spatial_layers(self) -> list[LayerInfo]:
+        return [l for l in self.layers() if l.spatial]
+
+    def default_layer(self) -> str | None:
+        return default_layer(self.layers())
+
+    def preprocess_rgb(self, rgb: np.ndarray) -> np.ndarray:
+        s = self.spec
+        return normalize(np.asarray(rgb, np.float32), s.value_range, s.mean, s.std)
+
+    def prepare(self, image: ImageLike | Prepared) -> Prepared:
+        if isinstance(image, Prepared):
+            return image
+        img = load_image(image)
+        key = image_hash(img)
+        prep = self._prepared.get(key)
+        if prep is None:
+            rgb = resize_rgb(img, self.spec.input_size)
+            prep = Prepared(img, key, rgb, self.preprocess_rgb(rgb)[None])
+            self._prepared.put(key, prep)
+        return prep
+
+    def baseline_rgb(self, prep: Prepared, kind: str) -> np.ndarray:
+        if kind == "black":
+            return np.zeros_like(prep.rgb, dtype=np.float32)
+        if kind == "blur":
+            return blur(prep.rgb).astype(np.float32)
+        if kind == "mean":
+            lo, hi = self.spec.value_range
+            colour = (np.asarray(self.spec.mean, np.float32) - lo) * 255.0 / (hi - lo)
+            return np.broadcast_to(colour, prep.rgb.shape).astype(np.float32)
+        raise BadParameter(f"unknown baseline {kind!r}; expected black, blur or mean")
+
+    # ----------------------------------------------------------- predict
+    def predict(self, image: ImageLike | Prepared) -> Prediction:
+        prep = self.prepare(image)
+        pred = self._predictions.get(prep.hash)
+        if pred is not None:
+            return pred
+        self._count("forward")
+        logits = self.backend.forward(prep.x)[0]
+        if not np.all(np.isfinite(logits)):
+            raise BadModel("the model produced NaN or infinite outputs for this image; check its weights and preprocessing")
+        z = logits - logits.max(axis=0, keepdims=True)
+        probs = np.exp(z)
+        probs /= probs.sum(axis=0, keepdims=True)
+        if logits.shape[0] != len(self.classes):
+            raise BadModel(f"the model outputs {logits.shape[0]} classes but its spec names {len(self.classes)}")
+        if self.task == "classification":
+            pred = Prediction(self.task, self.classes, prep.size, logits, probs)
+        else:
+            label_map = np.argmax(logits, axis=0).astype(np.uint8 if len(self.classes) < 256 else np.int32)
+            pred = Prediction(self.task, self.classes, prep.size, logits, probs, label_map,
+                              resize_labels(label_map, prep.size))
+        self._predictions.put(prep.hash, pred)
+        return pred
+
+    def resolve(self, image: ImageLike | Prepared, target: Target | None = None) -> ResolvedTarget:
+        prep = self.prepare(image)
+        pred = self.predict(prep)
+        return resolve_target(target, self.task, self.classes, probs=pred.probs if self.task == "classification" else None,
+                              label_map=pred.label_map, image_size=prep.size)
+
+    # ----------------------------------------------------------- captures
+    def _capture(self, prep: Prepared, target: ResolvedTarget, layers: tuple[str, ...], input_grad: bool,
+                 rule: str | None) -> Capture:
+        key = (prep.hash, target.key(), rule)
+        cached = self._captures.get(key)
+        if cached is not None and set(layers) <= set(cached.activations) and (cached.input_grad is not None or not input_grad):
+            return cached
+        self._count("capture")
+        cap = self.backend.capture(prep.x, target.objective, list(layers), input_grad=input_grad, rule=rule)
+        if cached is not None:  # merge: keep what the earlier pass had
+            cap.activations = {**cached.activations, **cap.activations}
+            cap.gradients = {**cached.gradients, **cap.gradients}
+            if cap.input_grad is None:
+                cap.input_grad = cached.input_grad
+        self._captures.put(key, cap, _capture_bytes(cap))
+        return cap
+
+    def capture(self, image: ImageLike | Prepared, target: Target | None = None,
+                layers: Sequence[str] | None = None) -> Capture:
+        """Activations and gradients of `layers` (default: all spatial layers) in one pass."""
+        prep = self.prepare(image)
+        rt = self.resolve(prep, target)
+        names = [l.name for l in self.spatial_layers()] if layers is None else list(layers)
+        return self._capture(prep, rt, tuple(names), True, None)
+
+    # ----------------------------------------------------------- explain
+    def check_layer(self, layer: str | None, info: MethodInfo) -> str | None:
+        if not info.needs_layer:
+            if layer is None:
+                return None
+        if layer is None:
+            layer = self.default_layer()
+            if layer is None:
+                raise BadParameter(f"{info.name} needs a layer with spatial output, and this model has none")
+            return layer
+        by_name = {l.name: l for l in self.layers()}
+        if layer not in by_name:
+            raise BadParameter(f"unknown layer {layer!r}; `neuroscope layers {self.spec.name}` lists them")
+        if not by_name[layer].spatial:
+            raise BadParameter(f"layer {layer!r} has no spatial output (shape {by_name[layer].shape}); pick a spatial layer")
+        return layer
+
+    def explain(self, image: ImageLike | Prepared, method: str, target: Target | None = None,
+                layer: str | None = None, params: dict | None = None, progress: Progress | None = None) -> Explanation:
+        """One map, float32 at original resolution, with metadata (CONTRACT.md §5)."""
+        t0 = time.perf_counter()
+        info, fn = get_method(method)
+        if self.task not in info.tasks:
+            raise BadParameter(f"{method} is for {' and '.join(info.tasks)} models; {self.spec.name} is {self.task}")
+        if self.backend.framework not in info.frameworks:
+            raise BadParameter(f"{method} is not available for {self.backend.framework} models")
+        params = check_params(info, params)
+        layer = self.check_layer(layer, info)
+        prep = self.prepare(image)
+        rt = self.resolve(prep, target)
+        key = (prep.hash, method, layer, rt.key(), repr(sorted(params.items())))
+        hit = self._results.get(key)
+        if hit is not None:
+            return hit
+        self._count("explain")
+        ctx = MethodContext(self, prep, rt, layer, params, progress, info)
+        if info.batched_gradient:
+            m = _run_gradient(fn, ctx)
+        else:
+            m = fn(ctx)
+        m = np.asarray(m, np.float32)
+        if m.shape != ctx.model_size:
+            m = resize_map(m, ctx.model_size)
+        m = np.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0)
+        full = resize_map(m, prep.size)
+        elapsed = (time.perf_counter() - t0) * 1000.0
+        meta = {"method": method, "layer": layer, "target": rt.as_json(), "params": params,
+                "time_ms": round(elapsed, 3), "signed": info.signed, "extra": ctx.extra}
+        res = Explanation(full, meta, m)
+        self._results.put(key, res)
+        ctx.tick(1.0, "done")
+        return res
+
+    def sweep(self, image: ImageLike | Prepared, target: Target | None = None, method: str = "grad-cam",
+              layers: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """A CAM map (model resolution) for every spatial layer, all from ONE capture."""
+        info, fn = get_method(method)
+        if info.family != "cam" or info.slow:
+            raise BadParameter(f"the layer sweep needs a one-pass CAM method, not {method}")
+        prep = self.prepare(image)
+        rt = self.resolve(prep, target)
+        names = [l.name for l in self.spatial_layers()] if layers is None else list(layers)
+        self._capture(prep, rt, tuple(names), False, None)
+        out = {}
+        for name in names:
+            ctx = MethodContext(self, prep, rt, name, check_params(info, {}), None, info)
+            out[name] = np.asarray(fn(ctx), np.float32)
+        return out
+
+    def clear_caches(self) -> None:
+        for c in (self._prepared, self._predictions, self._captures, self._results):
+            c.clear()
+
+
+def _run_gradient(fn: Callable, ctx: MethodContext) -> np.ndarray:
+    """Run a batched gradient method, as SmoothGrad when `smooth` > 0 (one wrapper for all)."""
+    n = int(ctx.params.get("smooth", 0))
+    if n <= 0:
+        return fn(ctx, ctx.x)[0]
+    lo, hi = 0.0, 255.0  # noise acts on uint8-range RGB before normalisation (CONTRACT.md §1)
+    sigma = 0.15 * (hi - lo)
+    rng = ctx.rng(0)
+    noise = rng.normal(0.0, sigma, size=(n, *ctx.rgb.shape)).astype(np.float32)
+    total = np.zeros(ctx.model_size, np.float64)
+    chunk = 4
+    for start in range(0, n, chunk):
+        batch = ctx.preprocess(ctx.rgb.astype(np.float32)[None] + noise[start:start + chunk])
+        total += fn(ctx, batch).sum(axis=0)
+        ctx.tick((start + len(batch)) / n, "SmoothGrad samples")
+    ctx.extra["smooth_samples"] = n
+    return (total / n).astype(np.float32)

@@ -1,0 +1,145 @@
+"""Image reading, the ONE shared preprocessing step, and map resizing (CONTRACT.md §1)."""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+
+from .errors import BadImage
+
+#: Largest image accepted, in pixels (decompression-bomb guard; ~ 50 Mpx).
+MAX_PIXELS = 50_000_000
+#: Largest encoded image file accepted, in bytes.
+MAX_BYTES = 50 * 1024 * 1024
+
+ImageLike = Union[str, os.PathLike, bytes, np.ndarray, Image.Image]
+
+
+def load_image(source: ImageLike) -> np.ndarray:
+    """Read an image as RGB uint8 [H, W, 3], EXIF orientation applied.
+
+    Accepts a path, encoded bytes, a PIL image or an array (uint8 / float in [0, 1],
+    gray, RGB or RGBA). Any failure is a `BadImage` with a one-line reason.
+    """
+    if isinstance(source, np.ndarray):
+        return _array_to_rgb(source)
+    if isinstance(source, Image.Image):
+        return _pil_to_rgb(source)
+    if isinstance(source, (bytes, bytearray)):
+        data = bytes(source)
+        name = "uploaded image"
+    else:
+        name = os.fspath(source)
+        if not os.path.isfile(name):
+            raise BadImage(f"image not found: {name}")
+        if os.path.getsize(name) > MAX_BYTES:
+            raise BadImage(f"image file too large ({os.path.getsize(name) >> 20} MB; limit {MAX_BYTES >> 20} MB)")
+        with open(name, "rb") as fh:
+            data = fh.read()
+    if not data:
+        raise BadImage(f"{name} is empty")
+    if len(data) > MAX_BYTES:
+        raise BadImage(f"image too large ({len(data) >> 20} MB; limit {MAX_BYTES >> 20} MB)")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.width * im.height > MAX_PIXELS:
+                raise BadImage(f"image too large: {im.width}x{im.height} pixels (limit {MAX_PIXELS // 1_000_000} Mpx)")
+            im.load()
+            return _pil_to_rgb(im)
+    except BadImage:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise BadImage(f"cannot read {name} as an image (JPEG, PNG, BMP, TIFF, WebP): {exc}") from None
+
+
+def _pil_to_rgb(im: Image.Image) -> np.ndarray:
+    im = ImageOps.exif_transpose(im)
+    if im.width < 1 or im.height < 1:
+        raise BadImage("image has no pixels")
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit / float gray: scale the actual range to 8 bits rather than clipping.
+        arr = np.asarray(im, dtype=np.float64)
+        return _array_to_rgb(arr, scale_range=True)
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, im)
+    return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
+
+
+def _array_to_rgb(arr: np.ndarray, scale_range: bool = False) -> np.ndarray:
+    a = np.asarray(arr)
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)) or a.shape[0] < 1 or a.shape[1] < 1:
+        raise BadImage(f"expected an image array [H, W], [H, W, 3] or [H, W, 4], got shape {list(a.shape)}")
+    if a.ndim == 3 and a.shape[-1] == 4:
+        a = a[..., :3]
+    if a.dtype != np.uint8:
+        f = a.astype(np.float64)
+        if not np.all(np.isfinite(f)):
+            raise BadImage("image contains NaN or infinite values")
+        if scale_range or f.max() > 1.0:
+            lo, hi = float(f.min()), float(f.max())
+            f = (f - lo) / (hi - lo) if hi > lo else np.zeros_like(f)
+        a = np.clip(np.round(f * 255.0), 0, 255).astype(np.uint8)
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=-1)
+    return np.ascontiguousarray(a)
+
+
+def image_hash(image: np.ndarray) -> str:
+    """Content hash of a uint8 image (cache key)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(str(image.shape).encode())
+    h.update(np.ascontiguousarray(image).tobytes())
+    return h.hexdigest()
+
+
+def resize_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize uint8 RGB to (H, W) with Pillow BILINEAR (whole image, no crop)."""
+    h, w = size
+    if image.shape[:2] == (h, w):
+        return image
+    return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR), dtype=np.uint8)
+
+
+def normalize(rgb: np.ndarray, value_range: tuple[float, float], mean, std) -> np.ndarray:
+    """uint8-range RGB (any float/uint8 array [..., 3] in 0..255) -> model input float32."""
+    lo, hi = value_range
+    x = rgb.astype(np.float32) * np.float32((hi - lo) / 255.0) + np.float32(lo)
+    return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
+def blur(rgb: np.ndarray) -> np.ndarray:
+    """Gaussian blur baseline: sigma = 5% of the shorter side (CONTRACT.md §1)."""
+    sigma = 0.05 * min(rgb.shape[:2])
+    out = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(sigma))
+    return np.asarray(out, dtype=np.uint8)
+
+
+def resize_map(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """THE shared map resize: float32 map -> (H, W) with Pillow BILINEAR on mode F."""
+    h, w = size
+    m = np.asarray(m, dtype=np.float32)
+    if m.shape == (h, w):
+        return m.copy()
+    return np.asarray(Image.fromarray(m).resize((w, h), Image.BILINEAR), dtype=np.float32)
+
+
+def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Label / mask resize with NEAREST (keeps the dtype)."""
+    h, w = size
+    labels = np.asarray(labels)
+    if labels.shape == (h, w):
+        return labels.copy()
+    if labels.dtype == bool:
+        return resize_labels(labels.astype(np.uint8), size).astype(bool)
+    if labels.dtype == np.uint8:
+        return np.asarray(Image.fromarray(labels).resize((w, h), Image.NEAREST))
+    out = Image.fromarray(labels.astype(np.int32)).resize((w, h), Image.NEAREST)
+    return np.asarray(out).astype(labels.dtype)
