@@ -254,22 +254,46 @@ class Explainer:
         if pred is not None:
             return pred
         self._count("forward")
-        logits = self.backend.forward(prep.x)[0]
+        pred = self._prediction_from_logits(prep, self.backend.forward(prep.x)[0])
+        self._predictions.put(prep.hash, pred)
+        return pred
+
+    def _prediction_from_logits(self, prep: Prepared, logits: np.ndarray) -> Prediction:
         if not np.all(np.isfinite(logits)):
             raise BadModel("the model produced NaN or infinite outputs for this image; check its weights and preprocessing")
+        if logits.shape[0] != len(self.classes):
+            raise BadModel(f"the model outputs {logits.shape[0]} classes but its spec names {len(self.classes)}")
         z = logits - logits.max(axis=0, keepdims=True)
         probs = np.exp(z)
         probs /= probs.sum(axis=0, keepdims=True)
-        if logits.shape[0] != len(self.classes):
-            raise BadModel(f"the model outputs {logits.shape[0]} classes but its spec names {len(self.classes)}")
         if self.task == "classification":
-            pred = Prediction(self.task, self.classes, prep.size, logits, probs)
-        else:
-            label_map = np.argmax(logits, axis=0).astype(np.uint8 if len(self.classes) < 256 else np.int32)
-            pred = Prediction(self.task, self.classes, prep.size, logits, probs, label_map,
-                              resize_labels(label_map, prep.size))
-        self._predictions.put(prep.hash, pred)
-        return pred
+            return Prediction(self.task, self.classes, prep.size, logits, probs)
+        label_map = np.argmax(logits, axis=0).astype(np.uint8 if len(self.classes) < 256 else np.int32)
+        return Prediction(self.task, self.classes, prep.size, logits, probs, label_map,
+                          resize_labels(label_map, prep.size))
+
+    def _prefetch(self, prep: Prepared, target: Target | None, layers: tuple[str, ...], input_grad: bool) -> None:
+        """Predict, resolve the target and capture in ONE forward + backward pass.
+
+        Without this, an uncached explanation would run a forward for the prediction
+        (the default target depends on it) and then a forward + backward.
+        """
+        if self._predictions.get(prep.hash) is not None or not getattr(self.backend, "deferred_objective", False):
+            return
+        resolved: dict = {}
+
+        def decide(logits: np.ndarray):
+            pred = self._prediction_from_logits(prep, logits)
+            resolved["pred"] = pred
+            resolved["target"] = resolve_target(
+                target, self.task, self.classes, probs=pred.probs if self.task == "classification" else None,
+                label_map=pred.label_map, image_size=prep.size)
+            return resolved["target"].objective
+
+        self._count("capture")
+        cap = self.backend.capture(prep.x, decide, list(layers), input_grad=input_grad)
+        self._predictions.put(prep.hash, resolved["pred"])
+        self._captures.put((prep.hash, resolved["target"].key(), None), cap, _capture_bytes(cap))
 
     def resolve(self, image: ImageLike | Prepared, target: Target | None = None) -> ResolvedTarget:
         prep = self.prepare(image)
@@ -331,6 +355,10 @@ class Explainer:
         params = check_params(info, params)
         layer = self.check_layer(layer, info)
         prep = self.prepare(image)
+        if info.family in ("cam", "activation") and not info.batched_gradient and layer is not None:
+            self._prefetch(prep, target, (layer,), False)
+        elif info.name == "saliency" and not params.get("smooth"):
+            self._prefetch(prep, target, (), True)
         rt = self.resolve(prep, target)
         key = (prep.hash, method, layer, rt.key(), repr(sorted(params.items())))
         hit = self._results.get(key)

@@ -81,7 +81,9 @@ class Backend(Protocol):
                 input_grad: bool = True, rule: str | None = None) -> Capture:
         """ONE forward pass of x [1, H, W, 3] recording the outputs of `layers`, and ONE
         backward pass of the objective (logit form) giving their gradients and, if
-        asked, the input gradient. `rule` applies a ReLU rule (RULES) to the backward
+        asked, the input gradient. `objective` may also be a callable taking the
+        logits of this forward pass ([C] or [C, H, W] numpy) and returning the
+        Objective: the target is then decided without a second forward pass. `rule` applies a ReLU rule (RULES) to the backward
         of every ReLU-like activation (ReLU, ReLU6, ...) for this call only."""
 
     def input_gradients(self, x: np.ndarray, objective: Objective,

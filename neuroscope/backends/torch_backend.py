@@ -72,6 +72,7 @@ class TorchBackend:
     """Backend for an ``nn.Module`` taking NCHW float input."""
 
     framework = "torch"
+    deferred_objective = True  # capture() accepts an objective decided from its own forward pass
 
     def __init__(self, module: nn.Module, input_size: tuple[int, int], task: str,
                  output: str | int | None = None, output_kind: str = "logits",
@@ -265,6 +266,8 @@ class TorchBackend:
         xt = self._to_tensor(x, requires_grad=True)
         with torch.enable_grad(), self._hooks(want, rule, records):
             z = self._logits(self.module(xt), tuple(xt.shape[-2:]))
+            if callable(objective):  # decided from this very forward pass (no second forward)
+                objective = objective(z[0].detach().float().cpu().numpy())
             y = self._objective(z, objective, "logit")
         missing = want - set(records)
         if missing:

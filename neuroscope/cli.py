@@ -1,0 +1,288 @@
+"""The `neuroscope` command line (CONTRACT.md §3). Frameworks load lazily: --help is instant."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Any, Sequence
+
+ORIGINAL_SET = ("activation", "saliency", "guided-backprop", "grad-cam", "grad-cam++", "guided-grad-cam")
+SEGMENTATION_SET = ("score-map", "fusion-map")
+
+
+class CliError(Exception):
+    """A usage error: one line on stderr, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse would print the usage too)
+        raise CliError(message)
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = text.lower().split("x")
+        size = int(h), int(w)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--input-size must look like 256x512, got {text!r}") from None
+    if min(size) < 8 or max(size) > 8192:
+        raise argparse.ArgumentTypeError(f"--input-size {text} out of range (8..8192 per side)")
+    return size
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="neuroscope", description="Explain CNN classifiers and segmenters (PyTorch and Keras).")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def command(name: str, help_text: str, model: bool = False, image: bool = False):
+        c = sub.add_parser(name, help=help_text, description=help_text)
+        if model:
+            c.add_argument("model", help="bundled model name, spec (.toml) or model file (.keras/.h5)")
+        if image:
+            c.add_argument("image", help="image file")
+        c.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+        if model:
+            c.add_argument("--input-size", type=_size, help="HxW for fully convolutional models")
+        return c
+
+    command("models", "list the bundled models")
+    command("layers", "list a model's layers", model=True)
+    command("methods", "list the explanation methods")
+    command("predict", "classify or segment an image", model=True, image=True)
+    e = command("explain", "compute one explanation map", model=True, image=True)
+    e.add_argument("--method", required=True)
+    e.add_argument("--layer")
+    _target_args(e)
+    e.add_argument("--param", action="append", default=[], metavar="K=V", help="method parameter (repeatable)")
+    e.add_argument("--channel", type=int, help="activation: channel index (default: channel mean)")
+    e.add_argument("--out", help="write the map: .npy (float32 [H, W]) or .png (overlay)")
+    b = command("bench", "time the original Neuroscope methods against a bare forward+backward", model=True, image=True)
+    b.add_argument("--repeats", type=int, default=5)
+    v = command("evaluate", "faithfulness and localisation metrics of methods", model=True)
+    v.add_argument("image", nargs="?")
+    v.add_argument("--set", dest="eval_set")
+    v.add_argument("--methods", required=True)
+    v.add_argument("--sanity", action="store_true")
+    _target_args(v, explain=False)
+    return p
+
+
+def _target_args(c, explain: bool = True) -> None:
+    c.add_argument("--class", dest="class_id", help="class id or exact name (default: top-1 / largest area)")
+    c.add_argument("--region", help="segmentation: all | predicted | X,Y | X0,Y0,X1,Y1")
+    if explain:
+        c.add_argument("--within-class", action="store_true")
+        c.add_argument("--contrast", help="explain class minus this class")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except CliError as exc:
+        print(f"neuroscope: error: {exc}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from .errors import NeuroscopeError
+    try:
+        result = COMMANDS[args.command](args)
+    except (NeuroscopeError, CliError) as exc:
+        print(f"neuroscope: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("neuroscope: interrupted", file=sys.stderr)
+        return 130
+    data, table = result
+    if args.json:
+        print(json.dumps(data))
+    else:
+        print(table)
+    return 0
+
+
+# ------------------------------------------------------------------ helpers
+def _explainer(args):
+    from .engine import Explainer
+    return Explainer(args.model, input_size=getattr(args, "input_size", None))
+
+
+def _target(args, task: str):
+    from .targets import Target, parse_region
+    region = getattr(args, "region", None)
+    if task == "classification" and region is not None:
+        raise CliError("--region applies to segmentation models only")
+    return Target(class_id=args.class_id, region=parse_region(region) if region else None,
+                  within_class=getattr(args, "within_class", False), contrast=getattr(args, "contrast", None),
+                  task=task)
+
+
+def _table(rows: list[dict], columns: Sequence[str]) -> str:
+    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells])
+
+
+def _markdown(rows: list[dict], columns: Sequence[str]) -> str:
+    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    out += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------ commands
+def cmd_models(args):
+    from .zoo import list_models
+    data = [s.as_json() for s in list_models()]
+    rows = [{**d, "input_size": "x".join(map(str, d["input_size"]))} for d in data]
+    return data, _table(rows, ["name", "framework", "task", "input_size", "num_classes"])
+
+
+def cmd_layers(args):
+    ex = _explainer(args)
+    data = [{"name": l.name, "type": l.type, "shape": list(l.shape) if l.shape else None, "spatial": l.spatial}
+            for l in ex.layers()]
+    default = ex.default_layer()
+    rows = [{**d, "shape": "x".join(map(str, d["shape"])) if d["shape"] else "-",
+             "spatial": "yes" if d["spatial"] else "", "default": "*" if d["name"] == default else ""} for d in data]
+    return data, _table(rows, ["name", "type", "shape", "spatial", "default"])
+
+
+def cmd_methods(args):
+    from .methods.registry import list_methods
+    data = [m.as_json() for m in list_methods()]
+    rows = [{"name": d["name"], "family": d["family"], "tasks": ",".join(t[:3] for t in d["tasks"]),
+             "layer": "yes" if d["needs_layer"] else "", "signed": "yes" if d["signed"] else "",
+             "params": " ".join(f"{k}={v}" for k, v in d["params"].items())} for d in data]
+    return data, _table(rows, ["name", "family", "tasks", "layer", "signed", "params"])
+
+
+def cmd_predict(args):
+    ex = _explainer(args)
+    pred = ex.predict(args.image)
+    data = pred.as_json()
+    if pred.task == "classification":
+        rows = [{"class_id": t["class_id"], "name": t["name"], "prob": f"{t['prob']:.4f}"} for t in data["top"]]
+        return data, _table(rows, ["class_id", "name", "prob"])
+    rows = [{"class_id": c["class_id"], "name": c["name"], "pixel_share": f"{c['pixel_share']:.4f}"}
+            for c in data["classes"]]
+    return data, _table(rows, ["class_id", "name", "pixel_share"])
+
+
+def _params(pairs: list[str]) -> dict[str, Any]:
+    from .methods.registry import parse_value
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"--param must be K=V, got {pair!r}")
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+def cmd_explain(args):
+    import numpy as np
+    ex = _explainer(args)
+    params = _params(args.param)
+    if args.channel is not None:
+        if args.method != "activation":
+            raise CliError("--channel applies to --method activation only")
+        params["channel"] = args.channel
+    res = ex.explain(args.image, args.method, target=_target(args, ex.task), layer=args.layer, params=params)
+    if args.out:
+        _write_map(args.out, res, ex, ex.prepare(args.image).image)
+    data = res.as_json()
+    t = data["target"]
+    table = _table([{"method": data["method"], "layer": data["layer"] or "-", "class": f"{t['class_id']} {t['class_name']}",
+                     "region": t["region"] or "-", "shape": "x".join(map(str, data["shape"])),
+                     "min": f"{data['min']:.4g}", "max": f"{data['max']:.4g}", "time_ms": f"{data['time_ms']:.1f}"}],
+                   ["method", "layer", "class", "region", "shape", "min", "max", "time_ms"])
+    if args.out:
+        table += f"\nwrote {args.out}"
+    return data, table
+
+
+def _write_map(path: str, res, ex, image) -> None:
+    import numpy as np
+    from .render import overlay, save_png
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in (".npy", ".png"):
+        raise CliError(f"--out must end in .npy or .png, got {path!r}")
+    try:
+        if ext == ".npy":
+            np.save(path, res.map.astype(np.float32))
+        else:
+            save_png(overlay(image, res.map, sign="both" if res.meta["signed"] else "positive"), path)
+    except OSError as exc:
+        raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def cmd_bench(args):
+    import numpy as np
+    from .engine import Explainer
+    from .images import load_image
+    ex = _explainer(args)
+    image = load_image(args.image)
+    reps = max(1, args.repeats)
+    prep = ex.prepare(image)
+    rt = ex.resolve(prep)
+    backend = ex.backend
+
+    def median_ms(fn) -> float:
+        fn()  # warm-up (tracing, allocator)
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1000.0)
+        return round(statistics.median(times), 2)
+
+    forward = median_ms(lambda: backend.forward(prep.x))
+    fwd_bwd = median_ms(lambda: backend.input_gradients(prep.x, rt.objective))
+    methods = {}
+    names = ORIGINAL_SET + (SEGMENTATION_SET if ex.task == "segmentation" else ())
+    for name in names:
+        def run(name=name):
+            ex.clear_caches()
+            ex.explain(image, name)
+        methods[name] = median_ms(run)
+    spatial = [l.name for l in ex.spatial_layers()]
+    layer = ex.default_layer()
+
+    def sweep():
+        ex.clear_caches()
+        ex.sweep(image, layers=spatial)
+
+    def single():
+        ex.clear_caches()
+        ex.sweep(image, layers=[layer])
+
+    sweep_ms, single_ms = median_ms(sweep), median_ms(single)
+    data = {"forward_ms": forward, "forward_backward_ms": fwd_bwd, "methods": methods,
+            "layer_sweep": {"layers": len(spatial), "ms": sweep_ms, "single_layer_ms": single_ms}}
+    rows = [{"what": "forward", "ms": forward, "x fwd+bwd": f"{forward / fwd_bwd:.2f}"},
+            {"what": "bare forward+backward", "ms": fwd_bwd, "x fwd+bwd": "1.00"}]
+    rows += [{"what": n, "ms": ms, "x fwd+bwd": f"{ms / fwd_bwd:.2f}"} for n, ms in methods.items()]
+    rows += [{"what": f"grad-cam sweep, {len(spatial)} layers", "ms": sweep_ms, "x fwd+bwd": f"{sweep_ms / fwd_bwd:.2f}"},
+             {"what": "grad-cam, one layer (sweep path)", "ms": single_ms, "x fwd+bwd": f"{single_ms / fwd_bwd:.2f}"}]
+    head = f"{ex.spec.name} ({ex.backend.framework}, {ex.device}) at {prep.rgb.shape[0]}x{prep.rgb.shape[1]}, median of {reps}"
+    return data, head + "\n" + _table(rows, ["what", "ms", "x fwd+bwd"])
+
+
+def cmd_evaluate(args):
+    try:
+        from .evaluate import run_cli
+    except ModuleNotFoundError:
+        raise CliError("evaluate is not available in this build") from None
+    return run_cli(args)
+
+
+COMMANDS = {"models": cmd_models, "layers": cmd_layers, "methods": cmd_methods, "predict": cmd_predict,
+            "explain": cmd_explain, "bench": cmd_bench, "evaluate": cmd_evaluate}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

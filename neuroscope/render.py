@@ -1,0 +1,118 @@
+"""Turning maps into pictures: colormaps, overlays, label colouring, filter grids (app and CLI)."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image
+
+from .images import resize_map
+
+COLORMAPS = ("jet", "turbo", "inferno", "viridis", "magma", "gray")
+DIVERGING = ("RdBu_r", "coolwarm", "bwr", "PiYG")
+SIGNS = ("both", "positive", "negative")
+
+
+@lru_cache(maxsize=32)
+def colormap_lut(name: str) -> np.ndarray:
+    """256 x 3 uint8 lookup table of a matplotlib colormap."""
+    from matplotlib import colormaps
+    try:
+        cmap = colormaps[name]
+    except KeyError:
+        raise ValueError(f"unknown colormap {name!r}") from None
+    return (cmap(np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
+
+
+def scale_map(m: np.ndarray, sign: str = "both", clip_percentile: float = 100.0,
+              symmetric: bool | None = None) -> np.ndarray:
+    """Map -> [0, 1] for display.
+
+    sign "positive"/"negative" keeps one side (as magnitudes); "both" keeps the sign,
+    mapped symmetrically around 0.5 when the map has both signs. Values above the
+    `clip_percentile` of |m| saturate.
+    """
+    m = np.nan_to_num(np.asarray(m, np.float32))
+    if sign == "positive":
+        m = np.maximum(m, 0.0)
+    elif sign == "negative":
+        m = np.maximum(-m, 0.0)
+    elif sign != "both":
+        raise ValueError(f"sign must be one of {SIGNS}")
+    if symmetric is None:
+        symmetric = sign == "both" and m.min() < 0 < m.max()
+    mag = np.abs(m)
+    top = float(np.percentile(mag, clip_percentile)) if clip_percentile < 100 else float(mag.max())
+    if symmetric:
+        return np.clip(0.5 + 0.5 * m / top, 0.0, 1.0) if top > 0 else np.full_like(m, 0.5)
+    lo = float(m.min()) if sign == "both" else 0.0
+    hi = lo + top if sign != "both" else (float(np.percentile(m, clip_percentile)) if clip_percentile < 100 else float(m.max()))
+    return np.clip((m - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(m)
+
+
+def colorize(scaled: np.ndarray, cmap: str = "jet") -> np.ndarray:
+    """[0, 1] map -> RGB uint8 via a colormap."""
+    idx = np.clip((scaled * 255).round(), 0, 255).astype(np.uint8)
+    return colormap_lut(cmap)[idx]
+
+
+def overlay(image: np.ndarray, m: np.ndarray, cmap: str = "jet", alpha: float = 0.5, sign: str = "both",
+            clip_percentile: float = 99.5) -> np.ndarray:
+    """Heatmap of `m` blended over `image` (uint8 RGB); `m` is resized to the image if needed."""
+    if m.shape != image.shape[:2]:
+        m = resize_map(m, image.shape[:2])
+    heat = colorize(scale_map(m, sign, clip_percentile), cmap).astype(np.float32)
+    out = (1.0 - alpha) * image.astype(np.float32) + alpha * heat
+    return np.clip(out, 0, 255).round().astype(np.uint8)
+
+
+def colorize_labels(labels: np.ndarray, palette) -> np.ndarray:
+    """Label map -> RGB with the model's palette (ignore / out of range = black)."""
+    lut = np.zeros((256 if labels.dtype == np.uint8 else int(labels.max()) + 1, 3), np.uint8)
+    pal = np.asarray(palette, np.uint8)[: len(lut)]
+    lut[: len(pal)] = pal
+    return lut[labels]
+
+
+def label_overlay(image: np.ndarray, labels: np.ndarray, palette, alpha: float = 0.5) -> np.ndarray:
+    colour = colorize_labels(labels, palette).astype(np.float32)
+    return np.clip((1 - alpha) * image.astype(np.float32) + alpha * colour, 0, 255).round().astype(np.uint8)
+
+
+def outline(image: np.ndarray, mask: np.ndarray, colour=(255, 255, 0), width: int = 2) -> np.ndarray:
+    """Draw the boundary of a boolean mask onto a copy of image."""
+    from scipy import ndimage
+    mask = mask.astype(bool)
+    edge = mask & ~ndimage.binary_erosion(mask, iterations=width)
+    out = image.copy()
+    out[edge] = colour
+    return out
+
+
+def filter_grid(acts: np.ndarray, order: np.ndarray | None = None, cols: int = 8, tile: int = 96,
+                cmap: str = "viridis", pad: int = 2) -> np.ndarray:
+    """Channels [K, h, w] -> one RGB grid image, each tile min-max scaled on its own."""
+    k = acts.shape[0]
+    order = np.arange(k) if order is None else np.asarray(order)
+    rows = max(1, int(np.ceil(len(order) / cols)))
+    h, w = acts.shape[1:]
+    th, tw = (tile, max(1, round(tile * w / h))) if h >= w else (max(1, round(tile * h / w)), tile)
+    grid = np.full((rows * (th + pad) + pad, cols * (tw + pad) + pad, 3), 255, np.uint8)
+    for i, ch in enumerate(order):
+        a = resize_map(acts[ch], (th, tw))
+        lo, hi = float(a.min()), float(a.max())
+        tile_img = colorize((a - lo) / (hi - lo) if hi > lo else np.zeros_like(a), cmap)
+        r, c = divmod(i, cols)
+        grid[pad + r * (th + pad): pad + r * (th + pad) + th, pad + c * (tw + pad): pad + c * (tw + pad) + tw] = tile_img
+    return grid
+
+
+def save_png(rgb: np.ndarray, path) -> None:
+    Image.fromarray(rgb).save(path, format="PNG")
+
+
+def to_png_bytes(rgb: np.ndarray) -> bytes:
+    import io
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
