@@ -105,8 +105,8 @@ class _LRU:
             self._d[key] = value
             self._d.move_to_end(key)
             self._sizes[key] = nbytes
-            while len(self._d) > self.max_items or (
-                    self.max_bytes is not None and sum(self._sizes.values()) > self.max_bytes and len(self._d) > 1):
+            while len(self._d) > max(0, self.max_items) or (
+                    self.max_bytes is not None and sum(self._sizes.values()) > self.max_bytes):
                 old, _ = self._d.popitem(last=False)
                 self._sizes.pop(old, None)
 

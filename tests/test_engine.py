@@ -1,0 +1,256 @@
+"""Engine behaviour on tiny models with known answers (torch backend)."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from tiny_models import LinearNet, QuadrantNet, TinySegNet
+from torch import nn
+
+from neuroscope import BadParameter, BadTarget, Cancelled, Explainer, Target, load_model
+from neuroscope.engine import default_layer
+from neuroscope.backends.base import LayerInfo
+
+
+def quadrant_explainer():
+    return Explainer(load_model(QuadrantNet(), task="classification", input_size=(32, 32), classes=["other", "corner"]))
+
+
+def mass_in_top_left(m: np.ndarray) -> float:
+    h, w = m.shape
+    pos = np.abs(m)
+    return float(pos[: h // 2, : w // 2].sum() / pos.sum())
+
+
+@pytest.mark.parametrize("method", ["grad-cam", "saliency", "grad-cam++", "guided-backprop", "gradient-x-input",
+                                    "integrated-gradients", "hires-cam", "layer-cam"])
+def test_maps_concentrate_on_the_quadrant_that_decides(method, rng):
+    ex = quadrant_explainer()
+    image = rng.integers(30, 220, size=(64, 64, 3), dtype=np.uint8)
+    res = ex.explain(image, method, target=Target.classification("corner"))
+    assert res.map.shape == (64, 64)
+    assert mass_in_top_left(res.map) > 0.9, method
+
+
+def test_linear_model_saliency_equals_its_weights(rng):
+    net = LinearNet(8, 8)
+    ex = Explainer(load_model(net, task="classification", input_size=(8, 8), num_classes=3))
+    image = rng.integers(0, 255, size=(8, 8, 3), dtype=np.uint8)
+    cap = ex.capture(image, Target.classification(2), layers=[])
+    w = net.fc.weight[2].detach().numpy().reshape(3, 8, 8).transpose(1, 2, 0)
+    np.testing.assert_allclose(cap.input_grad, w, rtol=1e-5, atol=1e-6)
+    sal = ex.explain(image, "saliency", target=Target.classification(2)).map
+    expected = np.take_along_axis(w, np.argmax(np.abs(w), axis=-1)[..., None], -1)[..., 0]
+    np.testing.assert_allclose(sal, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_contrast_target_is_the_difference_of_two_logits(rng):
+    net = LinearNet(8, 8)
+    ex = Explainer(load_model(net, task="classification", input_size=(8, 8), num_classes=3))
+    image = rng.integers(0, 255, size=(8, 8, 3), dtype=np.uint8)
+    g = ex.capture(image, Target.classification(0, contrast=1), layers=[]).input_grad
+    w = (net.fc.weight[0] - net.fc.weight[1]).detach().numpy().reshape(3, 8, 8).transpose(1, 2, 0)
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_guided_backprop_leaves_no_hook_after_an_exception(rng):
+    ex = quadrant_explainer()
+    image = rng.integers(0, 255, size=(32, 32, 3), dtype=np.uint8)
+    before = ex.explain(image, "saliency").map.copy()
+
+    def cancel(fraction, message):
+        return False
+
+    with pytest.raises(Cancelled):
+        ex.explain(image, "guided-backprop", params={"smooth": 4}, progress=cancel)
+    assert ex.backend.hook_count() == 0
+    ex.clear_caches()
+    np.testing.assert_array_equal(ex.explain(image, "saliency").map, before)
+
+
+def test_guided_rule_differs_from_plain_gradient_on_relu6():
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU6(), nn.Conv2d(6, 6, 3, padding=1), nn.ReLU6(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 2))
+    ex = Explainer(load_model(net, task="classification", input_size=(16, 16), num_classes=2))
+    image = np.random.default_rng(3).integers(0, 255, size=(16, 16, 3), dtype=np.uint8)
+    prep = ex.prepare(image)
+    rt = ex.resolve(prep, Target.classification(0))
+    plain, _ = ex.backend.input_gradients(prep.x, rt.objective)
+    guided, _ = ex.backend.input_gradients(prep.x, rt.objective, rule="guided")
+    assert np.abs(plain - guided).max() > 1e-4
+    # Reference: hand-written guided rule through the same layers.
+    x = torch.from_numpy(prep.x).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
+
+    class Guided(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            ctx.save_for_backward(t)
+            return t.clamp(0, 6)
+
+        @staticmethod
+        def backward(ctx, dy):
+            (t,) = ctx.saved_tensors
+            return dy.clamp(min=0) * ((t > 0) & (t < 6))
+
+    h = Guided.apply(net[0](x))
+    h = Guided.apply(net[2](h))
+    y = net[6](net[5](net[4](h)))[0, 0]
+    (ref,) = torch.autograd.grad(y, [x])
+    np.testing.assert_allclose(guided[0], ref[0].permute(1, 2, 0).numpy(), rtol=1e-4, atol=1e-7)
+
+
+def seg_explainer():
+    return Explainer(load_model(TinySegNet(), task="segmentation", input_size=(32, 48), num_classes=4))
+
+
+def test_in_place_residual_does_not_corrupt_the_captured_layer(rng):
+    ex = seg_explainer()
+    net = ex.backend.module
+    image = rng.integers(0, 255, size=(32, 48, 3), dtype=np.uint8)
+    cap = ex.capture(image, Target.segmentation(region="all"), layers=["block", "stem"])
+    x = torch.from_numpy(ex.prepare(image).x).permute(0, 3, 1, 2).contiguous()
+    with torch.no_grad():
+        a = net.stem(x)
+        b = net.block(a)
+    np.testing.assert_allclose(cap.activations["block"], b[0].numpy(), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(cap.activations["block"], (b + a)[0].numpy(), atol=1e-3)
+
+
+def test_segmentation_region_modes_and_errors(rng):
+    ex = seg_explainer()
+    image = rng.integers(0, 255, size=(64, 96, 3), dtype=np.uint8)
+    pred = ex.predict(image)
+    assert pred.labels.shape == (64, 96)
+    shares = pred.pixel_shares()
+    assert abs(sum(s["pixel_share"] for s in shares) - 1) < 1e-9
+    top = shares[0]["class_id"]
+    r_all = ex.resolve(image, Target.segmentation(top, "all"))
+    r_pred = ex.resolve(image, Target.segmentation(None, "predicted"))
+    assert r_all.pixels == 64 * 96 and r_pred.class_id == top
+    assert r_pred.pixels == int((pred.labels == top).sum())
+    r_box = ex.resolve(image, Target.segmentation(top, (10, 5, 30, 25)))
+    assert r_box.pixels == 20 * 20
+    ys, xs = np.nonzero(pred.labels == top)
+    r_px = ex.resolve(image, Target.segmentation(None, (int(xs[0]), int(ys[0]))))
+    assert r_px.class_id == top and 0 < r_px.pixels <= r_pred.pixels
+    r_within = ex.resolve(image, Target.segmentation(top, (0, 0, 96, 64), within_class=True))
+    assert r_within.pixels == r_pred.pixels
+    absent = [c for c in range(4) if c not in {s["class_id"] for s in shares}]
+    if absent:
+        with pytest.raises(BadTarget, match="empty"):
+            ex.resolve(image, Target.segmentation(absent[0], "predicted"))
+    with pytest.raises(BadTarget, match="outside"):
+        ex.resolve(image, Target.segmentation(None, (500, 5)))
+    with pytest.raises(BadTarget):
+        ex.resolve(image, Target.segmentation(None, (30, 5, 10, 25)))
+    with pytest.raises(BadTarget, match="out of range"):
+        ex.resolve(image, Target.segmentation(9))
+    with pytest.raises(BadTarget, match="segmentation"):
+        quadrant_explainer().resolve(image, Target.segmentation())
+
+
+def test_region_target_is_the_region_sum_of_the_class_logit(rng):
+    ex = seg_explainer()
+    image = rng.integers(0, 255, size=(32, 48, 3), dtype=np.uint8)
+    rt = ex.resolve(image, Target.segmentation(2, (4, 4, 20, 16)))
+    cap = ex.capture(image, Target.segmentation(2, (4, 4, 20, 16)), layers=[])
+    logits = ex.predict(image).logits
+    assert cap.score == pytest.approx(float(logits[2][4:16, 4:20].sum()), rel=1e-4)
+    assert rt.pixels == 16 * 12
+
+
+def test_class_names_resolve_case_insensitively_and_ambiguity_is_an_error(rng):
+    ex = Explainer(load_model(QuadrantNet(), task="classification", input_size=(32, 32), classes=["Car", "car"]))
+    image = rng.integers(0, 255, size=(32, 32, 3), dtype=np.uint8)
+    with pytest.raises(BadTarget, match="0, 1"):
+        ex.resolve(image, Target.classification("CAR"))
+    ex2 = quadrant_explainer()
+    assert ex2.resolve(image, Target.classification("CoRnEr")).class_id == 1
+
+
+def test_default_layer_is_the_last_spatial_layer_of_the_largest_stride():
+    layers = [LayerInfo("a", "Conv2d", (4, 16, 16), True, 2), LayerInfo("b", "Conv2d", (4, 8, 8), True, 4),
+              LayerInfo("c", "ReLU", (4, 8, 8), True, 4), LayerInfo("d", "Conv2d", (4, 16, 16), True, 2),
+              LayerInfo("fc", "Linear", (3,), False, None)]
+    assert default_layer(layers) == "c"
+    assert default_layer(layers[-1:]) is None
+
+
+def test_bad_layers_and_parameters_are_clear_errors(rng):
+    ex = quadrant_explainer()
+    image = rng.integers(0, 255, size=(32, 32, 3), dtype=np.uint8)
+    with pytest.raises(BadParameter, match="unknown layer"):
+        ex.explain(image, "grad-cam", layer="nope")
+    with pytest.raises(BadParameter, match="no spatial output"):
+        ex.explain(image, "grad-cam", layer="fc")
+    with pytest.raises(BadParameter, match="no parameter"):
+        ex.explain(image, "grad-cam", params={"steps": 3})
+    with pytest.raises(BadParameter, match="must be int"):
+        ex.explain(image, "integrated-gradients", params={"steps": "many"})
+    with pytest.raises(BadParameter, match="segmentation"):
+        ex.explain(image, "score-map")
+
+
+def test_layer_sweep_needs_one_capture_and_matches_single_layer_maps(rng):
+    ex = seg_explainer()
+    image = rng.integers(0, 255, size=(32, 48, 3), dtype=np.uint8)
+    sweep = ex.sweep(image)
+    assert set(sweep) == {l.name for l in ex.spatial_layers()}
+    assert ex.stats["capture"] == 1
+    for name in ("stem", "block"):
+        single = ex.explain(image, "grad-cam", layer=name).map_model
+        np.testing.assert_allclose(sweep[name], single, rtol=1e-5, atol=1e-7)
+    assert ex.stats["capture"] == 1  # the single-layer maps came from the sweep's capture
+
+
+def test_results_are_cached_and_display_needs_no_pass(rng):
+    ex = seg_explainer()
+    image = rng.integers(0, 255, size=(32, 48, 3), dtype=np.uint8)
+    ex.explain(image, "grad-cam")
+    before = dict(ex.stats)
+    ex.explain(image.copy(), "grad-cam")
+    assert dict(ex.stats) == before
+
+
+def test_concurrent_requests_equal_sequential_ones_and_leave_no_hooks(rng):
+    # Caches off, so all 160 requests really run their model passes concurrently.
+    ex = Explainer(load_model(TinySegNet(), task="segmentation", input_size=(32, 48), num_classes=4),
+                   cache_size=0, capture_cache_bytes=0)
+    images = [rng.integers(0, 255, size=(32, 48, 3), dtype=np.uint8) for _ in range(3)]
+    layers = [l.name for l in ex.spatial_layers()]
+    jobs = []
+    for i in range(20):
+        jobs.append((i % 3, ["grad-cam", "saliency", "guided-backprop", "grad-cam++", "activation"][i % 5],
+                     layers[i % len(layers)]))
+
+    def run(explainer, job):
+        img, method, layer = job
+        lay = layer if method in ("grad-cam", "grad-cam++", "activation") else None
+        return explainer.explain(images[img], method, layer=lay).map
+
+    sequential = [run(seg_explainer(), job) for job in jobs]
+    results: dict = {}
+    errors: list = []
+
+    def worker(t):
+        try:
+            for step in range(len(jobs)):
+                k = (step + 3 * t) % len(jobs)  # each thread its own order
+                results[(t, k)] = run(ex, jobs[k])
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    assert len(results) == 8 * 20
+    for (t, k), m in results.items():
+        np.testing.assert_allclose(m, sequential[k], rtol=1e-5, atol=1e-6)
+    assert ex.backend.hook_count() == 0
+    assert ex.stats["explain"] == 8 * 20
