@@ -65,3 +65,8 @@ class TinySegNet(nn.Module):
         out = self.head(self.act(b))
         return {"out": nn.functional.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False),
                 "aux": out}
+
+
+def tiny_seg_net(num_classes: int = 4) -> nn.Module:
+    """Factory for spec files in tests/fixtures (architecture = "tiny_models:tiny_seg_net")."""
+    return TinySegNet(classes=num_classes)

@@ -1,0 +1,71 @@
+"""Reading odd images and the shared geometry (CONTRACT.md §1)."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from neuroscope.errors import BadImage
+from neuroscope.images import MAX_PIXELS, load_image, normalize, resize_labels, resize_map
+
+
+def encode(im: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def test_grayscale_rgba_cmyk_and_16bit_become_rgb_uint8():
+    gray = Image.fromarray(np.full((5, 7), 100, np.uint8))
+    assert (load_image(encode(gray)) == 100).all()
+    rgba = Image.fromarray(np.dstack([np.full((4, 4, 3), 200, np.uint8), np.zeros((4, 4), np.uint8)]))
+    assert (load_image(encode(rgba)) == 255).all()  # fully transparent over white
+    cmyk = Image.new("CMYK", (6, 3), (0, 255, 255, 0))
+    out = load_image(encode(cmyk, "JPEG"))
+    assert out.shape == (3, 6, 3) and out[..., 0].mean() > 200 and out[..., 1].mean() < 60
+    deep = Image.fromarray(np.array([[0, 1000], [30000, 65535]], np.uint16))
+    out16 = load_image(encode(deep))
+    assert out16.dtype == np.uint8 and out16[0, 0, 0] == 0 and out16[1, 1, 0] == 255
+
+
+def test_exif_orientation_is_applied():
+    im = Image.fromarray(np.zeros((10, 20, 3), np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    assert load_image(encode(im, "JPEG", exif=exif)).shape == (20, 10, 3)
+
+
+@pytest.mark.parametrize("data, fragment", [(b"", "empty"), (b"GIF89a-garbage", "cannot read")])
+def test_corrupt_and_empty_files_raise_bad_image(data, fragment):
+    with pytest.raises(BadImage, match=fragment):
+        load_image(data)
+
+
+def test_huge_images_are_refused_before_decoding(tmp_path):
+    side = int(np.sqrt(MAX_PIXELS)) + 10
+    path = tmp_path / "huge.png"
+    Image.new("L", (side, side)).save(path)
+    with pytest.raises(BadImage, match="too large"):
+        load_image(str(path))
+
+
+def test_arrays_with_nan_or_odd_shapes_are_refused():
+    with pytest.raises(BadImage, match="NaN"):
+        load_image(np.full((4, 4, 3), np.nan))
+    with pytest.raises(BadImage, match="shape"):
+        load_image(np.zeros((4, 4, 5)))
+    assert load_image(np.ones((3, 3), np.float32)).max() == 255
+
+
+def test_normalize_and_resizes_follow_the_contract():
+    rgb = np.full((2, 2, 3), 255, np.uint8)
+    x = normalize(rgb, (0, 1), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    np.testing.assert_allclose(x, 2.0)
+    m = np.arange(12, dtype=np.float32).reshape(3, 4)
+    big = resize_map(m, (6, 8))
+    ref = np.asarray(Image.fromarray(m).resize((8, 6), Image.BILINEAR))
+    np.testing.assert_array_equal(big, ref)
+    labels = np.array([[0, 1], [2, 3]], np.uint8)
+    assert resize_labels(labels, (4, 4)).tolist() == [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]]
