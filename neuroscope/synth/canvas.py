@@ -27,11 +27,14 @@ class StreetCamera:
 
     def project(self, X, Z, Y=0.0) -> np.ndarray:
         """Points (lateral X, depth Z, height Y) in metres -> [N, 2] pixel coordinates."""
-        X, Z, Y = np.broadcast_arrays(np.asarray(X, np.float64), np.asarray(Z, np.float64),
-                                      np.asarray(Y, np.float64))
-        u = self.u0 + self.f * (X + self.k * Z * Z - self.x) / Z
-        v = self.v0 + self.f * (self.height - Y) / Z
-        return np.stack([u.ravel(), v.ravel()], axis=1)
+        Z = np.asarray(Z, np.float64)
+        u = self.u0 + self.f * (np.asarray(X, np.float64) + self.k * Z * Z - self.x) / Z
+        v = self.v0 + self.f * (self.height - np.asarray(Y, np.float64)) / Z
+        u, v = np.broadcast_arrays(u, v)
+        out = np.empty(u.shape + (2,))
+        out[..., 0] = u
+        out[..., 1] = v
+        return out.reshape(-1, 2)
 
     def scale(self, Z: float) -> float:
         """Pixels per metre at depth Z."""
