@@ -116,3 +116,38 @@ def to_png_bytes(rgb: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def mark_points(image: np.ndarray, points, colour=(255, 255, 0), size: int = 6) -> np.ndarray:
+    """Draw a cross at each (x, y) point onto a copy of image."""
+    out = image.copy()
+    h, w = out.shape[:2]
+    for x, y in points:
+        x, y = int(x), int(y)
+        if not (0 <= x < w and 0 <= y < h):
+            continue
+        out[y, max(0, x - size): x + size + 1] = colour
+        out[max(0, y - size): y + size + 1, x] = colour
+    return out
+
+
+def montage(images, labels=None, cols: int = 3, pad: int = 6, label_height: int = 18) -> np.ndarray:
+    """RGB images (any sizes) in a grid on white, each with an optional label above it."""
+    from PIL import ImageDraw
+    images = [np.asarray(im, np.uint8) for im in images]
+    if not images:
+        raise ValueError("montage needs at least one image")
+    cols = max(1, min(cols, len(images)))
+    rows = -(-len(images) // cols)
+    lh = label_height if labels else 0
+    cell_h = max(im.shape[0] for im in images) + lh
+    cell_w = max(im.shape[1] for im in images)
+    canvas = Image.new("RGB", (cols * (cell_w + pad) + pad, rows * (cell_h + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, im in enumerate(images):
+        r, c = divmod(i, cols)
+        x, y = pad + c * (cell_w + pad), pad + r * (cell_h + pad)
+        if labels:
+            draw.text((x, y + 2), str(labels[i]), fill=(0, 0, 0))
+        canvas.paste(Image.fromarray(im), (x, y + lh))
+    return np.asarray(canvas)

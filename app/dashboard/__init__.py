@@ -1,0 +1,1 @@
+"""Shared pieces of the Neuroscope dashboard: the sidebar selection, charts and views."""

@@ -1,0 +1,428 @@
+"""The shared sidebar (model, image, layer, target) and the `Selection` every page reads.
+
+The entry point calls `sidebar()` once per run, before the page; pages call `current()`.
+Clicks on the image are kept, in original image pixels, under the session-state key
+`CLICKS`, which this module owns (tests set it instead of clicking).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import streamlit as st
+
+from neuroscope import Explainer, Target, load_model
+from neuroscope.errors import BadImage, BadModel, NeuroscopeError
+from neuroscope.images import load_image
+from neuroscope.zoo import ASSETS, MAX_MODEL_BYTES, bundled_specs, read_spec
+
+from . import truth
+
+IMAGES = ASSETS / "images"
+EXTRA_SPECS_ENV = "NEUROSCOPE_EXTRA_SPECS"   # os.pathsep-separated local spec paths (operator-provided)
+CLICKS = "ns_clicks"                          # [[x, y], ...] in original image pixels, at most 2
+SELECTION = "ns_selection"
+UPLOADED_TRUTH = "ns_uploaded_truth"          # image key -> label map uploaded on the Ground truth page
+UPLOAD_MODEL = "__upload__"
+REGIONS = {"predicted": "Predicted mask of the class", "all": "All pixels",
+           "clicked": "Clicked object", "box": "Box (two clicks)"}
+IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp"]
+#: Session keys of page widgets whose values survive visits to other pages.
+KEEP_PREFIXES = ("methods::", "param::", "disp_", "layers_")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model the sidebar offers: a local spec file (bundled or named by the operator)."""
+
+    key: str
+    name: str
+    framework: str
+    task: str
+    path: str
+    bundled: bool
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} · {self.task} · {self.framework}" + ("" if self.bundled else " · extra")
+
+
+@dataclass
+class Selection:
+    """What the sidebar picked, with the objects the pages need."""
+
+    model_key: str
+    model_label: str
+    explainer: Explainer
+    image: np.ndarray                 # RGB uint8, original size
+    image_key: str                    # identifies the image within the session (clicks reset on change)
+    image_name: str
+    truth: np.ndarray | None          # ground-truth trainIds [H, W] (255 = ignore), when known
+    prediction: Any                   # neuroscope Prediction
+    layer: str | None
+    target: Target | None
+    resolved: Any | None              # neuroscope ResolvedTarget, None when the target is incomplete or invalid
+    clicks: list[tuple[int, int]]
+
+    @property
+    def task(self) -> str:
+        return self.explainer.task
+
+
+def current() -> Selection | None:
+    return st.session_state.get(SELECTION)
+
+
+def keep_page_state() -> None:
+    """Re-assign page widget values so Streamlit keeps them while another page is shown."""
+    for key in list(st.session_state.keys()):
+        if isinstance(key, str) and key.startswith(KEEP_PREFIXES):
+            st.session_state[key] = st.session_state[key]
+
+
+def init(key: str, value: Any) -> str:
+    """Give a widget key its default once (widgets then take no default argument)."""
+    st.session_state.setdefault(key, value)
+    return key
+
+
+# ----------------------------------------------------------------------------- models
+@st.cache_data(ttl=30, show_spinner=False)
+def catalogue(extra: str) -> tuple[list[ModelEntry], list[str]]:
+    """Bundled specs (re-read every 30 s, so newly bundled models appear) and extra specs."""
+    entries, problems = [], []
+    for name, path in bundled_specs().items():
+        try:
+            spec = read_spec(path)
+        except NeuroscopeError as exc:
+            problems.append(f"bundled spec {path.name}: {exc}")
+            continue
+        entries.append(ModelEntry(name, name, spec.framework, spec.task, str(path), True))
+    for text in filter(None, extra.split(os.pathsep)):
+        try:
+            spec = read_spec(text)
+        except NeuroscopeError as exc:
+            problems.append(f"{EXTRA_SPECS_ENV}: {exc}")
+            continue
+        entries.append(ModelEntry(f"extra:{Path(text).resolve()}", spec.name, spec.framework, spec.task,
+                                  str(Path(text).resolve()), False))
+    entries.sort(key=lambda e: (not e.bundled, e.framework != "torch", e.name))
+    return entries, problems
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def explainer_for_spec(path: str) -> Explainer:
+    """One Explainer per local spec, shared by all sessions (it is thread-safe)."""
+    return Explainer(load_model(read_spec(path)))
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def explainer_for_upload(digest: str, suffix: str, _model: bytes, _spec: bytes | None) -> Explainer:
+    """A Keras model file (safe mode), optionally described by a spec without code.
+
+    The bytes go to a private temporary folder under fixed names (never the user's
+    file name) and the folder is removed once the model is in memory.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="neuroscope-upload-"))
+    try:
+        model_path = folder / f"model{suffix}"
+        model_path.write_bytes(_model)
+        if _spec is None:
+            return Explainer(load_model(str(model_path), allow_code=False))
+        spec_path = folder / "spec.toml"
+        spec_path.write_bytes(_spec)
+        spec = read_spec(spec_path, allow_code=False)
+        if spec.framework != "keras":
+            raise BadModel("an uploaded spec must describe the uploaded Keras file (framework = \"keras\")")
+        return Explainer(load_model(replace(spec, weights=model_path, path=None), allow_code=False))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
+
+
+def _load_entry(entry: ModelEntry) -> Explainer | None:
+    try:
+        with st.spinner(f"Loading {entry.name}…"):
+            return explainer_for_spec(entry.path)
+    except NeuroscopeError as exc:
+        st.error(f"Cannot load {entry.name}: {exc}. Pick another model in the sidebar.")
+    except Exception as exc:  # a framework failing inside its loader: report, keep the app alive
+        st.error(f"Cannot load {entry.name} ({_first_line(exc)}). Pick another model in the sidebar.")
+    return None
+
+
+def _upload_model(sb) -> tuple[str, str, Explainer | None]:
+    sb.caption("Keras `.keras` / `.h5` files load in safe mode. Optionally add a spec (`.toml`, no "
+               "`architecture`, classes inline) to name the classes and preprocessing. PyTorch state dicts "
+               "need an architecture, which is code: put their spec on the server and start the app with "
+               f"`{EXTRA_SPECS_ENV}=path/to/spec.toml`.")
+    up = sb.file_uploader("Model file", type=["keras", "h5", "pt", "pth"], key="model_upload")
+    spec_up = sb.file_uploader("Spec (optional)", type=["toml"], key="model_spec_upload")
+    if up is None:
+        st.info("Upload a Keras model file in the sidebar, or pick a bundled model.")
+        return UPLOAD_MODEL, "upload", None
+    suffix = Path(up.name).suffix.lower()
+    if suffix in (".pt", ".pth"):
+        st.error("A PyTorch file cannot be loaded from an upload: a state dict needs an architecture (code) and a "
+                 "pickle can run code. Write a spec with architecture = 'module:factory' on the server and start "
+                 f"the app with {EXTRA_SPECS_ENV}=path/to/spec.toml.")
+        return UPLOAD_MODEL, "upload", None
+    if up.size > MAX_MODEL_BYTES:
+        st.error(f"The model file is too large ({up.size >> 20} MB); the limit is {MAX_MODEL_BYTES >> 20} MB.")
+        return UPLOAD_MODEL, "upload", None
+    ids = (up.file_id, spec_up.file_id if spec_up else None)
+    cached = st.session_state.get("ns_upload_digest")
+    if cached is None or cached[0] != ids:
+        h = hashlib.sha256(up.getvalue())
+        if spec_up is not None:
+            h.update(spec_up.getvalue())
+        cached = (ids, h.hexdigest())
+        st.session_state["ns_upload_digest"] = cached
+    digest = cached[1]
+    key = f"upload:{digest[:12]}"
+    try:
+        with st.spinner(f"Loading {up.name}…"):
+            ex = explainer_for_upload(digest, suffix, up.getvalue(), spec_up.getvalue() if spec_up else None)
+        return key, f"{up.name} (uploaded)", ex
+    except NeuroscopeError as exc:
+        st.error(f"Cannot load {up.name}: {exc}")
+    except Exception as exc:
+        st.error(f"Cannot load {up.name} ({_first_line(exc)}); expected a Keras .keras or .h5 model file.")
+    return key, "upload", None
+
+
+# ----------------------------------------------------------------------------- images
+def gallery_names(task: str) -> list[str]:
+    """Bundled images (labels and instance files excluded), the task's kind of picture first."""
+    names = sorted(p.name for p in IMAGES.iterdir()
+                   if p.suffix.lower() in (".jpg", ".jpeg", ".png")
+                   and not p.stem.endswith("_labels") and "_instances" not in p.stem)
+
+    def driving(n: str) -> int:
+        return 0 if n.startswith("scene-") else 1 if n.startswith("dashcam-") else 2
+    if task == "segmentation":
+        return sorted(names, key=lambda n: (driving(n), n))
+    return sorted(names, key=lambda n: (driving(n) < 2, n))
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def gallery_image(name: str) -> np.ndarray:
+    return load_image(IMAGES / name)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def gallery_truth(name: str) -> np.ndarray | None:
+    path = IMAGES / f"{Path(name).stem}_labels.png"
+    return truth.read_labels(path.read_bytes()) if path.is_file() else None
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def thumbnails(names: tuple[str, ...], height: int = 72) -> list[np.ndarray]:
+    from neuroscope.images import resize_rgb
+    out = []
+    for name in names:
+        img = gallery_image(name)
+        out.append(resize_rgb(img, (height, max(1, round(img.shape[1] * height / img.shape[0])))))
+    return out
+
+
+def scene_generator() -> Callable | None:
+    """`neuroscope.synth.generate_scene` when the generator is installed, else None."""
+    try:
+        from neuroscope.synth import generate_scene
+    except Exception:
+        return None
+    return generate_scene
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def generated_scene(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    scene = scene_generator()(int(seed))
+    return scene.image, scene.labels
+
+
+def _pick_image(sb, task: str) -> tuple[np.ndarray, str, str, np.ndarray | None] | None:
+    sources = ["Gallery", "Generated scene", "Upload"] if scene_generator() else ["Gallery", "Upload"]
+    if st.session_state.get("image_source") not in sources:
+        st.session_state["image_source"] = "Gallery"
+    source = sb.radio("Image", sources, key="image_source", horizontal=True)
+    if source == "Gallery":
+        names = gallery_names(task)
+        name = sb.selectbox("Bundled image", names, key=f"gallery::{task}")
+        with sb.expander("Gallery"):
+            st.image(thumbnails(tuple(names)), caption=names)
+        try:
+            return gallery_image(name), f"gallery:{name}", name, gallery_truth(name)
+        except NeuroscopeError as exc:
+            st.error(f"{exc}")
+            return None
+    if source == "Generated scene":
+        seed = int(sb.number_input("Scene seed", min_value=0, max_value=1_000_000, step=1, key="scene_seed"))
+        try:
+            with st.spinner("Generating a driving scene…"):
+                image, labels = generated_scene(seed)
+        except Exception as exc:
+            st.error(f"The scene generator failed ({_first_line(exc)}); pick a gallery image.")
+            return None
+        return image, f"scene:{seed}", f"generated scene {seed}", labels
+    up = sb.file_uploader("Upload an image", type=IMAGE_TYPES, key="image_upload")
+    if up is None:
+        st.info("Upload an image in the sidebar (PNG or JPEG).")
+        return None
+    try:
+        image = load_image(up.getvalue())
+    except BadImage as exc:
+        st.error(f"{exc}. Upload an RGB or greyscale PNG or JPEG.")
+        return None
+    key = f"upload:{up.file_id}"
+    return image, key, up.name, st.session_state.get(UPLOADED_TRUTH, {}).get(key)
+
+
+# ----------------------------------------------------------------------------- target
+def clicks_for(image_key: str, size: tuple[int, int]) -> list[tuple[int, int]]:
+    """The clicks on this image (cleared when the image changes), clamped to it."""
+    if st.session_state.get("ns_clicks_image") != image_key:
+        st.session_state["ns_clicks_image"] = image_key
+        st.session_state[CLICKS] = []
+    h, w = size
+    points = []
+    for p in st.session_state.get(CLICKS) or []:
+        try:
+            x, y = int(p[0]), int(p[1])
+        except (TypeError, ValueError, IndexError):
+            continue
+        points.append((min(max(x, 0), w - 1), min(max(y, 0), h - 1)))
+    return points[-2:]
+
+
+def record_click(value: dict | None, size: tuple[int, int]) -> None:
+    """Turn an image-coordinates event (displayed pixels) into a click in original pixels."""
+    if not value or "x" not in value:
+        return
+    h, w = size
+    x = int(value["x"] * w / max(1.0, float(value.get("width") or w)))
+    y = int(value["y"] * h / max(1.0, float(value.get("height") or h)))
+    points = list(st.session_state.get(CLICKS) or []) + [[min(max(x, 0), w - 1), min(max(y, 0), h - 1)]]
+    st.session_state[CLICKS] = points[-2:]
+    if st.session_state.get("region_mode") in (None, "predicted", "all"):
+        st.session_state["region_mode"] = "clicked"
+
+
+def _class_label(classes: list[str], extra: dict[int, str]) -> Callable[[Any], str]:
+    def fmt(cid):
+        return "—" if cid is None else f"{classes[cid]}{extra.get(cid, '')}"
+    return fmt
+
+
+def _pick_target(sb, ex: Explainer, pred, model_key: str, image_key: str,
+                 clicks: list[tuple[int, int]]) -> Target | None:
+    classes = ex.classes
+    scope = f"{model_key}::{image_key}"
+    if ex.task == "classification":
+        top = pred.top(10)
+        ids = [t["class_id"] for t in top]
+        fmt = _class_label(classes, {t["class_id"]: f" — {t['prob']:.1%}" for t in top})
+        cid = sb.selectbox("Class", ids, format_func=fmt, key=f"class::{scope}")
+        contrast = sb.selectbox("Contrast with (optional)", [None] + [i for i in ids if i != cid],
+                                format_func=fmt, key=f"contrast::{scope}")
+        return Target.classification(cid, contrast=contrast)
+
+    shares = {d["class_id"]: d["pixel_share"] for d in pred.pixel_shares()}
+    ids = list(shares) + [i for i in range(len(classes)) if i not in shares]
+    fmt = _class_label(classes, {i: f" — {shares.get(i, 0.0):.1%} of pixels" for i in range(len(classes))})
+    init("region_mode", "predicted")
+    mode = sb.radio("Region", list(REGIONS), format_func=REGIONS.get, key="region_mode")
+    cid = None
+    if mode == "clicked":
+        sb.caption("Class: the one predicted under the click.")
+    else:
+        cid = sb.selectbox("Class", ids, format_func=fmt, key=f"class::{scope}")
+    contrast = sb.selectbox("Contrast with (optional)", [None] + [i for i in ids if i != cid],
+                            format_func=fmt, key=f"contrast::{scope}")
+    if clicks:
+        if sb.button("Clear clicks", key="clear_clicks"):
+            st.session_state[CLICKS] = []
+            st.rerun()
+    if mode == "clicked":
+        if not clicks:
+            sb.info("Click an object in the image (Explain page).")
+            return None
+        return Target.segmentation(None, region=clicks[-1], contrast=contrast)
+    if mode == "box":
+        within = sb.checkbox("Only pixels of the class inside the box", key="within_class")
+        if len(clicks) < 2:
+            sb.info(f"Click two corners of a box in the image ({len(clicks)} of 2).")
+            return None
+        (xa, ya), (xb, yb) = clicks[-2:]
+        box = (min(xa, xb), min(ya, yb), max(xa, xb) + 1, max(ya, yb) + 1)
+        return Target.segmentation(cid, region=box, within_class=within, contrast=contrast)
+    return Target.segmentation(cid, region=mode, contrast=contrast)
+
+
+# ----------------------------------------------------------------------------- sidebar
+def sidebar() -> Selection | None:
+    """Draw the shared sidebar and store the resulting Selection (None when incomplete)."""
+    st.session_state[SELECTION] = None
+    sb = st.sidebar
+    entries, problems = catalogue(os.environ.get(EXTRA_SPECS_ENV, ""))
+    for problem in problems:
+        sb.warning(problem)
+    by_key = {e.key: e for e in entries}
+    keys = list(by_key) + [UPLOAD_MODEL]
+    if st.session_state.get("model") not in keys:
+        st.session_state["model"] = keys[0]
+    choice = sb.selectbox("Model", keys, key="model",
+                          format_func=lambda k: "Upload a model…" if k == UPLOAD_MODEL else by_key[k].label)
+    if choice == UPLOAD_MODEL:
+        model_key, model_label, ex = _upload_model(sb)
+    else:
+        entry = by_key[choice]
+        model_key, model_label, ex = entry.key, entry.name, _load_entry(entry)
+    if ex is None:
+        return None
+
+    picked = _pick_image(sb, ex.task)
+    if picked is None:
+        return None
+    image, image_key, image_name, labels = picked
+    try:
+        with st.spinner("Predicting…"):
+            pred = ex.predict(image)
+    except NeuroscopeError as exc:
+        st.error(f"{exc}. Try another image or model.")
+        return None
+
+    layer = None
+    spatial = ex.spatial_layers()
+    if spatial:
+        info = {l.name: l for l in spatial}
+        key = init(f"layer::{model_key}", ex.default_layer())
+        if st.session_state[key] not in info:
+            st.session_state[key] = ex.default_layer()
+        layer = sb.selectbox("Layer", list(info), key=key, format_func=lambda n: (
+            f"{n} · {info[n].type} · {'×'.join(map(str, info[n].shape))} · stride {info[n].stride}"))
+    else:
+        sb.warning("This model has no layer with spatial output: CAM methods and filter grids are unavailable.")
+
+    clicks = clicks_for(image_key, image.shape[:2])
+    target = _pick_target(sb, ex, pred, model_key, image_key, clicks)
+    resolved = None
+    if target is not None:
+        try:
+            resolved = ex.resolve(image, target)
+        except NeuroscopeError as exc:
+            st.error(f"{exc}")
+    sel = Selection(model_key, model_label, ex, image, image_key, image_name, labels, pred, layer, target,
+                    resolved, clicks)
+    st.session_state[SELECTION] = sel
+    return sel

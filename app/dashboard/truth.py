@@ -1,0 +1,56 @@
+"""Ground-truth label images and the segmentation scores the Ground truth page shows."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from neuroscope.errors import BadImage
+
+IGNORE = 255
+
+
+def read_labels(data: bytes) -> np.ndarray:
+    """A label PNG (uint8 trainIds, 255 = ignore; CONTRACT.md §6) -> uint8 [H, W]."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.mode not in ("L", "P"):
+                raise BadImage(f"a label image must be 8-bit single-channel (mode L or P), not mode {im.mode}")
+            return np.asarray(im, dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise BadImage(f"cannot read the label image: {exc}") from None
+
+
+def confusion(pred: np.ndarray, truth: np.ndarray, n: int) -> np.ndarray:
+    """Counts [truth class, predicted class] over pixels whose truth is a class (< n)."""
+    if pred.shape != truth.shape:
+        raise BadImage(f"the label image is {truth.shape[1]}x{truth.shape[0]} but the image is "
+                       f"{pred.shape[1]}x{pred.shape[0]}; upload the labels of this image")
+    valid = truth < n
+    idx = truth[valid].astype(np.int64) * n + pred[valid].astype(np.int64)
+    return np.bincount(idx, minlength=n * n).reshape(n, n)
+
+
+def iou(matrix: np.ndarray) -> np.ndarray:
+    """Per-class IoU from a confusion matrix; NaN where a class is in neither truth nor prediction."""
+    tp = np.diag(matrix).astype(np.float64)
+    union = matrix.sum(axis=0) + matrix.sum(axis=1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, tp / union, np.nan)
+
+
+def normalise_rows(matrix: np.ndarray) -> np.ndarray:
+    """Each truth row as fractions of its pixels (rows without pixels stay 0)."""
+    rows = matrix.sum(axis=1, keepdims=True).astype(np.float64)
+    return np.divide(matrix, rows, out=np.zeros(matrix.shape, np.float64), where=rows > 0)
+
+
+def error_map(pred: np.ndarray, truth: np.ndarray, class_id: int) -> np.ndarray:
+    """RGB picture of one class: correct (green), missed (blue), false alarm (red), else black."""
+    p, t = pred == class_id, truth == class_id
+    out = np.zeros((*pred.shape, 3), np.uint8)
+    out[p & t] = (40, 170, 70)
+    out[t & ~p] = (40, 90, 230)
+    out[p & ~t & (truth != IGNORE)] = (230, 50, 40)
+    return out

@@ -1,0 +1,89 @@
+"""Pictures the pages share: display-sized images, the clickable image, overlay controls."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import streamlit as st
+from streamlit_image_coordinates import streamlit_image_coordinates
+
+from neuroscope import render
+from neuroscope.images import resize_labels, resize_rgb
+
+from . import state
+
+MAX_DISPLAY = (560, 800)   # (H, W) bound of pictures in the browser; maps stay at full size
+SIGN_LABELS = {"both": "both signs", "positive": "positive", "negative": "negative"}
+
+
+def display_size(shape: tuple[int, ...], bound: tuple[int, int] = MAX_DISPLAY) -> tuple[int, int]:
+    h, w = shape[:2]
+    s = min(1.0, bound[0] / h, bound[1] / w)
+    return max(1, round(h * s)), max(1, round(w * s))
+
+
+def shown(image: np.ndarray, bound: tuple[int, int] = MAX_DISPLAY) -> np.ndarray:
+    """The image at display size (never enlarged)."""
+    return resize_rgb(image, display_size(image.shape, bound))
+
+
+def to_display(points, size: tuple[int, int], shown_size: tuple[int, int]) -> list[tuple[int, int]]:
+    (h, w), (sh, sw) = size, shown_size
+    return [(int(x * sw / w), int(y * sh / h)) for x, y in points]
+
+
+def target_picture(sel: state.Selection, bound: tuple[int, int] = MAX_DISPLAY) -> np.ndarray:
+    """The image with the target region outlined and the clicks marked."""
+    pic = shown(sel.image, bound)
+    if sel.resolved is not None and sel.resolved.mask is not None and not sel.resolved.mask.all():
+        pic = render.outline(pic, resize_labels(sel.resolved.mask, pic.shape[:2]), colour=(255, 255, 0), width=2)
+    if sel.clicks:
+        pic = render.mark_points(pic, to_display(sel.clicks, sel.image.shape[:2], pic.shape[:2]), colour=(255, 0, 255))
+    return pic
+
+
+def clickable(sel: state.Selection, picture: np.ndarray, key: str = "ns_image_click") -> None:
+    """The picture, clickable: a click is stored in original pixels (see `state.record_click`)."""
+    size = sel.image.shape[:2]
+
+    def on_click() -> None:
+        state.record_click(st.session_state.get(key), size)
+    streamlit_image_coordinates(picture, key=key, width="stretch", on_click=on_click, cursor="crosshair")
+
+
+def prediction_picture(sel: state.Selection, bound: tuple[int, int] = MAX_DISPLAY) -> np.ndarray:
+    pic = shown(sel.image, bound)
+    labels = resize_labels(sel.prediction.labels, pic.shape[:2])
+    return render.label_overlay(pic, labels, sel.explainer.palette, alpha=0.55)
+
+
+@dataclass(frozen=True)
+class Display:
+    """One shared colour scale for every overlay."""
+
+    cmap: str
+    alpha: float
+    sign: str
+    percentile: float
+
+    def colormap(self, signed: bool) -> str:
+        if self.cmap != "auto":
+            return self.cmap
+        return "RdBu_r" if signed and self.sign == "both" else "jet"
+
+    def overlay(self, picture: np.ndarray, m: np.ndarray, signed: bool) -> np.ndarray:
+        return render.overlay(picture, m, self.colormap(signed), self.alpha, self.sign, self.percentile)
+
+
+def display_controls() -> Display:
+    """Colormap, opacity, sign and percentile clipping: display only, never a model pass."""
+    c1, c2, c3, c4 = st.columns(4)
+    cmap = c1.selectbox("Colormap", ["auto", *render.COLORMAPS, *render.DIVERGING],
+                        key=state.init("disp_cmap", "auto"),
+                        help="auto: diverging blue-red for signed maps, jet otherwise")
+    alpha = c2.slider("Opacity", 0.0, 1.0, step=0.05, key=state.init("disp_alpha", 0.5))
+    sign = c3.radio("Show", list(SIGN_LABELS), format_func=SIGN_LABELS.get, horizontal=True,
+                    key=state.init("disp_sign", "both"))
+    pct = c4.slider("Clip at percentile", 90.0, 100.0, step=0.5, key=state.init("disp_pct", 99.5),
+                    help="values above this percentile of |map| saturate")
+    return Display(cmap, float(alpha), sign, float(pct))

@@ -1,0 +1,42 @@
+"""Neuroscope dashboard: `streamlit run app/streamlit_app.py` (or `make run`).
+
+A thin UI over the engine (CONTRACT.md §5): the shared sidebar picks model, image,
+layer and target; each page renders what the engine returns. To add a page, append
+(file, title, icon) to PAGES.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+APP_DIR = str(Path(__file__).resolve().parent)
+if APP_DIR not in sys.path:  # `dashboard` lives beside this file
+    sys.path.insert(0, APP_DIR)
+
+import streamlit as st  # noqa: E402
+
+from dashboard import state  # noqa: E402
+
+PAGES = [
+    ("pages/explain.py", "Explain", ":material/insights:"),
+    ("pages/layers.py", "Layers", ":material/grid_view:"),
+    ("pages/ground_truth.py", "Ground truth", ":material/fact_check:"),
+    ("pages/model.py", "Model", ":material/account_tree:"),
+]
+
+st.set_page_config(page_title="Neuroscope", page_icon=":material/visibility:", layout="wide")
+state.keep_page_state()
+navigation = st.navigation([st.Page(path, title=title, icon=icon, default=i == 0)
+                            for i, (path, title, icon) in enumerate(PAGES)])
+st.sidebar.title("Neuroscope")
+try:
+    state.sidebar()
+    navigation.run()
+except Exception as exc:  # an unexpected failure: one line for the user, the traceback in the server log
+    logging.getLogger("neuroscope.app").exception("page failed")
+    detail = str(exc).strip().splitlines()
+    st.error(f"Something went wrong ({type(exc).__name__}: {detail[0][:300] if detail else ''}). "
+             "Change a setting or reload the page; other sessions are not affected.")
