@@ -17,6 +17,13 @@ import numpy as np
 #: "deconvnet": dy * [dy > 0]         (deconvnet; f'(x) ignored)
 RULES = ("guided", "deconvnet")
 
+#: Rules a backend MAY offer beyond RULES; it lists what it implements in its ``rules``
+#: attribute (absent = RULES only), and methods check there before asking for one.
+#: "deconvnet-fixed": "deconvnet", and every convolution with stride s > 1 back-projects
+#: the top signal resized (nearest) to its stride-1 output size with stride 1, instead of
+#: inserting zeros (the strided-artefact fix of Oramas et al. 2019, METHODS.md §2).
+OPTIONAL_RULES = ("deconvnet-fixed",)
+
 
 @dataclass(frozen=True)
 class LayerInfo:
@@ -90,3 +97,21 @@ class Backend(Protocol):
                         rule: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Batched input gradients: (grads [N, H, W, 3], scores [N]) of the objective
         (logit form) for each item of x [N, H, W, 3]."""
+
+    # Optional (methods check with hasattr and fall back, or say the backend lacks it):
+    #
+    # def forward_from(self, layer: str, activations: np.ndarray,
+    #                  x: np.ndarray | None = None) -> np.ndarray:
+    #     """Logits [N, C] or [N, C, H, W] of the model continued from `layer`, whose
+    #     output is replaced by `activations` [N, K, h, w] (channels-first, one per item).
+    #     Where the graph has a sequential cut at `layer`, only the layers above it run;
+    #     otherwise the backend re-runs the full forward of `x` [1, H, W, 3] (the input
+    #     the activations came from) with the layer's output replaced, for this call only.
+    #     `can_cut(layer)` tells which of the two happens."""
+    #
+    # def scores_from(self, layer: str, activations: np.ndarray, objective: Objective,
+    #                 kind: str = "logit", x: np.ndarray | None = None) -> np.ndarray:
+    #     """Objective per item, [N], of `forward_from`'s logits (see `scores`)."""
+    #
+    # def can_cut(self, layer: str) -> bool:
+    #     """True when `forward_from(layer, ...)` runs only the layers above `layer`."""

@@ -7,6 +7,7 @@ nothing may leak from one request into another.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import defaultdict
 from contextlib import contextmanager
 from typing import Iterator, Sequence
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import BadModel, BadParameter
-from .base import RULES, Capture, LayerInfo, Objective
+from .base import OPTIONAL_RULES, RULES, Capture, LayerInfo, Objective
 
 
 class _ReluRule(torch.autograd.Function):
@@ -38,6 +39,34 @@ class _ReluRule(torch.autograd.Function):
                 deriv = deriv * (x < ctx.upper)
             g = g * deriv
         return g, None, None, None, None
+
+
+class _StridedDeconv(torch.autograd.Function):
+    """A strided convolution's output (unchanged) whose backward is the strided-artefact
+    fix of Oramas et al. 2019: the top signal is resized (nearest) to the stride-1 output
+    size and back-projected with stride 1, instead of the transposed strided convolution
+    that inserts zeros between its values (checkerboard artefacts)."""
+
+    @staticmethod
+    def forward(ctx, x, conv, holder):  # noqa: D401
+        ctx.conv, ctx.in_hw = conv, tuple(x.shape[-2:])
+        return holder[0]  # the conv output, computed by the module (passed boxed: not an input)
+
+    @staticmethod
+    def backward(ctx, dy):
+        conv = ctx.conv
+        (kh, kw), (dh, dw) = conv.kernel_size, conv.dilation
+        ph, pw = (0, 0) if conv.padding == "valid" else conv.padding
+        h1 = ctx.in_hw[0] + 2 * ph - dh * (kh - 1)   # output size of the same conv at stride 1
+        w1 = ctx.in_hw[1] + 2 * pw - dw * (kw - 1)
+        up = nn.functional.interpolate(dy, size=(h1, w1), mode="nearest")
+        dx = nn.functional.conv_transpose2d(up, conv.weight.to(dy.dtype), None, stride=1, padding=(ph, pw),
+                                            groups=conv.groups, dilation=conv.dilation)
+        return dx, None, None
+
+
+def _is_strided_conv(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d) and max(module.stride) > 1
 
 
 def _relu_params(module: nn.Module) -> tuple[float, float] | None:
@@ -73,6 +102,7 @@ class TorchBackend:
 
     framework = "torch"
     deferred_objective = True  # capture() accepts an objective decided from its own forward pass
+    rules = RULES + OPTIONAL_RULES
 
     def __init__(self, module: nn.Module, input_size: tuple[int, int], task: str,
                  output: str | int | None = None, output_kind: str = "logits",
@@ -103,6 +133,8 @@ class TorchBackend:
         self._layers: list[LayerInfo] | None = None
         self._clone_on_capture: set[str] = set()  # outputs later modified in place by the model
         self._lock = threading.Lock()
+        self._chains: dict[str, dict[str, list[str]] | None] | None = None  # module -> children in call order
+        self._uppers: dict[str, list[nn.Module] | None] = {}                 # layer -> modules above a cut
 
     # ----------------------------------------------------------------- helpers
     def _to_tensor(self, x: np.ndarray, requires_grad: bool = False) -> torch.Tensor:
@@ -147,15 +179,16 @@ class TorchBackend:
     @contextmanager
     def _hooks(self, want: set[str], rule: str | None, records: dict) -> Iterator[None]:
         """Forward hooks for this thread only: record `want` outputs, apply `rule`."""
-        if rule is not None and rule not in RULES:
-            raise BadParameter(f"unknown ReLU rule {rule!r}; expected one of {RULES}")
+        if rule is not None and rule not in self.rules:
+            raise BadParameter(f"unknown ReLU rule {rule!r}; expected one of {self.rules}")
         owner = threading.get_ident()
         counts: dict[str, int] = defaultdict(int)
         guided = rule == "guided"
+        fix_strides = rule == "deconvnet-fixed"
         base_names = {k.split("#")[0] for k in want}
         handles = []
 
-        def make_hook(name: str, relu: tuple[float, float] | None):
+        def make_hook(name: str, relu: tuple[float, float] | None, strided: bool):
             def hook(module, inputs, out):
                 if threading.get_ident() != owner:
                     return None
@@ -165,6 +198,8 @@ class TorchBackend:
                 replaced = None
                 if relu is not None and inputs and isinstance(inputs[0], torch.Tensor):
                     replaced = out = _ReluRule.apply(inputs[0], module.forward, relu[0], relu[1], guided)
+                elif strided and inputs and isinstance(inputs[0], torch.Tensor) and torch.is_grad_enabled():
+                    replaced = out = _StridedDeconv.apply(inputs[0], module, [out.detach()])
                 if key in want and isinstance(out, torch.Tensor):
                     records[key] = out
                     if key in self._clone_on_capture:
@@ -175,8 +210,9 @@ class TorchBackend:
         try:
             for name, module in self._by_name.items():
                 relu = _relu_params(module) if rule is not None else None
-                if name in base_names or relu is not None:
-                    handles.append(module.register_forward_hook(make_hook(name, relu)))
+                strided = fix_strides and _is_strided_conv(module)
+                if name in base_names or relu is not None or strided:
+                    handles.append(module.register_forward_hook(make_hook(name, relu, strided)))
             yield
         finally:
             for h in handles:
@@ -297,6 +333,179 @@ class TorchBackend:
             y = self._objective(z, objective, "logit")
         (g,) = torch.autograd.grad(y.sum(), [xt])
         return g.permute(0, 2, 3, 1).float().cpu().numpy(), y.detach().float().cpu().numpy()
+
+    # ------------------------------------------------- forward from a layer (optional)
+    def can_cut(self, layer: str) -> bool:
+        """True when the model is a chain of modules through `layer`, so that
+        `forward_from` runs only the modules above it."""
+        return self._upper(layer) is not None
+
+    def forward_from(self, layer: str, activations: np.ndarray, x: np.ndarray | None = None) -> np.ndarray:
+        """Logits of the model continued from `layer`'s output replaced by `activations`
+        [N, K, h, w] (see base.py)."""
+        with torch.inference_mode():
+            return self._run_from(layer, activations, x).float().cpu().numpy()
+
+    def scores_from(self, layer: str, activations: np.ndarray, objective: Objective,
+                    kind: str = "logit", x: np.ndarray | None = None) -> np.ndarray:
+        with torch.inference_mode():
+            y = self._objective(self._run_from(layer, activations, x), objective, kind)
+        return y.float().cpu().numpy().reshape(-1)
+
+    def _run_from(self, layer: str, activations: np.ndarray, x: np.ndarray | None) -> torch.Tensor:
+        a = torch.from_numpy(np.ascontiguousarray(activations, dtype=np.float32)).to(self.device)
+        if self._channels_last and a.ndim == 4:
+            a = a.contiguous(memory_format=torch.channels_last)
+        upper = self._upper(layer)
+        if upper is not None:
+            for module in upper:
+                a = module(a)
+            return self._logits(a, self.input_size)
+        if x is None:
+            raise BadParameter(f"the model has no sequential cut at {layer!r}: forward_from needs the input x")
+        if x.shape[0] != 1:
+            raise BadParameter("forward_from takes the one input [1, H, W, 3] the activations came from")
+        xt = self._to_tensor(np.broadcast_to(x, (a.shape[0], *x.shape[1:])))
+        with self._replaced(layer, a):
+            return self._logits(self.module(xt), tuple(xt.shape[-2:]))
+
+    @contextmanager
+    def _replaced(self, layer: str, value: torch.Tensor) -> Iterator[None]:
+        """For this thread and this block only, `layer`'s output is `value`."""
+        name, _, nth = layer.partition("#")
+        if name not in self._by_name:
+            raise BadParameter(f"unknown layer {layer!r}")
+        want, owner, calls = int(nth or 0), threading.get_ident(), [0]
+
+        def hook(module, inputs, out):
+            if threading.get_ident() != owner:
+                return None
+            k = calls[0]
+            calls[0] += 1
+            if k != want:
+                return None
+            if tuple(out.shape) != tuple(value.shape):
+                raise BadParameter(f"activations {list(value.shape)} do not fit layer {layer} "
+                                   f"output {list(out.shape)}")
+            return value
+
+        handle = self._by_name[name].register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def _upper(self, layer: str) -> list[nn.Module] | None:
+        """The modules above `layer` when the model is a chain through it (else None).
+
+        A module is a *chain* when, in a probe forward, it called each of its children
+        once, in order, the first on its own input, every next one on the previous
+        one's output (the same tensor object: no operation in between), and returned
+        the last one's output. Then the model above a layer is the remaining children
+        of the layer's parent, then those of the grandparent, ... up to the root. The
+        result is checked numerically once against a full forward.
+        """
+        with self._lock:
+            if layer in self._uppers:
+                return self._uppers[layer]
+        upper = self._find_upper(layer)
+        with self._lock:
+            self._uppers[layer] = upper
+        return upper
+
+    def _find_upper(self, layer: str) -> list[nn.Module] | None:
+        if "#" in layer or layer not in self._by_name:
+            return None
+        if self._chains is None:
+            chains = self._probe_chains()
+            with self._lock:
+                self._chains = chains
+        chains = self._chains
+        upper: list[nn.Module] = []
+        path = layer
+        while path:
+            parent = path.rpartition(".")[0]
+            children = chains.get(parent)
+            if children is None or path not in children:
+                return None
+            upper += [self._by_name[c] for c in children[children.index(path) + 1:]]
+            path = parent
+        # Verify once: the chain above must reproduce the full forward exactly.
+        H, W = self.input_size
+        x = np.random.default_rng(0).normal(size=(1, H, W, 3)).astype(np.float32)
+        records: dict[str, torch.Tensor] = {}
+        try:
+            with torch.inference_mode(), self._hooks({layer}, None, records):
+                full = self._logits(self.module(self._to_tensor(x)), (H, W))
+            with torch.inference_mode():
+                a = records[layer]
+                for module in upper:
+                    a = module(a)
+                cut = self._logits(a, (H, W))
+        except Exception:
+            return None
+        tol = 1e-4 * float(full.abs().max()) + 1e-5
+        if cut.shape != full.shape or float((cut - full).abs().max()) > tol:
+            return None
+        return upper
+
+    def _probe_chains(self) -> dict[str, list[str] | None]:
+        """One probe forward: for every module, its children in call order if it is a
+        chain (see `_upper`), else None."""
+        owner = threading.get_ident()
+        frames: list[dict] = []
+        result: dict[str, list[str] | None] = {}
+        seen: set[str] = set()
+        names = {id(self.module): "", **self._names}
+        handles = []
+
+        def pre(module, args, kwargs):
+            if threading.get_ident() != owner:
+                return None
+            name = names.get(id(module))
+            if name is None:
+                return None
+            if frames:
+                parent = frames[-1]
+                arg = args[0] if len(args) == 1 and not kwargs else None
+                expected = parent["last"]() if parent["last"] is not None else parent["input"]()
+                if (name.rpartition(".")[0] != parent["name"] or arg is None or arg is not expected):
+                    parent["ok"] = False
+            first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            frames.append({"name": name, "input": weakref.ref(first) if first is not None else (lambda: None),
+                           "last": None, "children": [], "ok": first is not None and name not in seen})
+            seen.add(name)
+            return None
+
+        def post(module, args, out):
+            if threading.get_ident() != owner or names.get(id(module)) is None or not frames:
+                return None
+            frame = frames.pop()
+            ok = frame["ok"] and bool(frame["children"]) and isinstance(out, torch.Tensor) \
+                and frame["last"] is not None and out is frame["last"]()
+            if frame["name"] in result:  # called twice
+                ok = False
+            result[frame["name"]] = list(frame["children"]) if ok else None
+            if frames:
+                parent = frames[-1]
+                parent["children"].append(frame["name"])
+                parent["last"] = weakref.ref(out) if isinstance(out, torch.Tensor) else (lambda: None)
+            return None
+
+        H, W = self.input_size
+        x = self._to_tensor(np.zeros((1, H, W, 3), np.float32))
+        try:
+            for module in [self.module, *self._by_name.values()]:
+                handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+                handles.append(module.register_forward_hook(post))
+            with torch.inference_mode():
+                self.module(x)
+        except Exception:
+            return {}
+        finally:
+            for h in handles:
+                h.remove()
+        return result
 
     def hook_count(self) -> int:
         """Number of forward/backward hooks on the module (tests: nothing may leak)."""

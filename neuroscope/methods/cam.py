@@ -1,9 +1,12 @@
-"""CAM family: class activation maps from ONE capture of activations A and gradients G."""
+"""CAM family: class activation maps from ONE capture of activations A and gradients G,
+plus the perturbation CAMs (Score-CAM, Ablation-CAM) that score channels with chunked passes."""
 from __future__ import annotations
 
 import numpy as np
 
-from .gradient import signed_max_abs
+from ..errors import BadParameter
+from .chunks import PIXELS_PER_CHUNK, chunk_size, chunks
+from .gradient import input_grads, signed_max_abs
 from .registry import MethodInfo, register
 
 
@@ -20,8 +23,8 @@ def weighted_cam(a: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return np.maximum(np.tensordot(weights.astype(np.float32), a, axes=(0, 0)), 0.0)
 
 
-def _cam(name: str, description: str):
-    return MethodInfo(name, "cam", needs_layer=True, signed=False, description=description)
+def _cam(name: str, description: str, signed: bool = False, **kwargs):
+    return MethodInfo(name, "cam", needs_layer=True, signed=signed, description=description, **kwargs)
 
 
 @register(_cam("grad-cam", "Where the chosen layer's features support the target: gradient-weighted channels."))
@@ -60,7 +63,7 @@ def layer_cam(ctx) -> np.ndarray:
     return ctx.upsample(np.maximum((np.maximum(g, 0.0) * a).sum(axis=0), 0.0))
 
 
-@register(_cam("eigen-cam", "First principal component of the layer's activations (class-agnostic)."))
+@register(_cam("eigen-cam", "First principal component of the layer's activations (class-agnostic).", signed=True))
 def eigen_cam(ctx) -> np.ndarray:
     a, _ = _ag(ctx)
     k, h, w = a.shape
@@ -70,7 +73,8 @@ def eigen_cam(ctx) -> np.ndarray:
         return ctx.upsample(np.zeros((h, w), np.float32))
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
     proj = centred @ vt[0]
-    if np.corrcoef(proj, flat.mean(axis=1))[0, 1] < 0:  # sign: agree with the mean activation
+    mean_act = flat.mean(axis=1)
+    if np.dot(proj - proj.mean(), mean_act - mean_act.mean()) < 0:  # sign: agree with the mean activation
         proj = -proj
     return ctx.upsample(proj.reshape(h, w).astype(np.float32))
 
@@ -78,9 +82,70 @@ def eigen_cam(ctx) -> np.ndarray:
 @register(MethodInfo("guided-grad-cam", "cam", needs_layer=True, signed=True, batched_gradient=True,
                      description="Guided backprop masked by Grad-CAM: fine detail, class-discriminative."))
 def guided_grad_cam(ctx, x: np.ndarray) -> np.ndarray:
-    cam = grad_cam(ctx)
-    grads = []
-    for s in range(0, len(x), 4):
-        g, _ = ctx.backend.input_gradients(x[s:s + 4], ctx.objective, rule="guided")
-        grads.append(g)
-    return signed_max_abs(np.concatenate(grads)) * cam[None]
+    return signed_max_abs(input_grads(ctx, x, rule="guided")) * grad_cam(ctx)[None]
+
+
+# --------------------------------------------------------------- perturbation CAMs
+
+def _selected_channels(a: np.ndarray, top: int) -> np.ndarray:
+    """All channels, or the `top` ones with the largest activation variance (Faster Score-CAM)."""
+    if top < 0:
+        raise BadParameter(f"top must be >= 0 (0 = all channels), got {top}")
+    k = a.shape[0]
+    if top == 0 or top >= k:
+        return np.arange(k)
+    var = a.reshape(k, -1).var(axis=1)
+    return np.sort(np.argsort(-var, kind="stable")[:top])
+
+
+@register(_cam("score-cam", "Channels weighted by how much the input masked with each one keeps the "
+               "class probability: gradient-free, slow.", slow=True,
+               params={"top": 0, "softmax": False, "baseline": "black"}))
+def score_cam(ctx) -> np.ndarray:
+    a = ctx.capture([ctx.layer]).activations[ctx.layer].astype(np.float32, copy=False)
+    chosen = _selected_channels(a, ctx.params["top"])
+    lo, hi = a.min(axis=(1, 2)), a.max(axis=(1, 2))
+    live = chosen[hi[chosen] - lo[chosen] > 1e-12]  # a constant channel masks everything: s = 0
+    # x * M in uint8 RGB before normalisation (CONTRACT.md §1) = base + M (x - base) after it.
+    base = ctx.preprocess(ctx.baseline_rgb(ctx.params["baseline"])[None])[0]
+    diff = ctx.x[0] - base
+    y_base = float(ctx.backend.scores(base[None], ctx.objective, kind="prob")[0])
+    s = np.zeros(a.shape[0], np.float64)
+    for i, j in chunks(ctx, len(live), "Score-CAM channels"):
+        ks = live[i:j]
+        masks = np.stack([ctx.upsample((a[k] - lo[k]) / (hi[k] - lo[k])) for k in ks])
+        batch = base[None] + masks[..., None] * diff[None]
+        s[ks] = ctx.backend.scores(batch, ctx.objective, kind="prob") - y_base
+    w = s[chosen]
+    if ctx.params["softmax"]:
+        w = np.exp(w - w.max())
+        w /= w.sum()
+    ctx.extra["channels"] = int(len(chosen))
+    return ctx.upsample(weighted_cam(a[chosen], w))
+
+
+@register(_cam("ablation-cam", "Channels weighted by the score drop when each is zeroed: gradient-free, "
+               "slow; re-runs only the layers above where the model is a chain.", slow=True,
+               params={"top": 0}))
+def ablation_cam(ctx) -> np.ndarray:
+    backend = ctx.backend
+    if not hasattr(backend, "scores_from"):
+        raise BadParameter(f"ablation-cam needs forward_from support, which the {backend.framework} backend lacks")
+    cap = ctx.capture([ctx.layer])
+    a = cap.activations[ctx.layer].astype(np.float32, copy=False)
+    chosen = _selected_channels(a, ctx.params["top"])
+    live = chosen[np.any(a[chosen] != 0, axis=(1, 2))]  # zeroing an all-zero channel changes nothing
+    y = cap.score
+    cut = backend.can_cut(ctx.layer) if hasattr(backend, "can_cut") else False
+    # Above a cut only the upper layers run: much larger chunks stay cheap there.
+    size = max(1, min(64, 3 * PIXELS_PER_CHUNK // a.size)) if cut else chunk_size(ctx)
+    drops = np.zeros(a.shape[0], np.float64)
+    for i, j in chunks(ctx, len(live), "Ablation-CAM channels", size=size):
+        ks = live[i:j]
+        batch = np.repeat(a[None], len(ks), axis=0)
+        batch[np.arange(len(ks)), ks] = 0.0
+        drops[ks] = y - backend.scores_from(ctx.layer, batch, ctx.objective, "logit", x=ctx.x)
+    scale = abs(y) if abs(y) > 1e-8 else 1.0  # (y - y_k) / |y|, guarded
+    ctx.extra["channels"] = int(len(chosen))
+    ctx.extra["sequential_cut"] = bool(cut)
+    return ctx.upsample(weighted_cam(a[chosen], drops[chosen] / scale))

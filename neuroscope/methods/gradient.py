@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backends.base import RULES
+from ..errors import BadParameter
+from .chunks import chunk_size, chunks
 from .registry import MethodInfo, register
 
 
@@ -16,12 +19,16 @@ def signed_max_abs(g: np.ndarray) -> np.ndarray:
     return np.take_along_axis(g, idx, axis=-1)[..., 0]
 
 
-def _input_grads(ctx, x: np.ndarray, rule: str | None = None, chunk: int = 4) -> np.ndarray:
+def input_grads(ctx, x: np.ndarray, rule: str | None = None) -> np.ndarray:
+    """d y / d x for a batch [N, h, w, 3] (chunked), with an optional ReLU rule."""
+    if rule is not None and rule not in getattr(ctx.backend, "rules", RULES):
+        raise BadParameter(f"{ctx.info.name}: the {ctx.backend.framework} backend has no rule {rule!r}")
     if x is ctx.x and rule is None:  # the clean input: reuse the engine's cached one-pass capture
         return ctx.capture(input_grad=True).input_grad[None]
+    size = chunk_size(ctx)
     out = []
-    for s in range(0, len(x), chunk):
-        g, _ = ctx.backend.input_gradients(x[s:s + chunk], ctx.objective, rule=rule)
+    for lo in range(0, len(x), size):
+        g, _ = ctx.backend.input_gradients(x[lo:lo + size], ctx.objective, rule=rule)
         out.append(g)
     return np.concatenate(out)
 
@@ -29,19 +36,30 @@ def _input_grads(ctx, x: np.ndarray, rule: str | None = None, chunk: int = 4) ->
 @register(MethodInfo("saliency", "gradient", needs_layer=False, signed=True, batched_gradient=True,
                      description="Which input pixels the score is most sensitive to (dy/dx, signed max over colours)."))
 def saliency(ctx, x: np.ndarray) -> np.ndarray:
-    return signed_max_abs(_input_grads(ctx, x))
+    return signed_max_abs(input_grads(ctx, x))
 
 
 @register(MethodInfo("gradient-x-input", "gradient", needs_layer=False, signed=True, batched_gradient=True,
                      description="Gradient times input, summed over colours: a first-order contribution per pixel."))
 def gradient_x_input(ctx, x: np.ndarray) -> np.ndarray:
-    return (_input_grads(ctx, x) * x).sum(axis=-1)
+    return (input_grads(ctx, x) * x).sum(axis=-1)
 
 
 @register(MethodInfo("guided-backprop", "gradient", needs_layer=False, signed=True, batched_gradient=True,
                      description="Gradient through ReLUs passing only positive signal where the input was active: sharp edges."))
 def guided_backprop(ctx, x: np.ndarray) -> np.ndarray:
-    return signed_max_abs(_input_grads(ctx, x, rule="guided"))
+    return signed_max_abs(input_grads(ctx, x, rule="guided"))
+
+
+@register(MethodInfo("deconvnet", "gradient", needs_layer=False, signed=True, batched_gradient=True,
+                     params={"fix": True},
+                     description="Deconvnet: the positive top signal projected back to pixels; with fix=true "
+                                 "strided layers back-project at stride 1 (no checkerboard artefacts)."))
+def deconvnet(ctx, x: np.ndarray) -> np.ndarray:
+    if ctx.params["fix"] and "deconvnet-fixed" not in getattr(ctx.backend, "rules", RULES):
+        raise BadParameter(f"deconvnet's strided-artefact fix is not available for {ctx.backend.framework} "
+                           "models yet; use --param fix=false")
+    return signed_max_abs(input_grads(ctx, x, rule="deconvnet-fixed" if ctx.params["fix"] else "deconvnet"))
 
 
 @register(MethodInfo("integrated-gradients", "gradient", needs_layer=False, signed=True, batched_gradient=True,
@@ -49,20 +67,25 @@ def guided_backprop(ctx, x: np.ndarray) -> np.ndarray:
                      description="Path integral of gradients from a baseline: complete (sums to the score change)."))
 def integrated_gradients(ctx, x: np.ndarray) -> np.ndarray:
     m = ctx.params["steps"]
+    if m < 1:
+        raise BadParameter(f"integrated-gradients needs steps >= 1, got {m}")
     base = ctx.preprocess(ctx.baseline_rgb(ctx.params["baseline"])[None])[0]
-    alphas = np.arange(1, m + 1, dtype=np.float32) / m  # right Riemann sum
+    alphas = np.arange(1, m + 1, dtype=np.float32) / m  # right Riemann sum (Captum's riemann_right)
     maps = []
     for i, xi in enumerate(x):
-        path = base[None] + alphas[:, None, None, None] * (xi - base)[None]
+        diff = xi - base
         total = np.zeros_like(xi, dtype=np.float64)
-        chunk = 4
-        for s in range(0, m, chunk):
-            g, _ = ctx.backend.input_gradients(path[s:s + chunk], ctx.objective)
+        y_end = None
+        # The path is built one chunk at a time: memory does not grow with the steps.
+        for lo, hi in chunks(ctx, m, "integrated gradients", start=i / len(x), end=(i + 1) / len(x)):
+            path = base[None] + alphas[lo:hi, None, None, None] * diff[None]
+            g, y = ctx.backend.input_gradients(path, ctx.objective)
             total += g.sum(axis=0)
-            ctx.tick((i * m + s + len(g)) / (len(x) * m), "integrated gradients")
-        attribution = ((xi - base) * total / m).sum(axis=-1)
+            y_end = y[-1]  # the last point (alpha = 1) is the input itself
+        attribution = (diff * total / m).sum(axis=-1)
         maps.append(attribution)
-        if len(x) == 1:
-            y = ctx.backend.scores(np.stack([xi, base]), ctx.objective)
-            ctx.extra["completeness_gap"] = float(attribution.sum() - (y[0] - y[1]))
+        if len(x) == 1:  # completeness: sum of the map = y(x) - y(baseline)
+            y_base = float(ctx.backend.scores(base[None], ctx.objective)[0])
+            ctx.extra["completeness_gap"] = float(attribution.sum() - (float(y_end) - y_base))
+            ctx.extra["score_change"] = float(y_end) - y_base
     return np.stack(maps).astype(np.float32)

@@ -37,6 +37,7 @@ class MethodInfo:
 
 
 _REGISTRY: dict[str, tuple[MethodInfo, Callable]] = {}
+_loaded = False  # not "registry non-empty": importing one family module must not hide the others
 
 
 def register(info: MethodInfo) -> Callable[[Callable], Callable]:
@@ -50,6 +51,9 @@ def register(info: MethodInfo) -> Callable[[Callable], Callable]:
 
 
 def _load_all() -> None:
+    global _loaded
+    if _loaded:
+        return
     from . import activation, cam, gradient, segmentation  # noqa: F401  (registration side effects)
     for optional in ("perturbation", "feature", "evidence", "segmented", "propagation"):
         try:
@@ -57,11 +61,11 @@ def _load_all() -> None:
         except ModuleNotFoundError as exc:
             if exc.name != f"{__package__}.{optional}":
                 raise
+    _loaded = True
 
 
 def get_method(name: str) -> tuple[MethodInfo, Callable]:
-    if not _REGISTRY:
-        _load_all()
+    _load_all()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -69,8 +73,7 @@ def get_method(name: str) -> tuple[MethodInfo, Callable]:
 
 
 def list_methods() -> list[MethodInfo]:
-    if not _REGISTRY:
-        _load_all()
+    _load_all()
     return [info for info, _ in _REGISTRY.values()]
 
 
