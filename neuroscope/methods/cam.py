@@ -137,8 +137,9 @@ def ablation_cam(ctx) -> np.ndarray:
     live = chosen[np.any(a[chosen] != 0, axis=(1, 2))]  # zeroing an all-zero channel changes nothing
     y = cap.score
     cut = backend.can_cut(ctx.layer) if hasattr(backend, "can_cut") else False
-    # Above a cut only the upper layers run: much larger chunks stay cheap there.
-    size = max(1, min(64, 3 * PIXELS_PER_CHUNK // a.size)) if cut else chunk_size(ctx)
+    # Above a cut only the upper layers run: much larger chunks stay cheap there (but
+    # keep about 8 of them for the progress bar).
+    size = max(1, min(64, 3 * PIXELS_PER_CHUNK // a.size, -(-len(live) // 8))) if cut else chunk_size(ctx)
     drops = np.zeros(a.shape[0], np.float64)
     for i, j in chunks(ctx, len(live), "Ablation-CAM channels", size=size):
         ks = live[i:j]

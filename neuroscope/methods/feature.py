@@ -28,7 +28,9 @@ def fem_map(a: np.ndarray, k: float = 2.0) -> np.ndarray:
     return m / peak if peak > 0 else m
 
 
-@register(MethodInfo("fem", "feature", needs_layer=True, signed=False,
+# Signed: after a ReLU every channel mean is >= 0, but at a linear layer a salient
+# channel with a negative mean subtracts.
+@register(MethodInfo("fem", "feature", needs_layer=True, signed=True,
                      description="Feature Explanation Method: where the layer's strongest features fire "
                                  "(class-agnostic, no gradients)."))
 def fem(ctx) -> np.ndarray:
