@@ -1,8 +1,10 @@
 """Neuroscope dashboard: `streamlit run app/streamlit_app.py` (or `make run`).
 
 A thin UI over the engine (CONTRACT.md §5): the shared sidebar picks model, image,
-layer and target; each page renders what the engine returns. To add a page, append
-(file, title, icon) to PAGES.
+layer and target; each page renders what the engine returns. To add a page, put its
+script in app_pages/ and append (file, title, icon) to PAGES. The folder must not be
+called `pages`: a `pages/` folder beside this file switches Streamlit to its legacy
+multipage mode, which runs page files without this script (no shared sidebar).
 """
 from __future__ import annotations
 
@@ -21,10 +23,10 @@ import streamlit as st  # noqa: E402
 from dashboard import state  # noqa: E402
 
 PAGES = [
-    ("pages/explain.py", "Explain", ":material/insights:"),
-    ("pages/layers.py", "Layers", ":material/grid_view:"),
-    ("pages/ground_truth.py", "Ground truth", ":material/fact_check:"),
-    ("pages/model.py", "Model", ":material/account_tree:"),
+    ("app_pages/explain.py", "Explain", ":material/insights:"),
+    ("app_pages/layers.py", "Layers", ":material/grid_view:"),
+    ("app_pages/ground_truth.py", "Ground truth", ":material/fact_check:"),
+    ("app_pages/model.py", "Model", ":material/account_tree:"),
 ]
 
 st.set_page_config(page_title="Neuroscope", page_icon=":material/visibility:", layout="wide")

@@ -141,6 +141,8 @@ def explainer_for_upload(digest: str, suffix: str, _model: bytes, _spec: bytes |
         if spec.framework != "keras":
             raise BadModel("an uploaded spec must describe the uploaded Keras file (framework = \"keras\")")
         return Explainer(load_model(replace(spec, weights=model_path, path=None), allow_code=False))
+    except NeuroscopeError as exc:  # keep server paths out of the message
+        raise type(exc)(str(exc).replace(str(model_path), "the uploaded file").replace(str(folder), "")) from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

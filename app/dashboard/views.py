@@ -13,7 +13,7 @@ from neuroscope.images import resize_labels, resize_rgb
 from . import state
 
 MAX_DISPLAY = (560, 800)   # (H, W) bound of pictures in the browser; maps stay at full size
-SIGN_LABELS = {"both": "both signs", "positive": "positive", "negative": "negative"}
+SIGN_LABELS = {"both": "both", "positive": "+ only", "negative": "− only"}
 
 
 def display_size(shape: tuple[int, ...], bound: tuple[int, int] = MAX_DISPLAY) -> tuple[int, int]:
@@ -77,12 +77,12 @@ class Display:
 
 def display_controls() -> Display:
     """Colormap, opacity, sign and percentile clipping: display only, never a model pass."""
-    c1, c2, c3, c4 = st.columns(4)
+    c1, c2, c3, c4 = st.columns([1, 1, 1.2, 1])
     cmap = c1.selectbox("Colormap", ["auto", *render.COLORMAPS, *render.DIVERGING],
                         key=state.init("disp_cmap", "auto"),
                         help="auto: diverging blue-red for signed maps, jet otherwise")
     alpha = c2.slider("Opacity", 0.0, 1.0, step=0.05, key=state.init("disp_alpha", 0.5))
-    sign = c3.radio("Show", list(SIGN_LABELS), format_func=SIGN_LABELS.get, horizontal=True,
+    sign = c3.radio("Sign", list(SIGN_LABELS), format_func=SIGN_LABELS.get, horizontal=True,
                     key=state.init("disp_sign", "both"))
     pct = c4.slider("Clip at percentile", 90.0, 100.0, step=0.5, key=state.init("disp_pct", 99.5),
                     help="values above this percentile of |map| saturate")

@@ -96,6 +96,7 @@ def dataset(sel: state.Selection) -> None:
         bar.empty()
     ious = truth.iou(total)
     st.session_state["ns_confusion"] = total
+    st.session_state["ns_confusion_images"] = used
     c1, c2 = st.columns(2)
     c1.metric(f"Mean IoU over {len(used)} image{'s' * (len(used) != 1)}",
               f"{np.nanmean(ious):.3f}" if np.isfinite(ious).any() else "—")

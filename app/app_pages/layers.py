@@ -84,6 +84,7 @@ def layer_sweep(sel: state.Selection, names: list[str]) -> None:
     except NeuroscopeError as exc:
         st.error(f"{exc}")
         return
+    st.session_state["ns_sweep"] = maps
     picture = views.shown(sel.image, SWEEP_THUMB)
     display = views.Display("jet", 0.5, "both", 99.5)
     thumbs = [display.overlay(picture, maps[n], signed=False) for n in chosen]

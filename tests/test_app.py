@@ -1,0 +1,258 @@
+"""The dashboard, driven by Streamlit's AppTest: pages render, controls change the maps,
+clicks pick regions, and display controls never run the model."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from neuroscope.zoo import bundled_specs  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = ROOT / "app" / "streamlit_app.py"
+FIXTURES = ROOT / "tests" / "fixtures"
+TINY_SEG = FIXTURES / "app-tiny-seg.toml"
+TIMEOUT = 180
+CLASSIFIER = "mobilenet_v2-imagenet"
+KERAS_CLASSIFIER = "mobilenet_v2-imagenet-keras"
+SCENE_SEED = 7      # a generated street scene with a large car
+
+
+def seg_model() -> str:
+    """The bundled segmenter when it exists, else the tiny test spec (an extra spec)."""
+    return "drivescene-seg" if "drivescene-seg" in bundled_specs() else f"extra:{TINY_SEG.resolve()}"
+
+
+@pytest.fixture(autouse=True)
+def _extra_specs(monkeypatch):
+    monkeypatch.setenv("NEUROSCOPE_EXTRA_SPECS", str(TINY_SEG))
+    monkeypatch.syspath_prepend(str(FIXTURES))
+
+
+def clean(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+def start(model: str, *, scene: int | None = None, gallery: str | None = None, methods=None,
+          **state) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.session_state["model"] = model
+    if scene is not None:
+        at.session_state["image_source"] = "Generated scene"
+        at.session_state["scene_seed"] = scene
+    if gallery is not None:
+        at.session_state["image_source"] = "Gallery"
+    for key, value in state.items():
+        at.session_state[key] = value
+    if methods is not None:
+        task = "segmentation" if scene is not None else "classification"
+        at.session_state[f"methods::{task}"] = list(methods)
+    if gallery is not None:
+        at.session_state["gallery::classification"] = gallery
+    return clean(at.run())
+
+
+def selection(at: AppTest):
+    return at.session_state["ns_selection"]
+
+
+def maps(at: AppTest) -> dict[str, np.ndarray]:
+    return {k: v.copy() for k, v in at.session_state["ns_maps"].items()}
+
+
+def corr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+# ----------------------------------------------------------------------------- pages
+def test_reruns_keep_the_shared_sidebar_so_no_legacy_pages_folder():
+    # a folder app/pages/ makes Streamlit run page files without the entry script (no sidebar)
+    assert not (APP.parent / "pages").exists(), "put pages in app/app_pages/ and list them in PAGES"
+    at = start(CLASSIFIER, gallery="cat.jpg")
+    for _ in range(2):
+        at.run()
+        assert at.sidebar.selectbox(key="model").value == CLASSIFIER
+        assert selection(at).image_name == "cat.jpg"
+    gallery = at.sidebar.selectbox(key="gallery::classification").options
+    assert "cat.jpg" in gallery and not [n for n in gallery if "_labels" in n or "_instances" in n]
+
+
+@pytest.mark.parametrize("model", [CLASSIFIER, "segmenter", KERAS_CLASSIFIER])
+def test_every_page_renders_on_a_bundled_model(model):
+    model = seg_model() if model == "segmenter" else model
+    seg = model not in (CLASSIFIER, KERAS_CLASSIFIER)
+    at = start(model, scene=SCENE_SEED) if seg else start(model, gallery="cat.jpg")
+    sel = selection(at)
+    h, w = sel.image.shape[:2]
+    m = at.session_state["ns_maps"]["grad-cam"]
+    assert m.shape == (h, w) and np.isfinite(m).all() and np.ptp(m) > 0
+    if not seg:
+        assert sel.prediction.top(1)[0]["name"] in ("Egyptian cat", "tabby", "tiger cat")
+
+    clean(at.switch_page("app_pages/layers.py").run())
+    acts = sel.explainer.capture(sel.image, sel.target).activations[sel.layer]
+    assert 0 <= at.session_state["layers_channel"] < acts.shape[0]
+    sweep = at.session_state["ns_sweep"]          # Grad-CAM at every block, from the same capture
+    assert len(sweep) >= 4 and sel.layer in [l.name for l in sel.explainer.spatial_layers()]
+    assert len({round(float(np.ptp(m)), 6) for m in sweep.values()}) > 1
+    assert len(at.get("image")) >= 2              # the enlarged channel and the sweep strip
+
+    clean(at.switch_page("app_pages/ground_truth.py").run())
+    if seg:   # a generated scene comes with its labels
+        confusion, used = at.session_state["ns_confusion"], at.session_state["ns_confusion_images"]
+        labelled = sorted(p.name.replace("_labels", "") for p in (ROOT / "assets" / "images").glob("*_labels.png"))
+        assert sorted(used) == sorted(labelled + [sel.image_name])
+        valid = int((sel.truth < 19).sum()) + sum(
+            int((np.asarray(Image.open(ROOT / "assets" / "images" / n.replace(".png", "_labels.png"))) < 19).sum())
+            for n in labelled)
+        assert confusion.sum() == valid > 0
+        iou = at.session_state["ns_iou"]
+        assert np.nanmax(iou) <= 1.0 and np.isfinite(iou).any()
+    else:
+        assert any("segmentation" in i.value for i in at.info)
+
+    clean(at.switch_page("app_pages/model.py").run())
+    arch = at.session_state["ns_architecture"]
+    assert len(arch) == len(sel.explainer.layers())
+    assert arch["parameters"].max() > 0
+
+    clean(at.switch_page("app_pages/explain.py").run())
+    assert set(at.session_state["ns_maps"]) == {"grad-cam"}
+
+
+# ----------------------------------------------------------------------------- controls
+def test_switching_method_layer_and_class_updates_the_maps():
+    at = start(CLASSIFIER, gallery="cat.jpg")
+    sel = selection(at)
+    ex = sel.explainer
+    first = maps(at)["grad-cam"]
+
+    at.sidebar.multiselect(key="methods::classification").set_value(["grad-cam", "saliency"]).run()
+    both = maps(clean(at))
+    assert set(both) == {"grad-cam", "saliency"}
+    assert np.array_equal(both["grad-cam"], first)
+    assert abs(corr(both["saliency"], first)) < 0.9
+
+    stats = Counter(ex.stats)
+    layer_key = f"layer::{CLASSIFIER}"
+    shallower = [l.name for l in ex.spatial_layers() if l.stride == 16][-1]
+    at.sidebar.selectbox(key=layer_key).set_value(shallower).run()
+    switched = maps(clean(at))
+    assert selection(at).layer == shallower
+    assert not np.allclose(switched["grad-cam"], first)
+    assert np.array_equal(switched["saliency"], both["saliency"])          # saliency has no layer
+    assert ex.stats["capture"] == stats["capture"] and ex.stats["forward"] == stats["forward"]  # layer switch: no pass
+
+    runner_up = sel.prediction.top(2)[1]["class_id"]
+    at.sidebar.selectbox(key=f"class::{CLASSIFIER}::gallery:cat.jpg").set_value(runner_up).run()
+    other = maps(clean(at))
+    assert selection(at).resolved.class_id == runner_up
+    assert not np.allclose(other["grad-cam"], switched["grad-cam"])
+    assert not np.allclose(other["saliency"], switched["saliency"])
+
+
+def test_clicks_select_the_object_under_them_and_boxes():
+    at = start(seg_model(), scene=SCENE_SEED)
+    sel = selection(at)
+    before = sel.resolved
+    assert before.region == "predicted"
+    labels = sel.prediction.labels
+    # the pixel deepest inside the largest predicted component of the clicked class
+    from scipy import ndimage
+    cls = int(np.bincount(labels.ravel()).argmax())
+    comp, _ = ndimage.label(labels == cls, structure=np.ones((3, 3), bool))
+    biggest = np.bincount(comp.ravel())[1:].argmax() + 1
+    y, x = np.unravel_index(np.argmax(ndimage.distance_transform_edt(comp == biggest)), labels.shape)
+    first_map = maps(at)["grad-cam"]
+
+    at.session_state["ns_clicks"] = [[int(x), int(y)]]
+    at.session_state["region_mode"] = "clicked"
+    clean(at.run())
+    picked = selection(at).resolved
+    assert picked.region == f"{x},{y}"
+    assert picked.class_id == labels[y, x]
+    assert picked.mask[y, x] and picked.pixels == int(picked.mask.sum())
+    comp, _ = ndimage.label(labels == picked.class_id, structure=np.ones((3, 3), bool))
+    assert np.array_equal(picked.mask, comp == comp[y, x])     # the 8-connected object under the click
+    assert picked.pixels != before.pixels
+    assert not np.array_equal(maps(at)["grad-cam"], first_map)
+
+    at.session_state["ns_clicks"] = [[40, 30], [200, 120]]
+    at.session_state["region_mode"] = "box"
+    clean(at.run())
+    box = selection(at).resolved
+    assert box.region == "40,30,201,121"
+    assert box.pixels == 161 * 91
+    assert box.mask[30:121, 40:201].all() and box.mask.sum() == box.pixels
+
+
+def test_display_changes_run_no_model_pass():
+    at = start(CLASSIFIER, gallery="cat.jpg", methods=["grad-cam", "saliency"])
+    ex = selection(at).explainer
+    stats = Counter(ex.stats)
+    before_maps, before = maps(at), dict(at.session_state["ns_overlays"])
+    changes = [("disp_cmap", "selectbox", "viridis"), ("disp_alpha", "slider", 0.8),
+               ("disp_sign", "radio", "positive"), ("disp_pct", "slider", 95.0)]
+    for key, kind, value in changes:
+        getattr(at, kind)(key=key).set_value(value).run()
+        clean(at)
+        now = at.session_state["ns_overlays"]
+        changed = [m for m in now if not np.array_equal(now[m], before[m])]
+        assert changed, f"{key} did not change any overlay"
+        before = dict(now)
+    assert ex.stats == stats, f"display changes ran the model: {ex.stats - stats}"
+    after_maps = maps(at)
+    assert all(np.array_equal(after_maps[m], before_maps[m]) for m in before_maps)
+
+
+# ----------------------------------------------------------------------------- parameters and bad input
+def test_method_parameters_come_from_the_registry_and_bad_values_are_reported():
+    at = start(CLASSIFIER, gallery="cat.jpg", methods=["integrated-gradients"],
+               **{"param::integrated-gradients::steps": 4})
+    ig = at.session_state["ns_maps"]["integrated-gradients"]
+    assert np.isfinite(ig).all() and np.ptp(ig) > 0
+    assert at.number_input(key="param::integrated-gradients::smooth").value == 0   # SmoothGrad, from the registry
+
+    at.text_input(key="param::integrated-gradients::baseline").set_value("purple").run()
+    assert not at.exception
+    assert any("baseline" in e.value and "purple" in e.value for e in at.error)
+    assert "integrated-gradients" not in at.session_state["ns_maps"]
+
+
+def test_bad_uploads_and_broken_models_get_a_message_not_a_traceback(tmp_path, monkeypatch):
+    broken = tmp_path / "broken.toml"
+    broken.write_text(TINY_SEG.read_text().replace('"ns_tiny_seg:tiny_seg"', '"no_such_module:factory"')
+                      .replace('name = "tiny-seg-app-test"', 'name = "broken"'))
+    monkeypatch.setenv("NEUROSCOPE_EXTRA_SPECS", f"{TINY_SEG}:{broken}")
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.session_state["model"] = f"extra:{broken.resolve()}"
+    at.run()
+    assert not at.exception
+    assert len(at.error) == 1 and "no_such_module" in at.error[0].value
+    assert at.session_state["ns_selection"] is None
+
+    at.session_state["model"] = CLASSIFIER
+    at.session_state["image_source"] = "Upload"
+    clean(at.run())
+    at.sidebar.file_uploader(key="image_upload").set_value(("photo.jpg", b"not an image at all", "image/jpeg")).run()
+    assert not at.exception
+    assert len(at.error) == 1 and "PNG or JPEG" in at.error[0].value
+
+    at.sidebar.selectbox(key="model").set_value("__upload__").run()
+    at.sidebar.file_uploader(key="model_upload").set_value(("weights.pth", b"\x80\x02junk", "application/octet-stream"))
+    at.run()
+    assert not at.exception
+    assert len(at.error) == 1 and "state dict" in at.error[0].value
+
+    at.sidebar.file_uploader(key="model_upload").set_value(("model.keras", b"not a zip", "application/octet-stream"))
+    at.run()
+    assert not at.exception
+    assert len(at.error) == 1 and "Keras" in at.error[0].value and "neuroscope-upload" not in at.error[0].value
