@@ -96,6 +96,8 @@ def test_every_page_renders_on_a_bundled_model(model):
     assert m.shape == (h, w) and np.isfinite(m).all() and np.ptp(m) > 0
     if not seg:
         assert sel.prediction.top(1)[0]["name"] in ("Egyptian cat", "tabby", "tiger cat")
+    task = "segmentation" if seg else "classification"
+    clean(at.sidebar.multiselect(key=f"methods::{task}").set_value(["grad-cam", "saliency"]).run())
 
     clean(at.switch_page("app_pages/layers.py").run())
     acts = sel.explainer.capture(sel.image, sel.target).activations[sel.layer]
@@ -124,8 +126,9 @@ def test_every_page_renders_on_a_bundled_model(model):
     assert len(arch) == len(sel.explainer.layers())
     assert arch["parameters"].max() > 0
 
-    clean(at.switch_page("app_pages/explain.py").run())
-    assert set(at.session_state["ns_maps"]) == {"grad-cam"}
+    clean(at.switch_page("app_pages/explain.py").run())   # the method choice survived the other pages
+    assert at.sidebar.multiselect(key=f"methods::{task}").value == ["grad-cam", "saliency"]
+    assert set(at.session_state["ns_maps"]) == {"grad-cam", "saliency"}
 
 
 # ----------------------------------------------------------------------------- controls
@@ -211,6 +214,25 @@ def test_display_changes_run_no_model_pass():
     assert ex.stats == stats, f"display changes ran the model: {ex.stats - stats}"
     after_maps = maps(at)
     assert all(np.array_equal(after_maps[m], before_maps[m]) for m in before_maps)
+
+
+def test_downloads_hold_the_maps_the_overlays_and_the_parameters(monkeypatch):
+    import io
+    import json
+    monkeypatch.syspath_prepend(str(APP.parent))
+    from dashboard import exports
+    at = start(CLASSIFIER, gallery="cat.jpg", methods=["grad-cam", "saliency"])
+    sel, results = selection(at), at.session_state["ns_results"]
+    overlays = at.session_state["ns_overlays"]
+    with np.load(io.BytesIO(exports.maps_npz(results))) as npz:
+        assert sorted(npz.files) == ["grad-cam", "saliency"]
+        assert all(np.array_equal(npz[m], results[m].map) for m in npz.files)
+    grid = np.asarray(Image.open(io.BytesIO(exports.overlays_png(results, overlays))))
+    oh, ow = overlays["grad-cam"].shape[:2]
+    assert grid.shape[1] >= 2 * ow and grid.shape[0] >= oh
+    doc = json.loads(exports.parameters_json("m", sel.image_name, sel.image.shape[:2], sel.resolved.as_json(), results))
+    assert doc["target"]["class_id"] == sel.resolved.class_id and doc["shape"] == list(sel.image.shape[:2])
+    assert doc["methods"]["grad-cam"]["layer"] == sel.layer and doc["methods"]["saliency"]["params"] == {"smooth": 0}
 
 
 # ----------------------------------------------------------------------------- parameters and bad input

@@ -1,18 +1,14 @@
 """Explain: the image (clickable), the prediction, and one overlay per method side by side."""
 from __future__ import annotations
 
-import io
-import json
-
-import numpy as np
 import streamlit as st
 
-from dashboard import charts, state, views
-from neuroscope import render
+from dashboard import charts, exports, state, views
 from neuroscope.errors import NeuroscopeError
 from neuroscope.methods.registry import MethodInfo, list_methods
 
 MAPS = "ns_maps"           # method -> map float32 [H, W] of the last run (tests compare them)
+RESULTS = "ns_results"     # method -> Explanation of the last run
 OVERLAYS = "ns_overlays"   # method -> overlay uint8 as displayed
 DEFAULT_METHODS = ("grad-cam",)
 
@@ -97,40 +93,17 @@ def compute(sel: state.Selection, chosen: list[str], infos: dict[str, MethodInfo
     return results, errors
 
 
-def _json_ready(value):
-    if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
-
-
 def downloads(sel: state.Selection, results: dict, overlays: dict) -> None:
-    names = list(results)
     stem = f"neuroscope-{sel.explainer.spec.name}"
-
-    def grid_png() -> bytes:
-        labels = [f"{m} ({results[m].meta['layer'] or 'input'})" for m in names]
-        return render.to_png_bytes(render.montage([overlays[m] for m in names], labels, cols=3))
-
-    def maps_npz() -> bytes:
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **{m: results[m].map for m in names})
-        return buf.getvalue()
-
-    def params_json() -> str:
-        doc = {"model": sel.explainer.spec.name, "image": sel.image_name, "shape": list(sel.image.shape[:2]),
-               "target": sel.resolved.as_json() if sel.resolved else None,
-               "methods": {m: {k: v for k, v in results[m].meta.items()} for m in names}}
-        return json.dumps(_json_ready(doc), indent=2)
+    target = sel.resolved.as_json() if sel.resolved else None
     c1, c2, c3 = st.columns(3)
-    c1.download_button("Overlays (PNG)", grid_png, f"{stem}-overlays.png", "image/png", width="stretch")
-    c2.download_button("Raw maps (.npz)", maps_npz, f"{stem}-maps.npz", "application/octet-stream", width="stretch")
-    c3.download_button("Parameters (JSON)", params_json, f"{stem}-params.json", "application/json", width="stretch")
+    c1.download_button("Overlays (PNG)", lambda: exports.overlays_png(results, overlays), f"{stem}-overlays.png",
+                       "image/png", width="stretch")
+    c2.download_button("Raw maps (.npz)", lambda: exports.maps_npz(results), f"{stem}-maps.npz",
+                       "application/octet-stream", width="stretch")
+    c3.download_button("Parameters (JSON)", lambda: exports.parameters_json(
+        sel.explainer.spec.name, sel.image_name, sel.image.shape[:2], target, results),
+        f"{stem}-params.json", "application/json", width="stretch")
 
 
 def target_summary(sel: state.Selection) -> str:
@@ -196,6 +169,7 @@ def page() -> None:
                 st.image(overlays[m], width="stretch",
                          caption=f"{m} · {layer} · {res.meta['time_ms']:.0f} ms · "
                                  f"range {float(res.map.min()):.3g} … {float(res.map.max()):.3g}")
+    st.session_state[RESULTS] = results
     st.session_state[MAPS] = {m: r.map for m, r in results.items()}
     st.session_state[OVERLAYS] = overlays
     if results:
