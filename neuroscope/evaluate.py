@@ -217,12 +217,14 @@ def random_map(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
 
 def evaluate(explainer, items: Sequence[EvalItem], methods: Sequence[str], *, steps: int = metrics.DEFAULT_STEPS,
              params: dict[str, dict] | None = None, layer: str | None = None, with_random: bool = False,
-             sanity: bool = False, sanity_steps: int = 8, chunk: int = metrics.DEFAULT_CHUNK,
+             sanity: bool = False, sanity_steps: int = 8, sanity_maps: bool = False,
+             chunk: int = metrics.DEFAULT_CHUNK,
              progress: Progress | None = None, strict: bool = True) -> Report:
     """Run `methods` on every item and score their maps.
 
     `strict`: a method failing on an item raises; otherwise the error is recorded in its
-    report and the method is scored on the other items. `progress(fraction, message)`
+    report and the method is scored on the other items. `sanity_maps` keeps the maps of
+    every randomisation step (the app's strip). `progress(fraction, message)`
     returning False cancels.
     """
     from .methods.registry import get_method
@@ -274,7 +276,7 @@ def evaluate(explainer, items: Sequence[EvalItem], methods: Sequence[str], *, st
         item = items[0]
         prep, _, rt = _resolve_item(explainer, item)
         report.sanity = metrics.sanity_check(explainer, prep, list(methods), rt, max_steps=sanity_steps,
-                                             params=params, progress=sub("sanity check"))
+                                             params=params, keep_maps=sanity_maps, progress=sub("sanity check"))
     if progress is not None:
         progress(1.0, "done")
     return report

@@ -148,3 +148,32 @@ def test_report_rows_flag_methods_that_do_not_beat_a_random_map():
     assert "| bad |" in table.split("does not beat")[0].splitlines()[-1]
     assert "does not beat" not in [l for l in table.splitlines() if l.startswith("| good |")][0]
     assert [l for l in table.splitlines() if l.startswith("| random |")][0].count("0.200") == 1
+
+
+def test_evaluate_page_runs_metrics_and_the_sanity_strip(monkeypatch):
+    """The Evaluate page under the shared sidebar (a harness: the page list belongs to the app)."""
+    pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
+
+    fixtures = ROOT / "tests" / "fixtures"
+    spec = fixtures / "app-tiny-seg.toml"
+    monkeypatch.setenv("NEUROSCOPE_EXTRA_SPECS", str(spec))
+    monkeypatch.syspath_prepend(str(fixtures))
+    script = (f"import sys, runpy\nsys.path.insert(0, {str(ROOT / 'app')!r})\n"
+              "from dashboard import state\nstate.sidebar()\n"
+              f"runpy.run_path({str(ROOT / 'app' / 'app_pages' / 'evaluate.py')!r}, run_name='__page__')\n")
+    at = AppTest.from_string(script, default_timeout=240)
+    at.session_state["model"] = f"extra:{spec.resolve()}"
+    at.session_state["image_source"] = "Generated scene"
+    at.session_state["scene_seed"] = 7
+    at.session_state["methods::evaluate::segmentation"] = ["grad-cam"]
+    at.session_state["eval_steps"] = 10
+    at.session_state["eval_sanity"] = True
+    at.session_state["eval_sanity_steps"] = 2
+    at.run()
+    at.button(key="eval_run").click().run()
+    assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
+    settings, report = at.session_state["ns_eval_report"]
+    assert set(report.methods) == {"grad-cam"} and len(report.methods["grad-cam"].items) == 1
+    assert len(report.sanity["grad-cam"].maps) == 2          # the strip: one map per randomisation step
+    assert any("final ρ" in m.value for m in at.markdown)
