@@ -73,6 +73,13 @@ def corr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 # ----------------------------------------------------------------------------- pages
+def test_the_app_is_thin_no_framework_imports():
+    import re
+    pattern = re.compile(r"^\s*(import|from)\s+(torch|tensorflow|keras|tf_keras)\b", re.M)
+    offenders = [str(p.relative_to(ROOT)) for p in APP.parent.rglob("*.py") if pattern.search(p.read_text())]
+    assert not offenders, f"app/ must use the neuroscope API only: {offenders}"
+
+
 def test_reruns_keep_the_shared_sidebar_so_no_legacy_pages_folder():
     # a folder app/pages/ makes Streamlit run page files without the entry script (no sidebar)
     assert not (APP.parent / "pages").exists(), "put pages in app/app_pages/ and list them in PAGES"
@@ -110,11 +117,11 @@ def test_every_page_renders_on_a_bundled_model(model):
     clean(at.switch_page("app_pages/ground_truth.py").run())
     if seg:   # a generated scene comes with its labels
         confusion, used = at.session_state["ns_confusion"], at.session_state["ns_confusion_images"]
-        labelled = sorted(p.name.replace("_labels", "") for p in (ROOT / "assets" / "images").glob("*_labels.png"))
-        assert sorted(used) == sorted(labelled + [sel.image_name])
-        valid = int((sel.truth < 19).sum()) + sum(
-            int((np.asarray(Image.open(ROOT / "assets" / "images" / n.replace(".png", "_labels.png"))) < 19).sum())
-            for n in labelled)
+        images = ROOT / "assets" / "images"
+        truths = {p.name: images / f"{p.stem}_labels.png" for p in images.iterdir()
+                  if p.suffix in (".png", ".jpg") and (images / f"{p.stem}_labels.png").is_file()}
+        assert sorted(used) == sorted([*truths, sel.image_name])
+        valid = int((sel.truth < 19).sum()) + sum(int((np.asarray(Image.open(t)) < 19).sum()) for t in truths.values())
         assert confusion.sum() == valid > 0
         iou = at.session_state["ns_iou"]
         assert np.nanmax(iou) <= 1.0 and np.isfinite(iou).any()

@@ -71,7 +71,6 @@ def chromium_path() -> str:
         if os.environ.get("CI") == "true":
             pytest.fail("CI=true but /usr/bin/chromium is missing: install Debian's chromium (.ci/run does)")
         pytest.skip("no /usr/bin/chromium (apt-get install chromium)")
-    pytest.importorskip("playwright.sync_api")
     return str(CHROMIUM)
 
 
@@ -166,7 +165,8 @@ def test_click_a_car_and_compare_two_methods(chromium_path, server):
             overlays = page.locator('.st-key-overlays [data-testid="stImage"] img')
             expect(overlays).to_have_count(2)
             for i in range(2):
-                assert overlays.nth(i).evaluate("img => img.complete && img.naturalWidth > 0")
+                expect(overlays.nth(i)).to_have_js_property("complete", True, timeout=TIMEOUT_MS)
+                assert overlays.nth(i).evaluate("img => img.naturalWidth") > 0
             assert page.locator('[data-testid="stException"]').count() == 0
             assert page.locator('[data-testid="stAlertContentError"]').count() == 0
 
@@ -181,6 +181,14 @@ def test_click_a_car_and_compare_two_methods(chromium_path, server):
             expect(page.locator(".st-key-sweep [data-testid='stImage']").first).to_be_visible(timeout=TIMEOUT_MS)
             wait_idle(page)
             assert page.locator('[data-testid="stException"]').count() == 0
+            # clicking the second tile of the filter grid selects another channel
+            channel = page.get_by_label("Channel", exact=True)
+            first = channel.input_value()
+            grid = page.frame_locator('iframe[title*="streamlit_image_coordinates"]').first.locator("#image")
+            gbox = grid.bounding_box()
+            grid.click(position={"x": 1.5 * gbox["width"] / 8, "y": 10})
+            expect(channel).not_to_have_value(first, timeout=TIMEOUT_MS)
+            wait_idle(page)
             page.screenshot(path=str(ARTIFACTS / "layers.png"))
         finally:
             browser.close()

@@ -47,7 +47,7 @@ def filter_grid(sel: state.Selection, acts: np.ndarray, order: np.ndarray, mean_
     rows = -(-len(shown) // GRID_COLS)
 
     def on_tile_click() -> None:
-        v = st.session_state.get("layers_grid_click")
+        v = st.session_state.get("grid_click")
         if not v or "x" not in v:
             return
         col = int(v["x"] / max(1, v["width"]) * GRID_COLS)
@@ -60,7 +60,7 @@ def filter_grid(sel: state.Selection, acts: np.ndarray, order: np.ndarray, mean_
         st.caption(f"Channels {(page - 1) * per_page + 1}–{(page - 1) * per_page + len(shown)} of {k}, "
                    f"sorted by {SORTS[st.session_state['layers_sort']]}; each tile scaled on its own. "
                    "Click a tile to enlarge it.")
-        streamlit_image_coordinates(grid, key="layers_grid_click", width="stretch", on_click=on_tile_click,
+        streamlit_image_coordinates(grid, key="grid_click", width="stretch", on_click=on_tile_click,
                                     cursor="pointer")
     with right:
         if st.session_state.get(CHANNEL) is None or not 0 <= st.session_state[CHANNEL] < k:
