@@ -267,6 +267,10 @@ def test_bad_uploads_and_broken_models_get_a_message_not_a_traceback(tmp_path, m
     assert not at.exception
     assert len(at.error) == 1 and "no_such_module" in at.error[0].value
     assert at.session_state["ns_selection"] is None
+    at.run()                                    # remembered: the same message, no reload attempt
+    assert not at.exception and len(at.error) == 1 and "no_such_module" in at.error[0].value
+    at.sidebar.button(key="retry_model").click().run()
+    assert not at.exception and len(at.error) == 1
 
     at.session_state["model"] = CLASSIFIER
     at.session_state["image_source"] = "Upload"

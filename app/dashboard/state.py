@@ -153,13 +153,20 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _load_entry(entry: ModelEntry) -> Explainer | None:
-    try:
-        with st.spinner(f"Loading {entry.name}…"):
-            return explainer_for_spec(entry.path)
-    except NeuroscopeError as exc:
-        st.error(f"Cannot load {entry.name}: {exc}. Pick another model in the sidebar.")
-    except Exception as exc:  # a framework failing inside its loader: report, keep the app alive
-        st.error(f"Cannot load {entry.name} ({_first_line(exc)}). Pick another model in the sidebar.")
+    """The entry's Explainer; a failure is remembered for the session (no reload on every rerun)."""
+    failures = st.session_state.setdefault("ns_model_failures", {})
+    if entry.path not in failures:
+        try:
+            with st.spinner(f"Loading {entry.name}…"):
+                return explainer_for_spec(entry.path)
+        except NeuroscopeError as exc:
+            failures[entry.path] = f"Cannot load {entry.name}: {exc}. Pick another model in the sidebar."
+        except Exception as exc:  # a framework failing inside its loader: report, keep the app alive
+            failures[entry.path] = f"Cannot load {entry.name} ({_first_line(exc)}). Pick another model in the sidebar."
+    st.error(failures[entry.path])
+    if st.sidebar.button("Try loading it again", key="retry_model"):
+        failures.pop(entry.path, None)
+        st.rerun()
     return None
 
 
