@@ -85,7 +85,8 @@ def compute(sel: state.Selection, chosen: list[str], infos: dict[str, MethodInfo
             with slot, st.spinner(f"Computing {m}…"):
                 results[m] = ex.explain(sel.image, m, target=sel.target,
                                         layer=sel.layer if info.needs_layer else None,
-                                        params=params.get(m), progress=progress if info.slow else None)
+                                        params=params.get(m),
+                                        progress=progress if info.slow or params[m].get("smooth") else None)
         except NeuroscopeError as exc:
             errors[m] = str(exc)
         if "bar" in bar:
