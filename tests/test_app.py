@@ -133,6 +133,9 @@ def test_every_page_renders_on_a_bundled_model(model):
     assert len(arch) == len(sel.explainer.layers())
     assert arch["parameters"].max() > 0
 
+    clean(at.switch_page("app_pages/evaluate.py").run())  # renders its controls; runs only on request
+    assert any(b.label == "Run evaluation" for b in at.button)
+
     clean(at.switch_page("app_pages/explain.py").run())   # the method choice survived the other pages
     assert at.sidebar.multiselect(key=f"methods::{task}").value == ["grad-cam", "saliency"]
     assert set(at.session_state["ns_maps"]) == {"grad-cam", "saliency"}

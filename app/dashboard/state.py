@@ -34,7 +34,7 @@ REGIONS = {"predicted": "Predicted mask of the class", "all": "All pixels",
            "clicked": "Clicked object", "box": "Box (two clicks)"}
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp"]
 #: Session keys of page widgets whose values survive visits to other pages.
-KEEP_PREFIXES = ("methods::", "param::", "disp_", "layers_")
+KEEP_PREFIXES = ("methods::", "param::", "disp_", "layers_", "eval_")
 
 
 @dataclass(frozen=True)
