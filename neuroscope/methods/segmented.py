@@ -53,8 +53,9 @@ def label_regions(labels: np.ndarray, dilate: bool = True) -> sparse.csr_matrix:
     return m
 
 
-def superpixel_regions(rgb: np.ndarray, key: str | None = None) -> sparse.csr_matrix:
-    """Felzenszwalb superpixels of `rgb` at all SCALES as one region x pixel matrix (cached by key)."""
+def superpixel_regions(rgb: np.ndarray, key: str | None = None, tick=None) -> sparse.csr_matrix:
+    """Felzenszwalb superpixels of `rgb` at all SCALES as one region x pixel matrix
+    (cached by key); `tick(fraction, message)` is called after each scale."""
     if key is not None:
         with _cache_lock:
             hit = _cache.get(key)
@@ -63,7 +64,11 @@ def superpixel_regions(rgb: np.ndarray, key: str | None = None) -> sparse.csr_ma
                 return hit
     from skimage.segmentation import felzenszwalb
 
-    mats = [label_regions(felzenszwalb(rgb, scale=s, sigma=SIGMA, min_size=MIN_SIZE)) for s in SCALES]
+    mats = []
+    for i, scale in enumerate(SCALES):
+        mats.append(label_regions(felzenszwalb(rgb, scale=scale, sigma=SIGMA, min_size=MIN_SIZE)))
+        if tick is not None:
+            tick(0.9 * (i + 1) / len(SCALES), "superpixels")
     m = sparse.vstack(mats, format="csr")
     if key is not None:
         with _cache_lock:
@@ -129,7 +134,7 @@ def _score_map(ctx) -> np.ndarray:
 def _segmented(ctx, superpixels: bool, classes: bool) -> np.ndarray:
     parts = []
     if superpixels:
-        parts.append(superpixel_regions(ctx.rgb, key=f"{ctx.prep.hash}:{ctx.model_size}"))
+        parts.append(superpixel_regions(ctx.rgb, key=f"{ctx.prep.hash}:{ctx.model_size}", tick=ctx.tick))
     if classes:
         pred = ctx.explainer.predict(ctx.prep)
         parts.append(class_regions(pred.label_map, len(ctx.explainer.classes)))

@@ -1,0 +1,232 @@
+"""Benchmark of the perturbation-style methods: how close each one runs to its floor.
+
+For every case the method runs end to end through `Explainer.explain` (cold result
+cache; the capture of the layer is warmed first, as the app has it after any CAM), while
+the backend calls it makes are recorded (kind and batch size). The *floor* is those same
+calls replayed alone: the same number of model passes in the same chunks on a
+same-shaped batch, no mask building, no bookkeeping. The ratio method / floor is what the
+issue asks to keep at or below 1.25:
+
+- Score-CAM, Ablation-CAM: their perturbed forward passes (Ablation-CAM above a
+  sequential cut runs only the layers above the target layer);
+- integrated gradients: its m forward + backward passes;
+- occlusion, RISE: their forward passes.
+
+`--memory` then runs Score-CAM on the segmentation model at `--input-size` (default
+1024x2048) with the top 64 and the top 256 channels of a layer with at least 256
+channels, each in a fresh process, and prints the peak RSS of each.
+
+    python scripts/bench_methods.py                       # ratios (MobileNetV2 + drivescene-seg)
+    python scripts/bench_methods.py --memory              # + peak RSS at 1024x2048
+    python scripts/bench_methods.py --quick               # smaller settings, for a smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from neuroscope import Explainer, load_model  # noqa: E402
+
+CLASSIFIER = "mobilenet_v2-imagenet"
+SEGMENTER = "drivescene-seg"
+PHOTO = ROOT / "assets" / "images" / "coffee.jpg"
+SCENE = ROOT / "assets" / "images" / "dashcam-highway-cars.jpg"
+RECORDED = ("scores", "scores_from", "input_gradients")
+
+
+class Recorder:
+    """Wraps the backend's model-pass methods (instance attributes) and records each call."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.calls: list[tuple[str, int, dict]] = []
+
+    def __enter__(self):
+        for name in RECORDED:
+            original = getattr(self.backend, name, None)
+            if original is None:
+                continue
+
+            def wrapper(*args, _name=name, _original=original, **kw):
+                batch = args[1] if _name == "scores_from" else args[0]
+                self.calls.append((_name, len(batch), {"layer": args[0]} if _name == "scores_from" else {}))
+                return _original(*args, **kw)
+
+            setattr(self.backend, name, wrapper)
+        return self
+
+    def __exit__(self, *exc):
+        for name in RECORDED:
+            self.backend.__dict__.pop(name, None)
+
+
+def replay(ex: Explainer, prep, calls, layer: str | None) -> tuple[float, float]:
+    """The recorded model passes alone: same kinds, same batch sizes, on the clean input."""
+    b = ex.backend
+    obj = ex.resolve(prep).objective
+    acts = None
+    if any(kind == "scores_from" for kind, _, _ in calls):
+        acts = ex.capture(prep, layers=[layer]).activations[layer]
+    t0, c0 = time.perf_counter(), time.process_time()
+    for kind, n, info in calls:
+        if kind == "scores":
+            b.scores(np.repeat(prep.x, n, axis=0), obj, kind="prob")
+        elif kind == "input_gradients":
+            b.input_gradients(np.repeat(prep.x, n, axis=0), obj)
+        else:
+            b.scores_from(info["layer"], np.repeat(acts[None], n, axis=0), obj, "logit", x=prep.x)
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def run_case(ex: Explainer, image, method: str, layer: str | None, params: dict) -> dict:
+    prep = ex.prepare(image)
+    if layer is not None:  # warm: the capture every CAM shares, the backend's cut probe
+        ex.explain(prep, "grad-cam", layer=layer)
+        if hasattr(ex.backend, "can_cut"):
+            ex.backend.can_cut(layer)
+    ex._results.clear()
+    with Recorder(ex.backend) as rec:
+        t0, c0 = time.perf_counter(), time.process_time()
+        res = ex.explain(prep, method, layer=layer, params=params)
+        total, cpu = time.perf_counter() - t0, time.process_time() - c0
+    floor, floor_cpu = replay(ex, prep, rec.calls, layer)
+    images = sum(n for _, n, _ in rec.calls)
+    return {"method": method, "layer": layer or "-", "params": params, "calls": len(rec.calls), "images": images,
+            "method_s": round(total, 2), "floor_s": round(floor, 2), "ratio": round(total / floor, 3),
+            "cpu_ratio": round(cpu / floor_cpu, 3),
+            "extra": {k: v for k, v in res.meta["extra"].items() if k in ("sequential_cut", "channels")}}
+
+
+def segmented_timing() -> list[dict]:
+    """The segmented maps at the demo segmenter's 256x512: first call on an image
+    (superpixels computed) and the next ones (superpixels cached)."""
+    from neuroscope.methods import segmented
+    seg = Explainer(load_model(SEGMENTER))
+    rows = []
+    for image in (SCENE, ROOT / "assets" / "images" / "leuven-street.jpg"):
+        prep = seg.prepare(image)
+        seg.predict(prep)
+        with segmented._cache_lock:
+            segmented._cache.clear()
+        for method in ("segmented-score-map", "guided-segmented-score-map", "similarity-map"):
+            seg._results.clear()
+            t0, c0 = time.perf_counter(), time.process_time()
+            res = seg.explain(prep, method)
+            rows.append({"image": Path(image).name, "method": method, "seconds": round(time.perf_counter() - t0, 3),
+                         "cpu_s": round(time.process_time() - c0, 3), "regions": res.meta["extra"]["regions"],
+                         "superpixels": "computed" if method == "segmented-score-map" else "cached"})
+    return rows
+
+
+def ratios(quick: bool, only: set[str] | None = None) -> list[dict]:
+    rows = []
+    cls = Explainer(load_model(CLASSIFIER))
+    last = cls.default_layer()
+    top = {"top": 256} if quick else {}
+    rows.append({"model": CLASSIFIER, **run_case(cls, PHOTO, "score-cam", last, top)})
+    rows.append({"model": CLASSIFIER, **run_case(cls, PHOTO, "ablation-cam", "features.13", {})})
+    rows.append({"model": CLASSIFIER, **run_case(cls, PHOTO, "integrated-gradients", None, {"steps": 32})})
+    occ = {"window": 32, "stride": 16} if quick else {}
+    rows.append({"model": CLASSIFIER, **run_case(cls, PHOTO, "occlusion", None, occ)})
+    rows.append({"model": CLASSIFIER, **run_case(cls, PHOTO, "rise", None, {"masks": 100} if quick else {})})
+    try:
+        seg = Explainer(load_model(SEGMENTER))
+    except Exception as exc:  # the demo segmenter may not be bundled yet
+        print(f"({SEGMENTER} not available: {exc})", file=sys.stderr)
+        return rows
+    layer = seg.default_layer()
+    rows.append({"model": SEGMENTER, **run_case(seg, SCENE, "score-cam", layer, {"top": 32 if quick else 64})})
+    rows.append({"model": SEGMENTER, **run_case(seg, SCENE, "ablation-cam", layer, {"top": 32 if quick else 64})})
+    rows.append({"model": SEGMENTER, **run_case(seg, SCENE, "integrated-gradients", None, {"steps": 16 if quick else 32})})
+    rows.append({"model": SEGMENTER, **run_case(seg, SCENE, "occlusion", None, {"window": 32, "stride": 32})})
+    rows.append({"model": SEGMENTER, **run_case(seg, SCENE, "rise", None, {"masks": 50 if quick else 200})})
+    return rows
+
+
+def wide_layer(ex: Explainer, channels: int) -> str:
+    """Among spatial layers with >= `channels` channels and the largest stride, the last."""
+    wide = [l for l in ex.layers() if l.spatial and l.shape[0] >= channels]
+    top = max(l.stride for l in wide)
+    return [l for l in wide if l.stride == top][-1].name
+
+
+def memory_child(size: tuple[int, int], top: int) -> dict:
+    """One Score-CAM in this (fresh) process; peak RSS from the kernel's high-water mark."""
+    ex = Explainer(load_model(SEGMENTER, input_size=size))
+    layer = wide_layer(ex, 256)
+    rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+    res = ex.explain(SCENE, "score-cam", layer=layer, params={"top": top})
+    seconds = time.perf_counter() - t0
+    return {"input_size": list(size), "layer": layer, "top": top, "channels": res.meta["extra"]["channels"],
+            "seconds": round(seconds, 1), "rss_after_load_mb": round(rss_loaded),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
+def memory(size: tuple[int, int], tops=(64, 256)) -> list[dict]:
+    rows = []
+    for top in tops:
+        cmd = [sys.executable, __file__, "--memory-child", str(top), "--input-size", f"{size[0]}x{size[1]}"]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+def table(rows: list[dict], cols: list[str]) -> str:
+    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(str(r.get(c, "")).ljust(w) for c, w in zip(cols, widths)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller settings (smoke run)")
+    ap.add_argument("--memory", action="store_true", help="also measure Score-CAM peak RSS at --input-size")
+    ap.add_argument("--memory-only", action="store_true", help="only the peak-RSS measurement")
+    ap.add_argument("--input-size", default="1024x2048")
+    ap.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    size = tuple(int(v) for v in args.input_size.lower().split("x"))
+    if args.memory_child is not None:
+        print(json.dumps(memory_child(size, args.memory_child)))
+        return
+    import torch
+    out: dict = {"torch_threads": torch.get_num_threads(), "cpus": os.cpu_count()}
+    if not args.memory_only:
+        out["ratios"] = ratios(args.quick)
+        try:
+            out["segmented"] = segmented_timing()
+        except Exception as exc:
+            print(f"(segmented maps skipped: {exc})", file=sys.stderr)
+    if args.memory or args.memory_only:
+        out["memory"] = memory(size)
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return
+    print(f"torch threads {out['torch_threads']}, {out['cpus']} CPUs; floor = the same model passes alone")
+    if "ratios" in out:
+        print(table(out["ratios"], ["model", "method", "layer", "params", "calls", "images", "method_s", "floor_s",
+                                    "ratio", "cpu_ratio", "extra"]))
+    if "segmented" in out:
+        print(table(out["segmented"], ["image", "method", "seconds", "cpu_s", "regions", "superpixels"]))
+    if "memory" in out:
+        print(table(out["memory"], ["input_size", "layer", "top", "channels", "seconds", "rss_after_load_mb",
+                                    "peak_rss_mb"]))
+
+
+if __name__ == "__main__":
+    main()
