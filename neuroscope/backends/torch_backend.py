@@ -177,8 +177,13 @@ class TorchBackend:
         return y / m.sum() if kind == "prob" else y
 
     @contextmanager
-    def _hooks(self, want: set[str], rule: str | None, records: dict) -> Iterator[None]:
-        """Forward hooks for this thread only: record `want` outputs, apply `rule`."""
+    def _hooks(self, want: set[str], rule: str | None, records: dict, grad_from_want: bool = False) -> Iterator[None]:
+        """Forward hooks for this thread only: record `want` outputs, apply `rule`.
+
+        `grad_from_want`: the forward starts without autograd and switches it on at the
+        first recorded output; a recorded output that does not depend on an earlier one
+        becomes a leaf. Gradients w.r.t. the recorded outputs are unchanged, but nothing
+        below them is kept for a backward (a 1024x2048 capture: ~1 GB instead of ~3)."""
         if rule is not None and rule not in self.rules:
             raise BadParameter(f"unknown ReLU rule {rule!r}; expected one of {self.rules}")
         owner = threading.get_ident()
@@ -201,6 +206,10 @@ class TorchBackend:
                 elif strided and inputs and isinstance(inputs[0], torch.Tensor) and torch.is_grad_enabled():
                     replaced = out = _StridedDeconv.apply(inputs[0], module, [out.detach()])
                 if key in want and isinstance(out, torch.Tensor):
+                    if grad_from_want:
+                        torch.set_grad_enabled(True)  # for the rest of this forward (restored by the caller)
+                        if not out.requires_grad:
+                            replaced = out = out.detach().requires_grad_(True)
                     records[key] = out
                     if key in self._clone_on_capture:
                         replaced = out.clone()  # the model modifies this output in place later
@@ -227,19 +236,36 @@ class TorchBackend:
 
     def _probe_layers(self) -> list[LayerInfo]:
         H, W = self.input_size
-        records: dict[str, torch.Tensor] = {}
+        # Outputs are watched through weak references, never held: holding every output of
+        # a 1024x2048 forward would cost GBs. An output modified in place later (e.g.
+        # `out += identity`) shows a changed version counter at the next hook while alive.
+        watched: dict[str, tuple[weakref.ref, int]] = {}
+        modified: set[str] = set()
         order: list[str] = []
-        versions: dict[str, int] = {}
         owner = threading.get_ident()
         counts: dict[str, int] = defaultdict(int)
         shapes: dict[str, object] = {}
         types: dict[str, str] = {}
         handles = []
 
+        def check() -> None:
+            for key, (ref, version) in list(watched.items()):
+                t = ref()
+                if t is None:
+                    del watched[key]
+                elif t._version != version:
+                    modified.add(key)
+                    del watched[key]
+
+        def pre_hook(module, inputs):
+            if threading.get_ident() == owner:
+                check()
+
         def make_hook(name: str):
             def hook(module, inputs, out):
                 if threading.get_ident() != owner:
                     return None
+                check()
                 k = counts[name]
                 counts[name] += 1
                 key = name if k == 0 else f"{name}#{k}"
@@ -247,8 +273,7 @@ class TorchBackend:
                 types[key] = type(module).__name__
                 if isinstance(out, torch.Tensor):
                     shapes[key] = tuple(out.shape[1:])
-                    records[key] = out
-                    versions[key] = out._version
+                    watched[key] = (weakref.ref(out), out._version)
                 else:
                     shapes[key] = None
                 return None
@@ -257,9 +282,11 @@ class TorchBackend:
         x = self._to_tensor(np.zeros((1, H, W, 3), np.float32))
         try:
             for name, module in self._by_name.items():
+                handles.append(module.register_forward_pre_hook(pre_hook))
                 handles.append(module.register_forward_hook(make_hook(name)))
             with torch.no_grad():
                 out = self.module(x)
+            check()
             self._logits(out, (H, W))  # validates the output
         except BadModel:
             raise
@@ -268,7 +295,8 @@ class TorchBackend:
         finally:
             for h in handles:
                 h.remove()
-        self._clone_on_capture = {k for k, t in records.items() if t._version != versions[k]}
+        del out
+        self._clone_on_capture = modified
         infos = []
         for key in order:
             shape = shapes[key]
@@ -299,8 +327,10 @@ class TorchBackend:
             self.layers()  # learn which outputs need cloning before the first capture
         want = set(layers)
         records: dict[str, torch.Tensor] = {}
-        xt = self._to_tensor(x, requires_grad=True)
-        with torch.enable_grad(), self._hooks(want, rule, records):
+        xt = self._to_tensor(x, requires_grad=input_grad)
+        # Without the input gradient, autograd starts at the first requested layer.
+        grad_mode = torch.enable_grad() if input_grad else torch.no_grad()
+        with grad_mode, self._hooks(want, rule, records, grad_from_want=not input_grad):
             z = self._logits(self.module(xt), tuple(xt.shape[-2:]))
             if callable(objective):  # decided from this very forward pass (no second forward)
                 objective = objective(z[0].detach().float().cpu().numpy())
