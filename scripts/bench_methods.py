@@ -19,6 +19,7 @@ channels, each in a fresh process, and prints the peak RSS of each.
     python scripts/bench_methods.py                       # ratios (MobileNetV2 + drivescene-seg)
     python scripts/bench_methods.py --memory              # + peak RSS at 1024x2048
     python scripts/bench_methods.py --quick               # smaller settings, for a smoke run
+    python scripts/bench_methods.py --grid methods.png    # picture grid: every method on one scene
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -183,6 +185,36 @@ def memory(size: tuple[int, int], tops=(64, 256)) -> list[dict]:
     return rows
 
 
+#: Settings for the picture grid: every method on one scene in well under a minute each.
+GRID_PARAMS = {"integrated-gradients": {"steps": 16}, "score-cam": {"top": 64}, "ablation-cam": {"top": 64},
+               "occlusion": {"window": 32, "stride": 16}, "rise": {"masks": 200}}
+
+
+def picture_grid(path: str, model: str = SEGMENTER, image: Path = SCENE) -> None:
+    """Every registered method's map on one scene (default target), as overlays in one PNG."""
+    from neuroscope.methods.registry import list_methods
+    from neuroscope.render import label_overlay, montage, overlay, save_png
+    ex = Explainer(load_model(model))
+    prep = ex.prepare(image)
+    pred = ex.predict(prep)
+    tiles = [prep.image]
+    labels = ["image"]
+    if pred.labels is not None:
+        tiles.append(label_overlay(prep.image, pred.labels, ex.palette))
+        labels.append("prediction")
+    for info in list_methods():
+        if ex.task not in info.tasks or info.family == "evidence":
+            continue
+        params = GRID_PARAMS.get(info.name, {})
+        t0 = time.perf_counter()
+        res = ex.explain(prep, info.name, params=params)
+        tiles.append(overlay(prep.image, res.map, sign="both" if info.signed else "positive"))
+        labels.append(f"{info.name} ({time.perf_counter() - t0:.1f} s)")
+        print(labels[-1], file=sys.stderr)
+    small = [np.asarray(Image.fromarray(t).resize((384, round(384 * t.shape[0] / t.shape[1])))) for t in tiles]
+    save_png(montage(small, labels, cols=4), path)
+
+
 def table(rows: list[dict], cols: list[str]) -> str:
     widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths)) + " |",
@@ -197,12 +229,16 @@ def main() -> None:
     ap.add_argument("--memory", action="store_true", help="also measure Score-CAM peak RSS at --input-size")
     ap.add_argument("--memory-only", action="store_true", help="only the peak-RSS measurement")
     ap.add_argument("--input-size", default="1024x2048")
+    ap.add_argument("--grid", metavar="PNG", help="only write a picture grid of all methods on one driving scene")
     ap.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     size = tuple(int(v) for v in args.input_size.lower().split("x"))
     if args.memory_child is not None:
         print(json.dumps(memory_child(size, args.memory_child)))
+        return
+    if args.grid:
+        picture_grid(args.grid)
         return
     import torch
     out: dict = {"torch_threads": torch.get_num_threads(), "cpus": os.cpu_count()}
