@@ -13,7 +13,7 @@ from neuroscope import Explainer, Target, load_model
 from neuroscope.errors import BadParameter, Cancelled
 from neuroscope.methods.chunks import MAX_CHUNK
 from neuroscope.methods.feature import fem_map
-from neuroscope.methods.registry import get_method, list_methods
+from neuroscope.methods.registry import list_methods
 from neuroscope.methods.segmented import greedy_cover, label_regions
 
 MEAN, STD = (0.45, 0.45, 0.45), (0.25, 0.25, 0.25)
@@ -460,37 +460,40 @@ def parity_net(task: str, classes: int) -> nn.Module:
     return nn.Sequential(*layers).eval()
 
 
-@pytest.fixture(scope="module", params=["classification", "segmentation"])
-def twins(request):
-    pytest.importorskip("neuroscope.backends.keras_backend")
-    from neuroscope.convert import copy_torch_weights
-    task = request.param
-    classes = 5 if task == "classification" else 4
-    tnet = parity_net(task, classes)
-    knet = keras_twin(task, classes)
-    copy_torch_weights(tnet, knet)
-    return explainer(tnet, task, classes=classes), explainer(knet, task, classes=classes)
+_TWINS: dict = {}
+
+
+def twins(task: str) -> tuple[Explainer, Explainer]:
+    """The torch net and its Keras twin (weights copied), built once per task."""
+    if task not in _TWINS:
+        pytest.importorskip("neuroscope.backends.keras_backend")
+        from neuroscope.convert import copy_torch_weights
+        classes = 5 if task == "classification" else 4
+        tnet = parity_net(task, classes)
+        knet = keras_twin(task, classes)
+        copy_torch_weights(tnet, knet)
+        _TWINS[task] = explainer(tnet, task, classes=classes), explainer(knet, task, classes=classes)
+    return _TWINS[task]
 
 
 # (method, params): every catalogue method at its defaults (fast settings), plus variants
-PARITY = [(m, {}) for m in CATALOGUE] + [
+VARIANTS = [(m, {}) for m in CATALOGUE] + [
     ("deconvnet", {"fix": False}), ("saliency", {"smooth": 6}), ("guided-backprop", {"smooth": 4}),
     ("integrated-gradients", {"baseline": "blur"}), ("score-cam", {"top": 6, "softmax": True}),
     ("ablation-cam", {"top": 6}), ("mlfem", {"fusion": "max"}), ("rise", {"seed": 3}),
     ("occlusion", {"baseline": "blur"})]
+PARITY = [(task, m, p) for task in ("classification", "segmentation") for m, p in VARIANTS
+          if task == "segmentation" or m not in SEGMENTATION_ONLY]
 FAST = {"integrated-gradients": {"steps": 8}, "rise": {"masks": 60}, "occlusion": {"window": 8, "stride": 4}}
 STOCHASTIC = {"rise"}
 
 
-@pytest.mark.parametrize("method,params", PARITY, ids=[f"{m}{'-' + '-'.join(map(str, p.values())) if p else ''}"
-                                                        for m, p in PARITY])
-def test_torch_and_keras_give_the_same_map(twins, method, params):
-    ext, exk = twins
-    info, _ = get_method(method)
-    if ext.task not in info.tasks:
-        pytest.skip(f"{method} is for {info.tasks}")
+@pytest.mark.parametrize("task,method,params", PARITY,
+                         ids=[f"{t[:3]}-{m}{'-' + '-'.join(map(str, p.values())) if p else ''}" for t, m, p in PARITY])
+def test_torch_and_keras_give_the_same_map(task, method, params):
+    ext, exk = twins(task)
     img = blocky_image(48, 40)
-    target = Target.classification(1) if ext.task == "classification" else Target.segmentation(region="predicted")
+    target = Target.classification(1) if task == "classification" else Target.segmentation(region="predicted")
     p = {**FAST.get(method, {}), **params}
     mt = ext.explain(img, method, target=target, params=p).map
     mk = exk.explain(img, method, target=target, params=p).map
