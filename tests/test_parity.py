@@ -131,3 +131,16 @@ def test_every_method_gives_the_same_map_in_both_frameworks(explainers, image, m
     mk = exk.explain(image, method, target=target, layer=layer, params=params).map
     r = pearson(mt, mk)
     assert r >= (0.95 if method in STOCHASTIC else 0.99), f"{method}: r = {r:.4f}"
+
+
+def test_one_pass_capture_decides_the_target_mid_pass_in_both_frameworks(image):
+    """An uncached Grad-CAM costs ONE capture (no extra forward) and equals the two-pass result."""
+    for task in ("classification", "segmentation"):
+        for ex in pair(task):
+            one = ex.explain(image, "grad-cam", layer="features.4").map
+            assert dict(ex.stats) == {"capture": 1, "explain": 1}, (task, ex.backend.framework, ex.stats)
+            two_pass = pair(task)[0 if ex.backend.framework == "torch" else 1]
+            two_pass.backend.deferred_objective = False
+            np.testing.assert_allclose(one, two_pass.explain(image, "grad-cam", layer="features.4").map,
+                                       rtol=1e-5, atol=1e-6)
+            assert two_pass.stats["forward"] == 1

@@ -17,6 +17,7 @@ retraces.
 """
 from __future__ import annotations
 
+import itertools
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -385,6 +386,7 @@ class KerasBackend:
     """
 
     framework = "keras"
+    deferred_objective = True  # capture() accepts an objective decided from its own forward pass
     rules = (*RULES, "deconvnet-fixed")   # "deconvnet-fixed": see base.OPTIONAL_RULES
 
     def __init__(self, model: keras.Model, input_size: tuple[int, int], task: str,
@@ -416,6 +418,8 @@ class KerasBackend:
         self._graphs: dict[str | None, _FlatGraph] = {}
         self._from_graphs: dict[str, _FromGraph] = {}
         self._functions: dict[tuple, Any] = {}
+        self._deciders: dict[int, Callable] = {}        # call id -> objective decider (capture)
+        self._call_ids = itertools.count(1)
         try:   # builds now: layers(), warnings and errors come early
             plain = self._graph(None)
         except (ValueError, TypeError, NotImplementedError) as exc:
@@ -581,15 +585,19 @@ class KerasBackend:
                     tape.watch(x)
                     y = self._objective(logits_of(x)[0], weights, mask, "logit")
                 return tape.gradient(y, x), y    # items are independent: grad of the sum
-        elif kind == "capture":   # (x, sizes of the layer tensors to return, objective...)
+        elif kind in ("capture", "capture_deferred"):   # (x, sizes of the layer tensors, objective...)
             ranks = [len(t.shape) for t in flat.outputs[1:]]
             signature.insert(1, tf.TensorSpec([sum(ranks)], tf.int32))
+            if kind == "capture_deferred":   # (x, sizes, call id): the objective is decided mid-pass
+                signature = signature[:2] + [tf.TensorSpec([], tf.int64)]
 
-            def fn(x, sizes, weights, *mask):
+            def fn(x, sizes, *objective):
                 with tf.GradientTape(watch_accessed_variables=False) as tape:
                     tape.watch(x)
                     z, layer_outputs = logits_of(x)
-                    y = self._objective(z, weights, mask, "logit")
+                    if kind == "capture_deferred":
+                        objective = self._decided_objective(objective[0], z)
+                    y = self._objective(z, objective[0], tuple(objective[1:]), "logit")
                 # ONE backward to the input and every layer output: these gradients are
                 # computed on the way to the input anyway. One trace serves every subset
                 # of layers: each tensor comes back whole (`sizes` = its shape) or empty
@@ -617,6 +625,23 @@ class KerasBackend:
             # bilinear, half-pixel centres: torch's interpolate(align_corners=False)
             z = tf.image.resize(z, self.input_size, method="bilinear")
         return z
+
+    def _decided_objective(self, call_id: tf.Tensor, z: tf.Tensor) -> list[tf.Tensor]:
+        """Inside a traced capture: ask the caller's Python decider (looked up by call id,
+        so concurrent callers never mix) for the objective given these logits. The
+        objective is a constant of the pass: no gradient flows through the decision."""
+        seg = self.task == "segmentation"
+
+        def decide(cid, logits):
+            objective = self._deciders[int(cid.numpy())](logits.numpy()[0])
+            tensors = self._objective_tensors(objective)
+            return tensors if seg else [tensors[0], tf.zeros([0, 0], tf.float32)]
+
+        weights, mask = tf.py_function(decide, [call_id, _channels_first(z)], [tf.float32, tf.float32])
+        weights = tf.ensure_shape(tf.stop_gradient(weights), [self.num_classes])
+        if not seg:
+            return [weights]
+        return [weights, tf.ensure_shape(tf.stop_gradient(mask), list(self.input_size))]
 
     def _objective(self, z: tf.Tensor, weights: tf.Tensor, mask: tuple, kind: str) -> tf.Tensor:
         """Objective per batch item, [N] (see `Objective`)."""
@@ -690,11 +715,21 @@ class KerasBackend:
         wanted = set(indices.values())
         sizes = [d for i, t in enumerate(graph.model.outputs[1:])        # whole or empty
                  for d in ((1, *t.shape[1:]) if i in wanted else (0,) * len(t.shape))]
-        fn = self._function("capture", rule)
-        with tf.device(self.device):
-            z, y, x_grad, outputs, grads = fn(self._batch(x, single=True),
-                                              tf.constant(sizes, tf.int32),
-                                              *self._objective_tensors(objective))
+        if callable(objective):   # decided from this very forward pass (no second forward)
+            call_id = next(self._call_ids)
+            self._deciders[call_id] = objective
+            tail = [tf.constant(call_id, tf.int64)]
+            fn = self._function("capture_deferred", rule)
+        else:
+            tail = self._objective_tensors(objective)
+            fn = self._function("capture", rule)
+        try:
+            with tf.device(self.device):
+                z, y, x_grad, outputs, grads = fn(self._batch(x, single=True),
+                                                  tf.constant(sizes, tf.int32), *tail)
+        finally:
+            if callable(objective):
+                self._deciders.pop(call_id, None)
         capture = Capture(output=z.numpy()[0], score=float(y.numpy()[0]),
                           input_grad=x_grad.numpy()[0] if input_grad else None)
         for name, index in indices.items():   # views, not copies (see _to_numpy_channels_first)
