@@ -1,6 +1,6 @@
 """Train the demo segmenter `drivescene-seg` on generated street scenes (CPU, time-boxed).
 
-    python scripts/train_drivescene.py [--scenes 4000] [--minutes 50] [--out assets/weights/drivescene-seg.pth]
+    python scripts/train_drivescene.py [--scenes 4000] [--minutes 55] [--out assets/weights/drivescene-seg.pth]
 
 1. Pre-generates `--scenes` scenes (seeds 0..N-1) at 256x512 into uint8 memmaps under
    data/drivescene/ (git-ignored; reused when present).
@@ -147,11 +147,11 @@ def evaluate(model, scenes, batch: int = 4) -> np.ndarray:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenes", type=int, default=4000)
-    ap.add_argument("--minutes", type=float, default=50.0)
+    ap.add_argument("--minutes", type=float, default=55.0)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--crop", type=int, nargs=2, default=[256, 384])
+    ap.add_argument("--crop", type=int, nargs=2, default=[224, 352])
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--freeze", type=int, default=2, help="freeze backbone blocks 0..freeze-1")
+    ap.add_argument("--freeze", type=int, default=4, help="freeze backbone blocks 0..freeze-1 (stride <= 4)")
     ap.add_argument("--val", type=int, default=48, help="held-out scenes checked during training")
     ap.add_argument("--init", default=None, help="continue from a state dict instead of ImageNet")
     ap.add_argument("--data", default=str(ROOT / "data" / "drivescene"))

@@ -5,7 +5,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter
 from scipy import ndimage
 
 from .canvas import LayeredCanvas, StreetCamera
@@ -138,11 +138,12 @@ class _Builder:
         t = np.clip(np.arange(h, dtype=np.float32) / max(self.cam.v0, 1.0), 0, 1) ** 0.8
         col = np.asarray(top, np.float32)[None] * (1 - t[:, None]) + self.horizon_colour[None] * t[:, None]
         base = np.broadcast_to(col[:, None, :], (h, w, 3)).copy()
-        # Clouds: soft blobs blended into the sky (image only; they are sky).
+        # Clouds: soft blobs blended into the sky (image only; they are sky). Only rows
+        # above the horizon are ever visible (the ground covers the rest), so only they
+        # are blurred and blended; the crop keeps a blur radius of margin below them.
         n = int(r.integers(0, 9)) if kind != "overcast" else int(r.integers(4, 12))
         if n:
             mask = Image.new("L", (w, h), 0)
-            from PIL import ImageDraw
             d = ImageDraw.Draw(mask)
             for _ in range(n):
                 cx, cy = r.uniform(-0.1, 1.1) * w, r.uniform(0.02, 0.9) * self.cam.v0
@@ -152,10 +153,12 @@ class _Builder:
                     rx, ry = sx * r.uniform(0.3, 0.7), sx * r.uniform(0.12, 0.3)
                     d.ellipse([cx + ox - rx, cy + oy - ry, cx + ox + rx, cy + oy + ry],
                               fill=int(r.uniform(120, 255)))
-            mask = mask.filter(ImageFilter.BoxBlur(max(1, int(h / 40))))
-            a = np.asarray(mask, np.float32)[..., None] / 255 * r.uniform(0.5, 0.95)
+            radius = max(1, int(h / 40))
+            vis = min(h, int(self.cam.v0) + 3)
+            mask = mask.crop((0, 0, w, min(h, vis + radius + 2))).filter(ImageFilter.BoxBlur(radius))
+            a = np.asarray(mask, np.float32)[:vis, :, None] / 255 * r.uniform(0.5, 0.95)
             cloud = np.asarray(self.jitter((240, 240, 242), 15), np.float32)
-            base = base * (1 - a) + cloud * a
+            base[:vis] = base[:vis] * (1 - a) + cloud * a
         return np.clip(base, 0, 255).astype(np.uint8)
 
     def far_skyline(self, c: LayeredCanvas) -> None:
