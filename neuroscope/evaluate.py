@@ -32,7 +32,7 @@ import numpy as np
 from scipy import ndimage
 
 from . import metrics
-from .errors import BadParameter, BadTarget, NeuroscopeError
+from .errors import BadParameter, BadTarget, Cancelled, NeuroscopeError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 Progress = Callable[[float, str], bool]
@@ -246,7 +246,7 @@ def evaluate(explainer, items: Sequence[EvalItem], methods: Sequence[str], *, st
         return lambda f, msg: progress((base + f) / units, f"{message}: {msg}")
 
     pointing_refs = []
-    for item in items:
+    for index, item in enumerate(items):
         prep, target, rt = _resolve_item(explainer, item)
         if item.evidence is not None:
             pointing_refs.append(metrics.random_pointing_game(item.evidence))
@@ -259,12 +259,12 @@ def evaluate(explainer, items: Sequence[EvalItem], methods: Sequence[str], *, st
                                            progress=sub(f"{item.name} {name}"))
                 report.methods[name].items.append(scores)
             except NeuroscopeError as exc:
-                if strict or isinstance(exc, _cancelled()):
+                if strict or isinstance(exc, Cancelled):
                     raise
                 report.methods[name].errors.append(f"{item.name}: {exc}")
             done += 1
         if with_random:
-            m = random_map(prep.rgb.shape[:2], seed=done)
+            m = random_map(prep.rgb.shape[:2], seed=index)
             full = metrics.resize_map(m, prep.size)
             scores = metrics.score_map(explainer, prep, _Map(full, m), rt, item.evidence, steps=steps, chunk=chunk,
                                        progress=sub(f"{item.name} random map"))
@@ -275,16 +275,23 @@ def evaluate(explainer, items: Sequence[EvalItem], methods: Sequence[str], *, st
     if sanity and items:
         item = items[0]
         prep, _, rt = _resolve_item(explainer, item)
-        report.sanity = metrics.sanity_check(explainer, prep, list(methods), rt, max_steps=sanity_steps,
-                                             params=params, keep_maps=sanity_maps, progress=sub("sanity check"))
+        kw = dict(max_steps=sanity_steps, params=params, keep_maps=sanity_maps)
+        if strict:
+            report.sanity = metrics.sanity_check(explainer, prep, list(methods), rt, progress=sub("sanity check"),
+                                                 **kw)
+        else:  # one method at a time (same seeded randomisation), so one failure loses only its own row
+            for i, name in enumerate(methods):
+                part = None if progress is None else (
+                    lambda f, msg, i=i: progress((done + (i + f) / len(methods)) / units, f"sanity check: {msg}"))
+                try:
+                    report.sanity.update(metrics.sanity_check(explainer, prep, [name], rt, progress=part, **kw))
+                except Cancelled:
+                    raise
+                except NeuroscopeError as exc:
+                    report.methods[name].errors.append(f"sanity check: {exc}")
     if progress is not None:
         progress(1.0, "done")
     return report
-
-
-def _cancelled():
-    from .errors import Cancelled
-    return Cancelled
 
 
 @dataclass
