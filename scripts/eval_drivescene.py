@@ -50,8 +50,12 @@ class TorchPredictor:
         self.model = drivescene_seg(weights=str(weights))
 
     @torch.no_grad()
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """NHWC input -> NHWC logits."""
+        return self.model(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.model(torch.from_numpy(x).permute(0, 3, 1, 2)).argmax(1).numpy().astype(np.uint8)
+        return self.logits(x).argmax(-1).astype(np.uint8)
 
 
 class KerasPredictor:
@@ -59,8 +63,11 @@ class KerasPredictor:
         import keras
         self.model = keras.saving.load_model(str(path), safe_mode=True)
 
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model.predict(x, verbose=0))
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self.model.predict(x, verbose=0)).argmax(-1).astype(np.uint8)
+        return self.logits(x).argmax(-1).astype(np.uint8)
 
 
 def confusion(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
@@ -153,7 +160,8 @@ def write_card(path: Path, args, iou, share, miou, miou_all, keras_result, photo
     ]
     if keras_result is not None:
         lines.append(f"Keras port (`drivescene-seg-keras`): mIoU (≥ 1%) {keras_result[0]:.3f}; "
-                     f"argmax agreement with torch {keras_result[1] * 100:.3f}% of pixels.")
+                     f"argmax agreement with torch {keras_result[1] * 100:.3f}% of pixels; max |logit "
+                     f"difference| {keras_result[2]:.1e} on 16 scenes.")
     lines += ["", "| id | class | IoU | pixel share | in mIoU |", "|---:|---|---:|---:|:---:|"]
     for c in range(N):
         v = "—" if np.isnan(iou[c]) else f"{iou[c]:.3f}"
@@ -222,13 +230,16 @@ def main() -> int:
     if args.keras:
         kpredict = KerasPredictor(ROOT / "assets" / "weights" / "drivescene-seg.keras")
         kconf = evaluate(kpredict, scenes)
-        agree, total = 0, 0
+        agree, total, diff = 0, 0, 0.0
         for i in range(0, min(len(scenes), 16), 4):
             x = preprocess([s.image for s in scenes[i:i + 4]])
-            agree += int((predict(x) == kpredict(x)).sum())
+            tl, kl = predict.logits(x), kpredict.logits(x)
+            agree += int((tl.argmax(-1) == kl.argmax(-1)).sum())
             total += x.shape[0] * H * W
-        keras_result = (iou_table(kconf)[2], agree / total)
-        print(f"keras: mIoU(>=1%) {keras_result[0]:.4f}, argmax agreement {keras_result[1]:.5f}")
+            diff = max(diff, float(np.abs(tl - kl).max()))
+        keras_result = (iou_table(kconf)[2], agree / total, diff)
+        print(f"keras: mIoU(>=1%) {keras_result[0]:.4f}, argmax agreement {keras_result[1]:.5f}, "
+              f"max logit difference {diff:.2e}")
 
     images = ROOT / "assets" / "images"
     photos_paths = sorted(images.glob("dashcam-*.jpg")) + sorted(images.glob("leuven*.jpg"))

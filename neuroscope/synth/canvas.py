@@ -30,8 +30,8 @@ class StreetCamera:
         Z = np.asarray(Z, np.float64)
         u = self.u0 + self.f * (np.asarray(X, np.float64) + self.k * Z * Z - self.x) / Z
         v = self.v0 + self.f * (self.height - np.asarray(Y, np.float64)) / Z
-        u, v = np.broadcast_arrays(u, v)
-        out = np.empty(u.shape + (2,))
+        shape = u.shape if u.shape == v.shape else np.broadcast_shapes(u.shape, v.shape)
+        out = np.empty(shape + (2,))
         out[..., 0] = u
         out[..., 1] = v
         return out.reshape(-1, 2)
