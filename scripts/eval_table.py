@@ -28,38 +28,55 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 #: Rough relative cost of a method on the evaluation set (for splitting the work).
 COST = {"pda": 12, "occlusion": 10, "rise": 4, "score-cam": 3, "ablation-cam": 3, "integrated-gradients": 2,
         "segmented-score-map": 2, "guided-segmented-score-map": 2, "similarity-map": 2}
+#: Cheaper settings of the slowest methods for the sanity check only (it runs every method
+#: once per randomisation step); the table itself uses the defaults.
+SANITY_PARAMS = {"pda": {"stride": 32}, "occlusion": {"window": 32, "stride": 32}, "rise": {"masks": 100},
+                 "score-cam": {"top": 32}, "ablation-cam": {"top": 32}}
 
 
-def worker(args: tuple) -> object:
-    model, set_name, methods, steps, with_random, sanity_steps, threads, index = args
+def worker(task: tuple) -> tuple:
+    """("eval", methods, with_random) -> Report; ("sanity", methods) -> ({method: SanityResult}, errors)."""
+    kind, model, set_name, methods, steps, with_random, sanity_steps, threads, index = task
     import torch
     torch.set_num_threads(threads)
-    from neuroscope import Explainer, load_model
-    from neuroscope.evaluate import evaluate, get_eval_set
+    from neuroscope import Explainer, load_model, metrics
+    from neuroscope.errors import NeuroscopeError
+    from neuroscope.evaluate import _resolve_item, evaluate, get_eval_set
     ex = Explainer(load_model(model))
     items = get_eval_set(set_name).build()
     last = [0.0]
 
     def progress(f: float, msg: str) -> bool:
         now = time.time()
-        if now - last[0] > 30:
+        if now - last[0] > 60:
             last[0] = now
-            print(f"[job {index}] {f:6.1%} {msg}", file=sys.stderr, flush=True)
+            print(f"[task {index}] {f:6.1%} {msg}", file=sys.stderr, flush=True)
         return True
 
     t0 = time.time()
-    report = evaluate(ex, items, methods, steps=steps, with_random=with_random, sanity=sanity_steps > 0,
-                      sanity_steps=max(2, sanity_steps), progress=progress, strict=False)
-    print(f"[job {index}] done in {time.time() - t0:.0f} s: {', '.join(methods)}", file=sys.stderr, flush=True)
-    return report
+    if kind == "eval":
+        out = evaluate(ex, items, methods, steps=steps, with_random=with_random, progress=progress, strict=False)
+    else:
+        prep, _, rt = _resolve_item(ex, items[0])
+        results, errors = {}, []
+        for name in methods:
+            try:
+                results.update(metrics.sanity_check(ex, prep, [name], rt, max_steps=sanity_steps,
+                                                    params={name: SANITY_PARAMS.get(name, {})}))
+            except NeuroscopeError as exc:
+                errors.append(f"{name}: sanity check: {exc}")
+            progress(len(results) / len(methods), f"sanity {name}")
+        out = (results, errors)
+    print(f"[task {index}] {kind} done in {time.time() - t0:.0f} s: {', '.join(methods)}", file=sys.stderr, flush=True)
+    return index, kind, out
 
 
-def split(methods: list[str], jobs: int) -> list[list[str]]:
+def split(methods: list[str], parts: int) -> list[list[str]]:
     """Greedy balance by estimated cost."""
-    groups: list[list[str]] = [[] for _ in range(jobs)]
-    load = [0.0] * jobs
+    groups: list[list[str]] = [[] for _ in range(parts)]
+    load = [0.0] * parts
     for m in sorted(methods, key=lambda m: -COST.get(m, 1)):
-        i = min(range(jobs), key=lambda j: load[j])
+        i = min(range(parts), key=lambda j: load[j])
         groups[i].append(m)
         load[i] += COST.get(m, 1)
     return [g for g in groups if g]
@@ -95,29 +112,39 @@ def main() -> int:
         methods = [m.name for m in list_methods() if spec.task in m.tasks and spec.framework in m.frameworks]
     else:
         methods = [m for m in args.methods.split(",") if m]
-    groups = split(methods, max(1, args.jobs))
-    jobs = [(args.model, args.eval_set, g, args.steps, i == 0, args.sanity_steps, args.threads, i)
-            for i, g in enumerate(groups)]
+    jobs = max(1, args.jobs)
+    common = (args.model, args.eval_set)
+    tasks = [("eval", *common, g, args.steps, i == 0, 0, args.threads, i)
+             for i, g in enumerate(split(methods, 2 * jobs))]
+    if args.sanity_steps > 0:
+        tasks += [("sanity", *common, g, args.steps, False, args.sanity_steps, args.threads, len(tasks) + i)
+                  for i, g in enumerate(split(methods, 2))]
     t0 = time.time()
     try:
-        if len(jobs) == 1:
-            reports = [worker(jobs[0])]
+        if jobs == 1:
+            results = [worker(t) for t in tasks]
         else:
-            with mp.get_context("spawn").Pool(len(jobs)) as pool:
-                reports = pool.map(worker, jobs)
+            with mp.get_context("spawn").Pool(jobs) as pool:
+                results = list(pool.imap_unordered(worker, tasks))
     except NeuroscopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     elapsed = time.time() - t0
+    reports = [out for _, kind, out in sorted(results, key=lambda r: r[0]) if kind == "eval"]
+    sanity, sanity_errors = {}, []
+    for _, kind, out in results:
+        if kind == "sanity":
+            sanity.update(out[0])
+            sanity_errors += out[1]
     merged = Report({m: next(r.methods[m] for r in reports if m in r.methods) for m in methods},
                     reports[0].random, reports[0].random_pointing_game,
-                    {m: s for r in reports for m, s in r.sanity.items()}, reports[0].items)
+                    {m: sanity[m] for m in methods if m in sanity}, reports[0].items)
     table = markdown(merged, with_random=True, flag_pointing=True).split("\n\n")[0]
     ref = merged.random_pointing_game
     flagged = [n for n, r in merged.methods.items() if r.mean("pointing_game") is not None
                and ref is not None and r.mean("pointing_game") <= ref]
     failing = [n for n, s in merged.sanity.items() if not s.passed]
-    errors = [f"- {n}: {e}" for n, r in merged.methods.items() for e in r.errors]
+    errors = [f"- {n}: {e}" for n, r in merged.methods.items() for e in r.errors] + [f"- {e}" for e in sanity_errors]
     es = EVAL_SETS[args.eval_set]
     lines = [
         f"# Evaluation of the explanation methods: {spec.name} on `{args.eval_set}`", "",
@@ -136,8 +163,12 @@ def main() -> int:
     lines.append(f"**Methods that do not beat a random map on the pointing game:** "
                  f"{', '.join(flagged) if flagged else 'none'}.")
     if merged.sanity:
+        cheap = ", ".join(f"{m} {' '.join(f'{k}={v}' for k, v in p.items())}" for m, p in SANITY_PARAMS.items()
+                          if m in methods)
         lines += ["", f"## Sanity check (cascading randomisation, first item, {args.sanity_steps} steps)", "",
-                  sanity_markdown(merged.sanity), "",
+                  "Weights re-drawn from a Gaussian with each tensor's mean and std, top layer first, on a copy "
+                  "of the model; Spearman rank correlation with the original map."
+                  + (f" Cheaper settings here only: {cheap}." if cheap else ""), "", sanity_markdown(merged.sanity), "",
                   f"**Methods that fail the sanity check** (rank correlation ≥ 0.5 after full randomisation): "
                   f"{', '.join(failing) if failing else 'none'}."]
     if errors:
