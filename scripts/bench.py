@@ -15,8 +15,10 @@ guided backprop, deconvnet (no strided fix), Grad-CAM (+ upsampling), guided Gra
 occlusion (16x16 window, stride 8, black baseline, `perturbations_per_eval` = our chunk).
 Segmentation targets reach Captum as a scalar-output model (the region-summed class
 logit). Runs are interleaved (ours, Captum, ours, ...) and the printed ratio is the median
-of the per-pair ratios ours / Captum. Our time includes preprocessing and the resize to
-the original image; Captum's is `attribute` plus the channel reduction only.
+of the per-pair ratios ours / Captum. Both are timed end to end on the same work: from
+the uint8 image through the shared preprocessing, the attribution, the channel
+reduction, to the map resized to the original image (ours also decides the target from
+a prediction, which the Captum call is handed).
 
 Seed claim (METHODS.md §4): efficient evidence analysis (`evidence`, both variants) vs
 prediction difference analysis (`pda`, conditional sampler) with the same budget --
@@ -46,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from neuroscope import Explainer, load_model  # noqa: E402
-from neuroscope.images import load_image  # noqa: E402
+from neuroscope.images import load_image, resize_map, resize_rgb  # noqa: E402
 from neuroscope.methods.registry import list_methods  # noqa: E402
 from neuroscope.zoo import bundled_specs  # noqa: E402
 
@@ -143,6 +145,11 @@ class CaptumCase:
         from neuroscope.methods.chunks import chunk_size
         self.chunk = chunk_size(SimpleNamespace(model_size=self.prep.rgb.shape[:2]))   # our images per call
 
+    def tensor(self):
+        """The shared preprocessing (CONTRACT.md §1) of the uint8 image, as an NCHW tensor."""
+        rgb = resize_rgb(self.image, self.ex.spec.input_size)
+        return self.torch.from_numpy(self.ex.preprocess_rgb(rgb)[None]).permute(0, 3, 1, 2).contiguous()
+
     def reduce(self, attr, how: str) -> np.ndarray:
         a = attr.detach()[0].permute(1, 2, 0).numpy()
         if how == "max-abs":
@@ -162,34 +169,43 @@ class CaptumCase:
             return run
         std = float(np.mean(ex.spec.std))
         lo, hi = ex.spec.value_range
+
+        def captum(fn, how):
+            """Captum end to end like ours: the shared preprocessing of the uint8 image, `attribute`,
+            the channel reduction, the resize to the original image."""
+            def run():
+                a = fn(self.tensor())
+                m = a.detach()[0, 0].numpy() if how == "channel0" else self.reduce(a, how)
+                return resize_map(m, img.shape[:2])
+            return run
         table = {
-            "saliency": (ours("saliency"), lambda: self.reduce(ca.Saliency(self.forward).attribute(
+            "saliency": (ours("saliency"), captum(lambda x: ca.Saliency(self.forward).attribute(
                 x, target=t, abs=False), "max-abs")),
-            "gradient-x-input": (ours("gradient-x-input"), lambda: self.reduce(
-                ca.InputXGradient(self.forward).attribute(x, target=t), "sum")),
-            "integrated-gradients": (ours("integrated-gradients", {"steps": 32}), lambda: self.reduce(
-                ca.IntegratedGradients(self.forward).attribute(
+            "gradient-x-input": (ours("gradient-x-input"), captum(lambda x: ca.InputXGradient(
+                self.forward).attribute(x, target=t), "sum")),
+            "integrated-gradients": (ours("integrated-gradients", {"steps": 32}), captum(
+                lambda x: ca.IntegratedGradients(self.forward).attribute(
                     x, baselines=self.black, target=t, n_steps=32, method="riemann_right",
                     internal_batch_size=self.chunk), "sum")),
-            "smoothgrad": (ours("saliency", {"smooth": 25}), lambda: self.reduce(
-                ca.NoiseTunnel(ca.Saliency(self.forward)).attribute(
+            "smoothgrad": (ours("saliency", {"smooth": 25}), captum(
+                lambda x: ca.NoiseTunnel(ca.Saliency(self.forward)).attribute(
                     x, target=t, abs=False, nt_type="smoothgrad", nt_samples=25,
                     nt_samples_batch_size=self.chunk, stdevs=0.15 * (hi - lo) / std), "max-abs")),
-            "guided-backprop": (ours("guided-backprop"), lambda: self.reduce(
-                ca.GuidedBackprop(self.hooked).attribute(x, target=t),
-                "max-abs")),
-            "deconvnet": (ours("deconvnet", {"fix": False}), lambda: self.reduce(
-                ca.Deconvolution(self.hooked).attribute(x, target=t),
-                "max-abs")),
-            "grad-cam": (ours("grad-cam", layer=self.layer_name), lambda: ca.LayerAttribution.interpolate(
-                ca.LayerGradCam(self.forward, self.layer).attribute(x, target=t, relu_attributions=True),
-                tuple(x.shape[-2:]), interpolate_mode="bilinear")),
-            "guided-grad-cam": (ours("guided-grad-cam", layer=self.layer_name), lambda: self.reduce(
-                ca.GuidedGradCam(self.hooked, self.layer).attribute(
+            "guided-backprop": (ours("guided-backprop"), captum(
+                lambda x: ca.GuidedBackprop(self.hooked).attribute(x, target=t), "max-abs")),
+            "deconvnet": (ours("deconvnet", {"fix": False}), captum(
+                lambda x: ca.Deconvolution(self.hooked).attribute(x, target=t), "max-abs")),
+            "grad-cam": (ours("grad-cam", layer=self.layer_name), captum(
+                lambda x: ca.LayerAttribution.interpolate(
+                    ca.LayerGradCam(self.forward, self.layer).attribute(x, target=t, relu_attributions=True),
+                    tuple(x.shape[-2:]), interpolate_mode="bilinear"), "channel0")),
+            "guided-grad-cam": (ours("guided-grad-cam", layer=self.layer_name), captum(
+                lambda x: ca.GuidedGradCam(self.hooked, self.layer).attribute(
                     x, target=t, interpolate_mode="bilinear"), "max-abs")),
-            "occlusion": (ours("occlusion", {"window": 16, "stride": 8}), lambda: ca.Occlusion(self.forward).attribute(
-                x, sliding_window_shapes=(3, 16, 16), strides=(3, 8, 8), baselines=self.black, target=t,
-                perturbations_per_eval=self.chunk)),
+            "occlusion": (ours("occlusion", {"window": 16, "stride": 8}), captum(
+                lambda x: ca.Occlusion(self.forward).attribute(
+                    x, sliding_window_shapes=(3, 16, 16), strides=(3, 8, 8), baselines=self.black, target=t,
+                    perturbations_per_eval=self.chunk), "channel0")),
         }
         return table[method]
 
