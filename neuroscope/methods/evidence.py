@@ -37,6 +37,9 @@ Choices (the papers leave them open or they had to fit this engine):
   one capture with class weights (1 for c, -p_j / (1 - p_c) for the others); for
   segmentation one capture per class with non-negligible weight (per-pixel weights
   P_c (delta_cj - P_j) over the region), classes below 1e-4 of the total weight skipped.
+  Which layer: any spatial layer (default: the CONTRACT's default layer, the coarsest);
+  `budget_layer` names the layer where one pda window is one unit, the fair match for
+  "the same budget" (the benchmark's seed claim uses it).
   Window WE is the sum of its units' WE (the linear model of a window's removal), then
   averaged per unit like pda. Back-projection to pixels: the shared bilinear upsampling
   of layer maps (as for CAMs) -- the paper's exact back-projection was not available to
@@ -275,6 +278,15 @@ def bank_activations(ctx, layer: str) -> np.ndarray:
                 for im in rgb]
         store[key] = np.stack(acts).astype(np.float32)
     return store[key]
+
+
+def budget_layer(layers, window: int) -> str | None:
+    """The layer where one pda window is one unit or more: among spatial layers with stride
+    <= `window`, the largest stride, the last in execution order (the default-layer rule
+    restricted to strides the window covers). The seed claim compares pda with evidence
+    analysis at this layer."""
+    from ..engine import default_layer
+    return default_layer([l for l in layers if l.spatial and l.stride is not None and l.stride <= window])
 
 
 def _feature_windows(ctx, shape: tuple[int, int]) -> tuple[list[tuple[int, int]], tuple[int, int]]:
