@@ -254,7 +254,7 @@ class Scores:
         return out
 
 
-def score_map(explainer, image, explanation, target=None, evidence: np.ndarray | None = None,
+def evaluate_map(explainer, image, explanation, target=None, evidence: np.ndarray | None = None,
               steps: int = DEFAULT_STEPS, baseline: str = "black", chunk: int = DEFAULT_CHUNK,
               tolerance: float = POINTING_TOLERANCE, progress: Progress | None = None) -> Scores:
     """Every metric of one map. `explanation`: an `Explanation` (its `time_ms` is kept) or
