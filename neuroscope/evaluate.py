@@ -256,7 +256,7 @@ def evaluate(explainer, items: Sequence[EvalItem], methods: Sequence[str], *, st
                 res = explainer.explain(prep, name, target=target, layer=layer if info.needs_layer else None,
                                         params=params.get(name))
                 scores = metrics.evaluate_map(explainer, prep, res, rt, item.evidence, steps=steps, chunk=chunk,
-                                           progress=sub(f"{item.name} {name}"))
+                                              progress=sub(f"{item.name} {name}"))
                 report.methods[name].items.append(scores)
             except NeuroscopeError as exc:
                 if strict or isinstance(exc, Cancelled):
@@ -266,8 +266,8 @@ def evaluate(explainer, items: Sequence[EvalItem], methods: Sequence[str], *, st
         if with_random:
             m = random_map(prep.rgb.shape[:2], seed=index)
             full = metrics.resize_map(m, prep.size)
-            scores = metrics.evaluate_map(explainer, prep, _Map(full, m), rt, item.evidence, steps=steps, chunk=chunk,
-                                       progress=sub(f"{item.name} random map"))
+            scores = metrics.evaluate_map(explainer, prep, _Map(full, m), rt, item.evidence, steps=steps,
+                                          chunk=chunk, progress=sub(f"{item.name} random map"))
             report.random.items.append(scores)
             done += 1
     if pointing_refs:

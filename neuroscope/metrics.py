@@ -255,8 +255,8 @@ class Scores:
 
 
 def evaluate_map(explainer, image, explanation, target=None, evidence: np.ndarray | None = None,
-              steps: int = DEFAULT_STEPS, baseline: str = "black", chunk: int = DEFAULT_CHUNK,
-              tolerance: float = POINTING_TOLERANCE, progress: Progress | None = None) -> Scores:
+                 steps: int = DEFAULT_STEPS, baseline: str = "black", chunk: int = DEFAULT_CHUNK,
+                 tolerance: float = POINTING_TOLERANCE, progress: Progress | None = None) -> Scores:
     """Every metric of one map. `explanation`: an `Explanation` (its `time_ms` is kept) or
     a map; `evidence`: the ground-truth mask (original pixels) or None (no localisation)."""
     prep = explainer.prepare(image)
