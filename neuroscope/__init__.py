@@ -13,6 +13,10 @@ import os
 # set before TensorFlow is imported, which neuroscope does lazily.
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
+from .runtime import tune_allocator  # noqa: E402
+
+tune_allocator()  # the same for numpy and torch buffers (see runtime.py)
+
 from .errors import BadImage, BadModel, BadParameter, BadTarget, Cancelled, NeuroscopeError  # noqa: F401
 
 __all__ = ["load_model", "Explainer", "Target", "NeuroscopeError", "BadImage", "BadModel", "BadParameter",

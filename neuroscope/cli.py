@@ -260,8 +260,17 @@ def cmd_bench(args):
     # A single-layer Grad-CAM whose backward reaches as deep as the sweep's: the first
     # spatial layer. (At the default, deepest layer the backward stops early: see
     # methods["grad-cam"].)
-    sweep_ms = median_ms(lambda: sweep(spatial))
-    single_ms = median_ms(lambda: sweep(spatial[:1]))
+    # Interleaved (sweep, single, sweep, ...) so that drift on a shared machine hits both.
+    sweep(spatial), sweep(spatial[:1])
+    pairs = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        sweep(spatial)
+        t1 = time.perf_counter()
+        sweep(spatial[:1])
+        pairs.append(((t1 - t0) * 1000.0, (time.perf_counter() - t1) * 1000.0))
+    sweep_ms = round(statistics.median(p[0] for p in pairs), 2)
+    single_ms = round(statistics.median(p[1] for p in pairs), 2)
     data = {"forward_ms": forward, "forward_backward_ms": fwd_bwd, "methods": methods,
             "layer_sweep": {"layers": len(spatial), "ms": sweep_ms, "single_layer_ms": single_ms}}
     rows = [{"what": "forward", "ms": forward, "x fwd+bwd": f"{forward / fwd_bwd:.2f}"},

@@ -11,7 +11,7 @@ import numpy as np
 
 from .backends.base import Capture, LayerInfo
 from .errors import BadModel, BadParameter, Cancelled
-from .images import ImageLike, blur, image_hash, load_image, normalize, resize_labels, resize_map, resize_rgb
+from .images import ImageLike, blur, image_hash, load_image, normalize, resize_labels, resize_map, resize_maps, resize_rgb
 from .methods.registry import MethodInfo, check_params, get_method
 from .targets import ResolvedTarget, Target, resolve_target
 from .zoo import Model, default_palette, load_model
@@ -42,17 +42,43 @@ class Prepared:
         return self.image.shape[0], self.image.shape[1]
 
 
-@dataclass
 class Prediction:
-    """Model output for one image, in original pixels where it is spatial."""
+    """Model output for one image, in original pixels where it is spatial.
 
-    task: str
-    classes: list[str]
-    shape: tuple[int, int]                       # original [H, W]
-    logits: np.ndarray                           # [C] or [C, h, w]
-    probs: np.ndarray                            # softmax; [C] or [C, h, w]
-    label_map: np.ndarray | None = None          # argmax at model resolution [h, w] (segmentation)
-    labels: np.ndarray | None = None             # argmax resized to original (nearest) [H, W]
+    `probs` (softmax) and `labels` (argmax at original size) are computed on first use:
+    an explanation needs neither, and on a 19x256x512 output they cost more than a
+    Grad-CAM's arithmetic.
+    """
+
+    def __init__(self, task: str, classes: list[str], shape: tuple[int, int], logits: np.ndarray,
+                 label_map: np.ndarray | None = None):
+        self.task, self.classes, self.shape = task, classes, shape
+        self.logits = logits                     # [C] or [C, h, w]
+        self.label_map = label_map               # argmax at model resolution [h, w] (segmentation)
+        self._probs: np.ndarray | None = None
+        self._labels: np.ndarray | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def probs(self) -> np.ndarray:
+        """Softmax over classes; [C] or [C, h, w]."""
+        with self._lock:
+            if self._probs is None:
+                z = self.logits - self.logits.max(axis=0, keepdims=True)
+                p = np.exp(z)
+                p /= p.sum(axis=0, keepdims=True)
+                self._probs = p
+            return self._probs
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        """Argmax resized to the original image (nearest) [H, W] (segmentation)."""
+        if self.label_map is None:
+            return None
+        with self._lock:
+            if self._labels is None:
+                self._labels = resize_labels(self.label_map, self.shape)
+            return self._labels
 
     def top(self, k: int = 5) -> list[dict]:
         order = np.argsort(-self.probs)[:k]
@@ -130,6 +156,7 @@ class MethodContext:
         self.info = info
         self._progress = progress
         self.extra: dict[str, Any] = {}
+        self.defer_upsample = False   # the layer sweep resizes all maps in one batch
 
     @property
     def backend(self):
@@ -168,6 +195,8 @@ class MethodContext:
 
     def upsample(self, m: np.ndarray) -> np.ndarray:
         """A map at layer resolution -> model resolution (the shared resize)."""
+        if self.defer_upsample:
+            return np.asarray(m, np.float32)
         return resize_map(m, self.model_size)
 
     def rng(self, seed: int = 0) -> np.random.Generator:
@@ -263,14 +292,9 @@ class Explainer:
             raise BadModel("the model produced NaN or infinite outputs for this image; check its weights and preprocessing")
         if logits.shape[0] != len(self.classes):
             raise BadModel(f"the model outputs {logits.shape[0]} classes but its spec names {len(self.classes)}")
-        z = logits - logits.max(axis=0, keepdims=True)
-        probs = np.exp(z)
-        probs /= probs.sum(axis=0, keepdims=True)
         if self.task == "classification":
-            return Prediction(self.task, self.classes, prep.size, logits, probs)
-        label_map = np.argmax(logits, axis=0).astype(np.uint8 if len(self.classes) < 256 else np.int32)
-        return Prediction(self.task, self.classes, prep.size, logits, probs, label_map,
-                          resize_labels(label_map, prep.size))
+            return Prediction(self.task, self.classes, prep.size, logits)
+        return Prediction(self.task, self.classes, prep.size, logits, _argmax_classes(logits))
 
     def _prefetch(self, prep: Prepared, target: Target | None, layers: tuple[str, ...], input_grad: bool) -> None:
         """Predict, resolve the target and capture in ONE forward + backward pass.
@@ -393,15 +417,29 @@ class Explainer:
         rt = self.resolve(prep, target)
         names = [l.name for l in self.spatial_layers()] if layers is None else list(layers)
         self._capture(prep, rt, tuple(names), False, None)
-        out = {}
+        params = check_params(info, {})
+        maps = []
         for name in names:
-            ctx = MethodContext(self, prep, rt, name, check_params(info, {}), None, info)
-            out[name] = np.asarray(fn(ctx), np.float32)
-        return out
+            ctx = MethodContext(self, prep, rt, name, params, None, info)
+            ctx.defer_upsample = True
+            maps.append(fn(ctx))
+        return dict(zip(names, resize_maps(maps, prep.rgb.shape[:2])))
 
     def clear_caches(self) -> None:
         for c in (self._prepared, self._predictions, self._captures, self._results):
             c.clear()
+
+
+def _argmax_classes(logits: np.ndarray) -> np.ndarray:
+    """np.argmax(logits, axis=0) (first maximum wins) as uint8/int32, one class at a time:
+    numpy's argmax over the leading axis of [C, h, w] is strided and ~1.6x slower."""
+    best = logits[0].copy()
+    out = np.zeros(logits.shape[1:], np.uint8 if len(logits) < 256 else np.int32)
+    for c in range(1, len(logits)):
+        better = logits[c] > best
+        out[better] = c
+        np.maximum(best, logits[c], out=best)
+    return out
 
 
 def _run_gradient(fn: Callable, ctx: MethodContext) -> np.ndarray:

@@ -1,10 +1,11 @@
 """Image reading, the ONE shared preprocessing step, and map resizing (CONTRACT.md §1)."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
-from typing import Union
+from typing import Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
@@ -94,10 +95,9 @@ def _array_to_rgb(arr: np.ndarray, scale_range: bool = False) -> np.ndarray:
 
 def image_hash(image: np.ndarray) -> str:
     """Content hash of a uint8 image (cache key)."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(str(image.shape).encode())
-    h.update(np.ascontiguousarray(image).tobytes())
-    return h.hexdigest()
+    h = hashlib.sha256(str(image.shape).encode())   # SHA-NI: twice blake2b's speed here
+    h.update(np.ascontiguousarray(image).data)
+    return h.hexdigest()[:32]
 
 
 def resize_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -129,6 +129,44 @@ def resize_map(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if m.shape == (h, w):
         return m.copy()
     return np.asarray(Image.fromarray(m).resize((w, h), Image.BILINEAR), dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _resize_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """The [n_out, n_in] matrix of Pillow's BILINEAR resize along one axis, read from
+    Pillow itself (it resizes the identity), so `resize_maps` agrees with `resize_map`."""
+    eye = Image.fromarray(np.eye(n_in, dtype=np.float32))
+    return np.asarray(eye.resize((n_in, n_out), Image.BILINEAR), dtype=np.float32)
+
+
+def resize_maps(maps: Sequence[np.ndarray], size: tuple[int, int]) -> list[np.ndarray]:
+    """`resize_map` for many maps at once: maps of one shape are stacked and resized by
+    two batched matrix products (Pillow's own coefficients; equal to `resize_map` within
+    float32 rounding). For a layer sweep, several times faster than one Pillow call each."""
+    h, w = size
+    out: list = [None] * len(maps)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, m in enumerate(maps):
+        groups.setdefault(np.shape(m), []).append(i)
+    for shape, idx in groups.items():
+        if len(shape) != 2:
+            raise ValueError(f"resize_maps takes 2-D maps, got shape {shape}")
+        if shape == (h, w):
+            for i in idx:
+                out[i] = np.array(maps[i], dtype=np.float32)
+            continue
+        stack = np.stack([np.asarray(maps[i], np.float32) for i in idx])
+        n, (sh, sw) = len(idx), shape
+        # Both orders give the same result; take the one with fewer multiplications.
+        cols_first = sh * sw * w + h * sh * w <= h * sh * sw + h * sw * w
+        for axis in ((1, 0) if cols_first else (0, 1)):
+            if axis == 1 and sw != w:
+                stack = (stack.reshape(n * stack.shape[1], sw) @ _resize_matrix(sw, w).T).reshape(n, -1, w)
+            elif axis == 0 and sh != h:
+                stack = np.matmul(_resize_matrix(sh, h), stack)
+        for j, i in enumerate(idx):
+            out[i] = stack[j]
+    return out
 
 
 def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -1,6 +1,8 @@
 """What is being explained: a class, a class over a region of pixels, or a contrast (CONTRACT.md §2)."""
 from __future__ import annotations
 
+import hashlib
+
 from dataclasses import dataclass, field
 from typing import Sequence, Union
 
@@ -100,10 +102,16 @@ class ResolvedTarget:
     objective: Objective
     mask: np.ndarray | None = None           # bool [H, W] region in original pixels (segmentation)
     extra: dict = field(default_factory=dict)
+    _key: tuple | None = field(default=None, repr=False, compare=False)
 
     def key(self) -> tuple:
-        m = None if self.objective.mask is None else hash(self.objective.mask.tobytes())
-        return (self.class_id, self.contrast_id, m)
+        """Cache key (computed once: hashing a full-size mask is not free)."""
+        k = self._key
+        if k is None:
+            m = None if self.objective.mask is None else hashlib.blake2b(
+                self.objective.mask.tobytes(), digest_size=16).hexdigest()
+            k = self._key = (self.class_id, self.contrast_id, m)
+        return k
 
     def as_json(self) -> dict:
         return {"class_id": self.class_id, "class_name": self.class_name,

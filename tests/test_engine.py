@@ -254,3 +254,28 @@ def test_concurrent_requests_equal_sequential_ones_and_leave_no_hooks(rng):
         np.testing.assert_allclose(m, sequential[k], rtol=1e-5, atol=1e-6)
     assert ex.backend.hook_count() == 0
     assert ex.stats["explain"] == 8 * 20
+
+
+def test_prediction_label_map_is_numpys_argmax_and_probs_are_a_softmax(rng):
+    from neuroscope.engine import _argmax_classes
+    logits = rng.normal(size=(7, 12, 20)).astype(np.float32)
+    logits[3, :2] = logits[5, :2] = 50.0          # ties: the first maximum wins, as in numpy
+    np.testing.assert_array_equal(_argmax_classes(logits), np.argmax(logits, axis=0))
+    ex = seg_explainer()
+    image = rng.integers(0, 255, size=(32, 48, 3), dtype=np.uint8)
+    pred = ex.predict(image)
+    np.testing.assert_array_equal(pred.label_map, np.argmax(pred.logits, axis=0))
+    np.testing.assert_allclose(pred.probs.sum(axis=0), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(np.argmax(pred.probs, axis=0), pred.label_map)
+    assert pred.labels.shape == (32, 48)
+
+
+def test_allocator_tuning_is_on_by_default_and_can_be_switched_off():
+    import subprocess
+    import sys
+    code = "import neuroscope.runtime as r, neuroscope; print(r._tuned)"
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "NEUROSCOPE_TUNE_MALLOC": "0"})
+    assert off.stdout.strip() == "False"
+    assert on.stdout.strip() == ("True" if sys.platform.startswith("linux") else "False")

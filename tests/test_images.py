@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from neuroscope.errors import BadImage
-from neuroscope.images import MAX_PIXELS, load_image, normalize, resize_labels, resize_map
+from neuroscope.images import MAX_PIXELS, load_image, normalize, resize_labels, resize_map, resize_maps
 
 
 def encode(im: Image.Image, fmt: str = "PNG", **kw) -> bytes:
@@ -69,3 +69,14 @@ def test_normalize_and_resizes_follow_the_contract():
     np.testing.assert_array_equal(big, ref)
     labels = np.array([[0, 1], [2, 3]], np.uint8)
     assert resize_labels(labels, (4, 4)).tolist() == [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]]
+
+
+def test_batched_resize_equals_the_shared_pillow_resize():
+    rng = np.random.default_rng(4)
+    shapes = [(4, 8), (4, 8), (16, 32), (7, 3), (64, 128), (24, 40)]
+    maps = [rng.normal(size=s).astype(np.float32) * 5 for s in shapes]
+    for size in [(64, 128), (24, 40), (5, 11), (100, 90)]:   # up, same, down, mixed
+        for got, m in zip(resize_maps(maps, size), maps):
+            want = resize_map(m, size)
+            assert got.shape == size and got.dtype == np.float32
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.abs(m).max()))

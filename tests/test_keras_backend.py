@@ -436,3 +436,18 @@ def test_forward_from_a_layer_runs_only_what_is_above_it_where_it_can():
         backend.forward_from("c2", batch)
     with pytest.raises(BadParameter, match="do not fit"):
         backend.forward_from("c1", batch[:, :2])
+
+
+def test_a_deep_layer_capture_stops_its_backward_at_a_depth_bucket():
+    model = nested_classifier()
+    backend = KerasBackend(model, (16, 16), "classification")
+    x, weights = images(1, 16, 16, seed=3), one_hot(1, 5)
+    full = backend.capture(x, Objective(weights), ["b_conv1", "act"])
+    deep = backend.capture(x, Objective(weights), ["act"], input_grad=False)
+    starts = {key[3] for key in backend._functions if key[0] == "capture"}
+    # the first capture needed the input gradient (start None); the deep one stops at
+    # the first stride-4 tensor, so its trace is a different, shallower backward
+    assert None in starts and any(s is not None and s > 0 for s in starts)
+    np.testing.assert_allclose(deep.gradients["act"], full.gradients["act"], rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(deep.activations["act"], full.activations["act"])
+    assert np.abs(deep.gradients["act"]).max() > 0

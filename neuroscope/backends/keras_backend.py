@@ -418,6 +418,7 @@ class KerasBackend:
         self._graphs: dict[str | None, _FlatGraph] = {}
         self._from_graphs: dict[str, _FromGraph] = {}
         self._functions: dict[tuple, Any] = {}
+        self._starts: dict[str | None, list[int]] = {}
         self._deciders: dict[int, Callable] = {}        # call id -> objective decider (capture)
         self._call_ids = itertools.count(1)
         try:   # builds now: layers(), warnings and errors come early
@@ -528,16 +529,44 @@ class KerasBackend:
             raise BadParameter(f"layer {name!r} does not output a single tensor")
         return info
 
-    def _function(self, kind: str, rule: str | None = None, layer: str | None = None) -> Any:
-        """The traced function `kind` (for `rule`, or continued from `layer`), traced once."""
+    def _function(self, kind: str, rule: str | None = None, layer: str | None = None,
+                  start: int | None = None) -> Any:
+        """The traced function `kind` (for `rule`, or continued from `layer`, or for a
+        capture whose backward stops at layer tensor `start`), traced once."""
         def build() -> Any:
-            fn = self._trace(kind, rule, layer)
+            fn = self._trace(kind, rule, layer, start)
             fn.get_concrete_function()     # trace now, under the lock, not in a racing caller
             return fn
 
-        return self._cached(self._functions, (kind, rule, layer), build)
+        return self._cached(self._functions, (kind, rule, layer, start), build)
 
-    def _trace(self, kind: str, rule: str | None, layer: str | None) -> Any:
+    def _depth_starts(self, rule: str | None) -> list[int]:
+        """Where a capture's backward may stop: the first layer tensor at each output
+        stride (execution order). A capture whose layers all come at or after one of
+        these needs no gradient below it, so a deep-layer Grad-CAM skips most of the
+        backward, as autograd does in torch; a handful of traces serve every subset."""
+        def build() -> list[int]:
+            height = self.input_size[0]
+            starts, seen = [], set()
+            for i, t in enumerate(self._graph(rule).model.outputs[1:]):
+                if len(t.shape) == 4 and t.shape[1] and t.shape[1] >= 2:
+                    stride = round(height / t.shape[1])
+                    if stride not in seen:
+                        seen.add(stride)
+                        starts.append(i)
+            return starts
+
+        return self._cached(self._starts, rule, build)
+
+    def _capture_start(self, rule: str | None, indices: Sequence[int], input_grad: bool) -> int | None:
+        """None: the backward reaches the input; else the depth bucket to stop at."""
+        if input_grad or not indices:
+            return None
+        first = min(indices)
+        below = [s for s in self._depth_starts(rule) if s <= first]
+        return max(below) if below else None
+
+    def _trace(self, kind: str, rule: str | None, layer: str | None, start: int | None = None) -> Any:
         height, width = self.input_size
         x_spec = tf.TensorSpec([None, height, width, self._channels], tf.float32)
         objective_specs = [tf.TensorSpec([self.num_classes], tf.float32)]
@@ -604,7 +633,12 @@ class KerasBackend:
                 # (zeros), so the unwanted ones are freed as soon as the pass is done
                 # with them, which keeps a one-layer capture at the cost of a bare
                 # forward + backward. A full tf.slice returns its input's buffer: no copy.
-                grads = tape.gradient(y, [x, *layer_outputs])
+                # With a `start`, the sources are the layer tensors from `start` on: the
+                # backward stops there (no input gradient, none for earlier layers).
+                sources = [x, *layer_outputs] if start is None else layer_outputs[start:]
+                grads = tape.gradient(y, sources)
+                if start is not None:
+                    grads = [None] * (1 + start) + list(grads)
                 grads = [tf.zeros_like(t) if g is None else g
                          for t, g in zip([x, *layer_outputs], grads)]
                 sizes = tf.split(sizes, ranks) if ranks else []
@@ -715,14 +749,15 @@ class KerasBackend:
         wanted = set(indices.values())
         sizes = [d for i, t in enumerate(graph.model.outputs[1:])        # whole or empty
                  for d in ((1, *t.shape[1:]) if i in wanted else (0,) * len(t.shape))]
+        start = self._capture_start(rule, sorted(wanted), input_grad)
         if callable(objective):   # decided from this very forward pass (no second forward)
             call_id = next(self._call_ids)
             self._deciders[call_id] = objective
             tail = [tf.constant(call_id, tf.int64)]
-            fn = self._function("capture_deferred", rule)
+            fn = self._function("capture_deferred", rule, start=start)
         else:
             tail = self._objective_tensors(objective)
-            fn = self._function("capture", rule)
+            fn = self._function("capture", rule, start=start)
         try:
             with tf.device(self.device):
                 z, y, x_grad, outputs, grads = fn(self._batch(x, single=True),
