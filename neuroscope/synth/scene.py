@@ -32,6 +32,9 @@ for _c, _lo, _hi in [(ROAD, 5, 4), (SIDEWALK, 4, 5), (BUILDING, 4, 3), (VEGETATI
                      (TRUCK, 1, 1.5), (BUS, 1, 1.5), (PERSON, 2, 2)]:
     _TEX_LOW[_c], _TEX_HIGH[_c] = _lo, _hi
 
+# Uniform grain from bytes: (byte - 127.5) / 73.9, std 1 (a lookup table: same float32 values).
+_GRAIN = (np.arange(256, dtype=np.float32) - 127.5) * (1 / 73.9)
+
 _FACADES = [(185, 172, 150), (150, 82, 62), (122, 122, 127), (205, 198, 186), (112, 92, 76),
             (172, 152, 120), (140, 150, 162), (192, 160, 142), (92, 96, 102), (160, 110, 80),
             (215, 205, 170), (100, 110, 95)]
@@ -770,7 +773,7 @@ class _Builder:
         low = r.standard_normal((h // 8 + 1, w // 8 + 1)).astype(np.float32)
         low = np.asarray(Image.fromarray(low, mode="F").resize((w, h), Image.BILINEAR))
         # Uniform grain from bytes: cheap, std 1 after scaling.
-        high = (r.integers(0, 256, (h, w), dtype=np.uint8).astype(np.float32) - 127.5) * (1 / 73.9)
+        high = _GRAIN[r.integers(0, 256, (h, w), dtype=np.uint8)]
         tex = _TEX_LOW[lab] * low + _TEX_HIGH[lab] * high
         shade = 1 - np.asarray(c.shade, np.float32) * (0.6 / 255)
         # Haze near the horizon and exposure / colour cast, in one pass.
@@ -778,7 +781,12 @@ class _Builder:
         rows = np.arange(h, dtype=np.float32)
         a = (haze * np.exp(-np.abs(rows - self.cam.v0) / (0.08 * h)))[:, None, None].astype(np.float32)
         gain = (r.uniform(0.65, 1.25) * np.exp(r.normal(0, 0.05, 3))).astype(np.float32)
-        img = ((img + tex[..., None]) * shade[..., None] * (1 - a) + self.horizon_colour * a) * gain
+        # ((img + tex) * shade * (1 - a) + horizon * a) * gain, in place (same float32 ops)
+        np.add(img, tex[..., None], out=img)
+        np.multiply(img, shade[..., None], out=img)
+        img *= 1 - a
+        img += self.horizon_colour * a
+        img *= gain
         out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
         # Contrast and gamma as a lookup table.
         mean = float(img.mean())
@@ -788,8 +796,10 @@ class _Builder:
         out = out.point(list(np.clip(lut + 0.5, 0, 255).astype(np.uint8)) * 3)
         out = out.filter(ImageFilter.GaussianBlur(r.uniform(0.35, 1.1)))
         sigma = r.uniform(1, 6)
-        noise = (r.integers(0, 256, (h, w, 3), dtype=np.uint8).astype(np.int16) - 128) * sigma / 74
-        return np.clip(np.asarray(out, np.int16) + noise.astype(np.int16), 0, 255).astype(np.uint8)
+        # (byte - 128) * sigma / 74 truncated to int16, as a 256-entry lookup table
+        noise_lut = ((np.arange(256, dtype=np.int16) - 128) * sigma / 74).astype(np.int16)
+        noise = noise_lut[r.integers(0, 256, (h, w, 3), dtype=np.uint8)]
+        return np.clip(np.asarray(out, np.int16) + noise, 0, 255).astype(np.uint8)
 
     def run(self) -> Scene:
         c = LayeredCanvas(self.sky())
