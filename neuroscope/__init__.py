@@ -13,9 +13,10 @@ import os
 # set before TensorFlow is imported, which neuroscope does lazily.
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
-from .runtime import tune_allocator  # noqa: E402
+from .runtime import limit_blas_threads, tune_allocator  # noqa: E402
 
-tune_allocator()  # the same for numpy and torch buffers (see runtime.py)
+tune_allocator()      # the same for numpy and torch buffers (see runtime.py)
+limit_blas_threads()  # numpy's OpenBLAS must not spin on the cores the model passes use
 
 from .errors import BadImage, BadModel, BadParameter, BadTarget, Cancelled, NeuroscopeError  # noqa: F401
 

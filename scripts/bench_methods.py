@@ -64,13 +64,14 @@ class Recorder:
         self.inside = 0.0  # seconds inside the method's own model passes
         self.floor = 0.0   # seconds of the paired clean passes
 
-    def _floor(self, kind: str, n: int, original) -> None:
+    def _floor(self, kind: str, n: int, original, args: tuple, kw: dict) -> None:
+        """The same call (same score kind, rule, ...) on clean inputs of the same batch size."""
         x = np.repeat(self.prep.x, n, axis=0)
         t0 = time.perf_counter()
         if kind == "scores_from":
-            original(self.layer, np.repeat(self.acts[None], n, axis=0), self.obj, "logit", x=self.prep.x)
+            original(self.layer, np.repeat(self.acts[None], n, axis=0), self.obj, *args[3:], **kw)
         else:  # scores, input_gradients
-            original(x, self.obj)
+            original(x, self.obj, *args[2:], **kw)
         self.floor += time.perf_counter() - t0
 
     def __enter__(self):
@@ -85,7 +86,7 @@ class Recorder:
                 t0 = time.perf_counter()
                 out = _original(*args, **kw)
                 self.inside += time.perf_counter() - t0
-                self._floor(_name, n, _original)
+                self._floor(_name, n, _original, args, kw)
                 return out
 
             setattr(self.backend, name, wrapper)

@@ -165,16 +165,22 @@ class TorchBackend:
         w = torch.as_tensor(objective.class_weights, dtype=z.dtype, device=z.device)
         if w.shape[0] != z.shape[1]:
             raise BadParameter(f"objective has {w.shape[0]} class weights; model has {z.shape[1]} classes")
-        if kind == "prob":
-            z = torch.softmax(z, dim=1)
-        elif kind != "logit":
+        if kind not in ("prob", "logit"):
             raise BadParameter(f"unknown score kind {kind!r}")
         idx = torch.nonzero(w).flatten().tolist()  # only the classes that matter
         if objective.mask is None:
+            if kind == "prob":
+                z = torch.softmax(z, dim=1)
             return sum(w[c] * z[:, c] for c in idx)
         m = torch.as_tensor(objective.mask, dtype=z.dtype, device=z.device)
-        y = sum(w[c] * (z[:, c] * m).sum(dim=(1, 2)) for c in idx)
-        return y / m.sum() if kind == "prob" else y
+        if kind == "prob":
+            # The softmax only where the mask is non-zero: for a region of a segmentation
+            # output that is a fraction of the [N, C, H, W] softmax (same values).
+            pos = torch.nonzero(m.flatten()).flatten()
+            p = torch.softmax(z.flatten(2)[:, :, pos], dim=1)        # [N, C, P]
+            mp = m.flatten()[pos]
+            return sum(w[c] * (p[:, c] * mp).sum(dim=1) for c in idx) / m.sum()
+        return sum(w[c] * (z[:, c] * m).sum(dim=(1, 2)) for c in idx)
 
     @contextmanager
     def _hooks(self, want: set[str], rule: str | None, records: dict, grad_from_want: bool = False) -> Iterator[None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import BadParameter
+from ..images import resize_maps
 from .chunks import PIXELS_PER_CHUNK, chunk_size, chunks
 from .gradient import input_grads, signed_max_abs
 from .registry import MethodInfo, register
@@ -113,7 +114,7 @@ def score_cam(ctx) -> np.ndarray:
     s = np.zeros(a.shape[0], np.float64)
     for i, j in chunks(ctx, len(live), "Score-CAM channels"):
         ks = live[i:j]
-        masks = np.stack([ctx.upsample((a[k] - lo[k]) / (hi[k] - lo[k])) for k in ks])
+        masks = np.stack(resize_maps([(a[k] - lo[k]) / (hi[k] - lo[k]) for k in ks], ctx.model_size))
         batch = base[None] + masks[..., None] * diff[None]
         s[ks] = ctx.backend.scores(batch, ctx.objective, kind="prob") - y_base
     w = s[chosen]

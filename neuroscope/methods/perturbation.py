@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from ..errors import BadParameter
-from ..images import resize_map
+from ..images import resize_maps
 from .chunks import chunk_size, chunks
 from .registry import MethodInfo, register
 
@@ -65,7 +65,7 @@ def occlusion(ctx) -> np.ndarray:
 def rise_masks(rng: np.random.Generator, n: int, cells: int, p: float,
                size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
     """The random part of RISE, drawn once: binary grids [n, cells, cells] and shifts.
-    Masks are made from them chunk by chunk with `rise_mask`."""
+    Masks are made from them chunk by chunk with `rise_batch`."""
     grids = (rng.random((n, cells, cells)) < p).astype(np.float32)
     cell = (math.ceil(size[0] / cells), math.ceil(size[1] / cells))
     dy = rng.integers(0, cell[0], n)
@@ -73,11 +73,13 @@ def rise_masks(rng: np.random.Generator, n: int, cells: int, p: float,
     return grids, dy, dx, cell
 
 
-def rise_mask(grid: np.ndarray, dy: int, dx: int, cell: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
-    """One RISE mask: the grid upsampled bilinearly to (cells + 1) * cell, cropped at a shift."""
-    cells = grid.shape[0]
-    up = resize_map(grid, ((cells + 1) * cell[0], (cells + 1) * cell[1]))
-    return up[dy:dy + size[0], dx:dx + size[1]]
+def rise_batch(grids: np.ndarray, dy: np.ndarray, dx: np.ndarray, cell: tuple[int, int],
+               size: tuple[int, int]) -> np.ndarray:
+    """RISE masks [n, H, W]: each grid upsampled bilinearly to (cells + 1) * cell (the shared
+    resize, batched), cropped at its shift."""
+    cells = grids.shape[1]
+    up = resize_maps(list(grids), ((cells + 1) * cell[0], (cells + 1) * cell[1]))
+    return np.stack([u[y:y + size[0], x:x + size[1]] for u, y, x in zip(up, dy, dx)])
 
 
 @register(MethodInfo("rise", "perturbation", needs_layer=False, signed=False, slow=True,
@@ -94,7 +96,7 @@ def rise(ctx) -> np.ndarray:
     diff = ctx.x[0] - base
     total = np.zeros((H, W), np.float64)
     for lo, hi in chunks(ctx, n, "RISE masks"):
-        masks = np.stack([rise_mask(grids[i], dy[i], dx[i], cell, (H, W)) for i in range(lo, hi)])
+        masks = rise_batch(grids[lo:hi], dy[lo:hi], dx[lo:hi], cell, (H, W))
         y = ctx.backend.scores(base[None] + masks[..., None] * diff[None], ctx.objective)
         total += np.tensordot(y.astype(np.float64), masks, axes=(0, 0))
     ctx.extra["masks"] = n
