@@ -337,6 +337,7 @@ class Explainer:
         if cached is not None:  # merge: keep what the earlier pass had
             cap.activations = {**cached.activations, **cap.activations}
             cap.gradients = {**cached.gradients, **cap.gradients}
+            cap.gradient_means = {**cached.gradient_means, **cap.gradient_means}
             if cap.input_grad is None:
                 cap.input_grad = cached.input_grad
         self._captures.put(key, cap, _capture_bytes(cap))

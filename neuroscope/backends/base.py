@@ -62,6 +62,10 @@ class Capture:
     activations: dict[str, np.ndarray] = field(default_factory=dict)   # name -> [K, h, w] (or [K])
     gradients: dict[str, np.ndarray] = field(default_factory=dict)     # name -> d score / d activation, same shape
     input_grad: np.ndarray | None = None       # d score / d input, [H, W, 3]
+    # Optional: per-channel means of the spatial gradients, name -> [K], computed by the
+    # backend while each gradient is fresh (Grad-CAM's weights; a layer sweep needs no
+    # second read of ~260 MB of gradients). Methods fall back to computing them.
+    gradient_means: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class Backend(Protocol):

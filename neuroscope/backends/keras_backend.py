@@ -643,9 +643,14 @@ class KerasBackend:
                          for t, g in zip([x, *layer_outputs], grads)]
                 sizes = tf.split(sizes, ranks) if ranks else []
                 origin = {r: tf.zeros([r], tf.int32) for r in set(ranks)}
+                kept = [tf.slice(g, origin[r], n) for g, n, r in zip(grads[1:], sizes, ranks)]
+                # per-channel gradient means of the kept spatial layers (Grad-CAM weights),
+                # computed in the graph while the gradients are at hand
+                means = [tf.reduce_mean(g, axis=[1, 2]) if r == 4 else tf.zeros([0, 0])
+                         for g, r in zip(kept, ranks)]
                 return (_channels_first(z), y, grads[0],
                         [tf.slice(t, origin[r], n) for t, n, r in zip(layer_outputs, sizes, ranks)],
-                        [tf.slice(g, origin[r], n) for g, n, r in zip(grads[1:], sizes, ranks)])
+                        kept, means)
         else:
             raise ValueError(f"unknown function {kind!r}")
         return tf.function(fn, input_signature=signature, reduce_retracing=True, autograph=False)
@@ -760,8 +765,8 @@ class KerasBackend:
             fn = self._function("capture", rule, start=start)
         try:
             with tf.device(self.device):
-                z, y, x_grad, outputs, grads = fn(self._batch(x, single=True),
-                                                  tf.constant(sizes, tf.int32), *tail)
+                z, y, x_grad, outputs, grads, means = fn(self._batch(x, single=True),
+                                                         tf.constant(sizes, tf.int32), *tail)
         finally:
             if callable(objective):
                 self._deciders.pop(call_id, None)
@@ -770,6 +775,8 @@ class KerasBackend:
         for name, index in indices.items():   # views, not copies (see _to_numpy_channels_first)
             capture.activations[name] = _to_numpy_channels_first(outputs[index])
             capture.gradients[name] = _to_numpy_channels_first(grads[index])
+            if len(graph.model.outputs[1 + index].shape) == 4:
+                capture.gradient_means[name] = np.asarray(means[index])[0]
         return capture
 
     def input_gradients(self, x: np.ndarray, objective: Objective,

@@ -346,8 +346,19 @@ class TorchBackend:
             raise BadParameter(f"layer(s) not found or not a tensor output: {', '.join(sorted(missing))}")
         keys = [k for k in layers if records[k].requires_grad]
         inputs = [records[k] for k in keys] + ([xt] if input_grad else [])
+        means: dict[str, torch.Tensor] = {}
+
+        def mean_hook(name: str):
+            def hook(g: torch.Tensor) -> None:   # while the gradient is fresh in cache
+                means[name] = g[0].float().mean(dim=(1, 2))
+            return hook
+
+        for k in keys:
+            if records[k].dim() == 4:
+                records[k].register_hook(mean_hook(k))   # dies with this call's tensor
         grads = torch.autograd.grad(y.sum(), inputs, allow_unused=True) if inputs else []
         cap = Capture(output=z[0].detach().float().cpu().numpy(), score=float(y.detach().sum()))
+        cap.gradient_means = {k: v.cpu().numpy() for k, v in means.items()}
         by_key = dict(zip(keys, grads))
         for k in layers:
             a = records[k].detach()[0].float()

@@ -11,8 +11,8 @@ from .gradient import input_grads, signed_max_abs
 from .registry import MethodInfo, register
 
 
-def _ag(ctx) -> tuple[np.ndarray, np.ndarray]:
-    cap = ctx.capture([ctx.layer])
+def _ag(ctx, cap=None) -> tuple[np.ndarray, np.ndarray]:
+    cap = cap or ctx.capture([ctx.layer])
     a, g = cap.activations[ctx.layer], cap.gradients[ctx.layer]
     if a.ndim != 3:
         raise ValueError(f"layer {ctx.layer} output is not [K, h, w]")
@@ -30,8 +30,10 @@ def _cam(name: str, description: str, signed: bool = False, **kwargs):
 
 @register(_cam("grad-cam", "Where the chosen layer's features support the target: gradient-weighted channels."))
 def grad_cam(ctx) -> np.ndarray:
-    a, g = _ag(ctx)
-    return ctx.upsample(weighted_cam(a, g.mean(axis=(1, 2))))
+    cap = ctx.capture([ctx.layer])
+    a, g = _ag(ctx, cap)
+    w = cap.gradient_means.get(ctx.layer)   # computed by the backend during the backward, if it can
+    return ctx.upsample(weighted_cam(a, g.mean(axis=(1, 2)) if w is None else w))
 
 
 @register(_cam("grad-cam++", "Grad-CAM with pixel-wise weights: better for several instances of a class."))
