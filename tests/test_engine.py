@@ -279,3 +279,19 @@ def test_allocator_tuning_is_on_by_default_and_can_be_switched_off():
                          env={**__import__("os").environ, "NEUROSCOPE_TUNE_MALLOC": "0"})
     assert off.stdout.strip() == "False"
     assert on.stdout.strip() == ("True" if sys.platform.startswith("linux") else "False")
+
+
+def test_numpys_blas_runs_one_thread_after_import():
+    import subprocess
+    import sys
+    # numpy imported first (as Streamlit does): the library's own setter must still apply
+    code = ("import numpy, neuroscope, neuroscope.runtime as r; "
+            "import ctypes, glob, os; d = os.path.join(os.path.dirname(os.path.dirname(numpy.__file__)), 'numpy.libs'); "
+            "libs = glob.glob(os.path.join(d, '*openblas*.so*')); "
+            "get = [getattr(ctypes.CDLL(p), n) for p in libs for n in ('scipy_openblas_get_num_threads64_',) "
+            "       if hasattr(ctypes.CDLL(p), n)]; "
+            "print(r._blas_limited, [g() for g in get])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split(" ", 1)
+    if out[1].strip() == "[]":
+        pytest.skip("numpy is not linked against a bundled OpenBLAS here")
+    assert int(out[0]) >= 1 and out[1].strip() == "[1]"
