@@ -14,9 +14,18 @@ from .registry import MethodInfo, register
 
 
 def signed_max_abs(g: np.ndarray) -> np.ndarray:
-    """Reduce [..., 3] over colour channels keeping the value of largest magnitude."""
-    idx = np.argmax(np.abs(g), axis=-1)[..., None]
-    return np.take_along_axis(g, idx, axis=-1)[..., 0]
+    """Reduce [..., C] over colour channels keeping the value of largest magnitude (the
+    first one on a tie, as argmax would; channel by channel: ~2x faster than argmax +
+    take_along_axis over a last axis of 3)."""
+    out = g[..., 0].copy()
+    best = np.abs(out)
+    for c in range(1, g.shape[-1]):
+        v = g[..., c]
+        a = np.abs(v)
+        better = a > best
+        np.copyto(out, v, where=better)
+        np.maximum(best, a, out=best)
+    return out
 
 
 def input_grads(ctx, x: np.ndarray, rule: str | None = None) -> np.ndarray:
