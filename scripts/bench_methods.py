@@ -20,7 +20,7 @@ channels, each in a fresh process, and prints the peak RSS of each.
     python scripts/bench_methods.py                       # ratios (MobileNetV2 + drivescene-seg)
     python scripts/bench_methods.py --memory              # + peak RSS at 1024x2048
     python scripts/bench_methods.py --quick               # smaller settings, for a smoke run
-    python scripts/bench_methods.py --grid methods.png    # picture grid: every method on one scene
+    python scripts/bench_methods.py --grid docs/methods-grid.jpg   # picture grid: every method on one scene
 """
 from __future__ import annotations
 
@@ -222,7 +222,7 @@ GRID_PARAMS = {"integrated-gradients": {"steps": 16}, "score-cam": {"top": 64}, 
 def picture_grid(path: str, model: str = SEGMENTER, image: Path = SCENE) -> None:
     """Every registered method's map on one scene (default target), as overlays in one PNG."""
     from neuroscope.methods.registry import list_methods
-    from neuroscope.render import label_overlay, montage, overlay, save_png
+    from neuroscope.render import label_overlay, montage, overlay
     ex = Explainer(load_model(model))
     prep = ex.prepare(image)
     pred = ex.predict(prep)
@@ -241,7 +241,7 @@ def picture_grid(path: str, model: str = SEGMENTER, image: Path = SCENE) -> None
         labels.append(f"{info.name} ({time.perf_counter() - t0:.1f} s)")
         print(labels[-1], file=sys.stderr)
     small = [np.asarray(Image.fromarray(t).resize((384, round(384 * t.shape[0] / t.shape[1])))) for t in tiles]
-    save_png(montage(small, labels, cols=4), path)
+    Image.fromarray(montage(small, labels, cols=4)).save(path, quality=85)   # format from the extension
 
 
 def table(rows: list[dict], cols: list[str]) -> str:
