@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -12,7 +11,8 @@ import numpy as np
 
 from .backends.base import Capture, LayerInfo
 from .errors import BadModel, BadParameter, Cancelled
-from .images import ImageLike, blur, image_hash, load_image, normalize, resize_labels, resize_map, resize_maps, resize_rgb
+from .images import (ImageLike, blur, image_hash, load_image, normalize, normalize_scale, resize_labels, resize_map,
+                     resize_maps, resize_rgb)
 from .methods.registry import MethodInfo, check_params, get_method
 from .targets import ResolvedTarget, Target, resolve_target
 from .zoo import Model, default_palette, load_model
@@ -157,7 +157,6 @@ class MethodContext:
         self.info = info
         self._progress = progress
         self.extra: dict[str, Any] = {}
-        self.defer_upsample = False   # the layer sweep resizes all maps in one batch
 
     @property
     def backend(self):
@@ -195,9 +194,8 @@ class MethodContext:
         return self.explainer.baseline_rgb(self.prep, kind)
 
     def upsample(self, m: np.ndarray) -> np.ndarray:
-        """A map at layer resolution -> model resolution (the shared resize)."""
-        if self.defer_upsample:
-            return np.asarray(m, np.float32)
+        """A map at layer resolution -> model resolution (the shared resize). A method may
+        also return its layer-resolution map: the engine resizes whatever comes back."""
         return resize_map(m, self.model_size)
 
     def rng(self, seed: int = 0) -> np.random.Generator:
@@ -413,18 +411,15 @@ class Explainer:
               layers: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """A CAM map (model resolution) for every spatial layer, all from ONE capture."""
         info, fn = get_method(method)
-        if info.family != "cam" or info.slow:
+        if info.family != "cam" or info.slow or info.batched_gradient:
             raise BadParameter(f"the layer sweep needs a one-pass CAM method, not {method}")
         prep = self.prepare(image)
         rt = self.resolve(prep, target)
         names = [l.name for l in self.spatial_layers()] if layers is None else list(layers)
         self._capture(prep, rt, tuple(names), False, None)
         params = check_params(info, {})
-        maps = []
-        for name in names:
-            ctx = MethodContext(self, prep, rt, name, params, None, info)
-            ctx.defer_upsample = True
-            maps.append(fn(ctx))
+        # layer-resolution maps (see cam.py), resized in one batch
+        maps = [fn(MethodContext(self, prep, rt, name, params, None, info)) for name in names]
         return dict(zip(names, resize_maps(maps, prep.rgb.shape[:2])))
 
     def clear_caches(self, keep_predictions: bool = False) -> None:
@@ -453,35 +448,18 @@ def _run_gradient(fn: Callable, ctx: MethodContext) -> np.ndarray:
     n = int(ctx.params.get("smooth", 0))
     if n <= 0:
         return fn(ctx, ctx.x)[0]
-    lo, hi = 0.0, 255.0  # noise acts on uint8-range RGB before normalisation (CONTRACT.md §1)
-    sigma = 0.15 * (hi - lo)
-    # The preprocessing is affine per colour channel, so noise of std sigma on the RGB
-    # values is noise of std sigma * scale_c on the model input: added to the
-    # preprocessed image directly (one multiply-add instead of re-normalising each copy).
-    s = ctx.spec
-    scale = (np.float32((s.value_range[1] - s.value_range[0]) / 255.0)
-             / np.asarray(s.std, np.float32)) * np.float32(sigma)
+    # Noise of std 0.15 * 255 on the uint8-range RGB values (CONTRACT.md §1); the
+    # preprocessing is affine, so it is added to the preprocessed image scaled per channel.
+    scale = normalize_scale(ctx.spec.value_range, ctx.spec.std) * np.float32(0.15 * 255.0)
     rng = ctx.rng(0)
     total = np.zeros(ctx.model_size, np.float64)
     chunk = 4
-    starts = list(range(0, n, chunk))
-
-    def draw(start: int) -> np.ndarray:
-        # float32 normals, chunk by chunk from one seeded stream (memory bounded by the chunk)
-        return rng.standard_normal((min(chunk, n - start), *ctx.rgb.shape), dtype=np.float32)
-
-    # The next chunk's noise is drawn on a helper thread (numpy releases the GIL) while
-    # the framework runs this chunk: drawing it took ~20 ms per chunk of 4 at 256x512.
-    # One worker, in order: the same stream as drawing sequentially.
-    with ThreadPoolExecutor(1, thread_name_prefix="smoothgrad-noise") as pool:
-        pending = pool.submit(draw, starts[0])
-        for i, start in enumerate(starts):
-            batch = pending.result()
-            if i + 1 < len(starts):
-                pending = pool.submit(draw, starts[i + 1])
-            batch *= scale
-            batch += ctx.x
-            total += fn(ctx, batch).sum(axis=0)
-            ctx.tick((start + len(batch)) / n, "SmoothGrad samples")
+    for start in range(0, n, chunk):
+        # float32 normals drawn chunk by chunk from one seeded stream: memory bounded by the chunk
+        batch = rng.standard_normal((min(chunk, n - start), *ctx.rgb.shape), dtype=np.float32)
+        batch *= scale
+        batch += ctx.x
+        total += fn(ctx, batch).sum(axis=0)
+        ctx.tick((start + len(batch)) / n, "SmoothGrad samples")
     ctx.extra["smooth_samples"] = n
     return (total / n).astype(np.float32)

@@ -215,6 +215,25 @@ def random_map(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random(shape).astype(np.float32)
 
 
+def sanity_per_method(explainer, prep, rt, methods: Sequence[str], *, max_steps: int = 8,
+                      params: dict[str, dict] | None = None, keep_maps: bool = False,
+                      progress: Progress | None = None) -> tuple[dict[str, metrics.SanityResult], dict[str, str]]:
+    """The sanity check one method at a time (the same seeded randomisation for each), so a
+    failing method loses only its own row: (results, {method: error message})."""
+    results, errors = {}, {}
+    for i, name in enumerate(methods):
+        part = None if progress is None else (
+            lambda f, msg, i=i: progress((i + f) / len(methods), msg))
+        try:
+            results.update(metrics.sanity_check(explainer, prep, [name], rt, max_steps=max_steps, params=params,
+                                                keep_maps=keep_maps, progress=part))
+        except Cancelled:
+            raise
+        except NeuroscopeError as exc:
+            errors[name] = str(exc)
+    return results, errors
+
+
 def evaluate(explainer, items: Sequence[EvalItem], methods: Sequence[str], *, steps: int = metrics.DEFAULT_STEPS,
              params: dict[str, dict] | None = None, layer: str | None = None, with_random: bool = False,
              sanity: bool = False, sanity_steps: int = 8, sanity_maps: bool = False,
@@ -279,16 +298,11 @@ def evaluate(explainer, items: Sequence[EvalItem], methods: Sequence[str], *, st
         if strict:
             report.sanity = metrics.sanity_check(explainer, prep, list(methods), rt, progress=sub("sanity check"),
                                                  **kw)
-        else:  # one method at a time (same seeded randomisation), so one failure loses only its own row
-            for i, name in enumerate(methods):
-                part = None if progress is None else (
-                    lambda f, msg, i=i: progress((done + (i + f) / len(methods)) / units, f"sanity check: {msg}"))
-                try:
-                    report.sanity.update(metrics.sanity_check(explainer, prep, [name], rt, progress=part, **kw))
-                except Cancelled:
-                    raise
-                except NeuroscopeError as exc:
-                    report.methods[name].errors.append(f"sanity check: {exc}")
+        else:
+            report.sanity, errors = sanity_per_method(explainer, prep, rt, methods, progress=sub("sanity check"),
+                                                      **kw)
+            for name, error in errors.items():
+                report.methods[name].errors.append(f"sanity check: {error}")
     if progress is not None:
         progress(1.0, "done")
     return report

@@ -115,6 +115,13 @@ def normalize(rgb: np.ndarray, value_range: tuple[float, float], mean, std) -> n
     return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
 
 
+def normalize_scale(value_range: tuple[float, float], std) -> np.ndarray:
+    """How much `normalize` scales each colour channel ([3], float32): it is affine, so a
+    change d of a uint8-range RGB value changes the model input by d * scale_c."""
+    lo, hi = value_range
+    return np.float32((hi - lo) / 255.0) / np.asarray(std, np.float32)
+
+
 def blur(rgb: np.ndarray) -> np.ndarray:
     """Gaussian blur baseline: sigma = 5% of the shorter side (CONTRACT.md §1)."""
     sigma = 0.05 * min(rgb.shape[:2])
@@ -172,8 +179,9 @@ def resize_maps(maps: Sequence[np.ndarray], size: tuple[int, int]) -> list[np.nd
             continue
         stack = np.stack([np.asarray(maps[i], np.float32) for i in idx])
         n, (sh, sw) = len(idx), shape
-        # Both orders give the same result; take the one with fewer multiplications.
-        cols_first = sh * sw * w + h * sh * w <= h * sh * sw + h * sw * w
+        # Both orders give the same result; the banded products cost about the size of
+        # what they write, so resize first along the axis that leaves the smaller middle.
+        cols_first = sh * w <= h * sw
         for axis in ((1, 0) if cols_first else (0, 1)):
             if axis == 1 and sw != w:
                 rows = stack.shape[1]

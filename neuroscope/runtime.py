@@ -72,8 +72,7 @@ def limit_blas_threads() -> int:
         n = 1
     if n <= 0:
         return 0
-    for var in ("OPENBLAS_NUM_THREADS",):
-        os.environ.setdefault(var, str(n))
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(n))   # for a numpy imported later
     if "numpy" not in sys.modules:
         return 0
     import numpy

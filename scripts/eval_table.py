@@ -42,9 +42,8 @@ def worker(task: tuple) -> tuple:
     kind, model, set_name, methods, steps, with_random, sanity_steps, threads, index, table_params = task
     import torch
     torch.set_num_threads(threads)
-    from neuroscope import Explainer, load_model, metrics
-    from neuroscope.errors import NeuroscopeError
-    from neuroscope.evaluate import _resolve_item, evaluate, get_eval_set
+    from neuroscope import Explainer, load_model
+    from neuroscope.evaluate import _resolve_item, evaluate, get_eval_set, sanity_per_method
     ex = Explainer(load_model(model))
     items = get_eval_set(set_name).build()
     last = [0.0]
@@ -62,16 +61,10 @@ def worker(task: tuple) -> tuple:
                        progress=progress, strict=False)
     else:
         prep, _, rt = _resolve_item(ex, items[0])
-        results, errors = {}, []
-        for name in methods:
-            try:
-                params = {**table_params.get(name, {}), **SANITY_PARAMS.get(name, {})}
-                results.update(metrics.sanity_check(ex, prep, [name], rt, max_steps=sanity_steps,
-                                                    params={name: params}))
-            except NeuroscopeError as exc:
-                errors.append(f"{name}: sanity check: {exc}")
-            progress(len(results) / len(methods), f"sanity {name}")
-        out = (results, errors)
+        params = {n: {**table_params.get(n, {}), **SANITY_PARAMS.get(n, {})} for n in methods}
+        results, errors = sanity_per_method(ex, prep, rt, methods, max_steps=sanity_steps, params=params,
+                                            progress=progress)
+        out = (results, [f"{n}: sanity check: {e}" for n, e in errors.items()])
     print(f"[task {index}] {kind} done in {time.time() - t0:.0f} s: {', '.join(methods)}", file=sys.stderr, flush=True)
     return index, kind, out
 

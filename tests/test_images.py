@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from neuroscope.errors import BadImage
-from neuroscope.images import MAX_PIXELS, load_image, normalize, resize_labels, resize_map, resize_maps
+from neuroscope.images import (MAX_PIXELS, load_image, normalize, normalize_scale, resize_labels, resize_map,
+                               resize_maps)
 
 
 def encode(im: Image.Image, fmt: str = "PNG", **kw) -> bytes:
@@ -80,3 +81,12 @@ def test_batched_resize_equals_the_shared_pillow_resize():
             want = resize_map(m, size)
             assert got.shape == size and got.dtype == np.float32
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.abs(m).max()))
+
+
+def test_normalize_scale_is_the_slope_of_the_preprocessing():
+    rng = np.random.default_rng(5)
+    rgb = rng.uniform(0, 255, size=(4, 5, 3)).astype(np.float32)
+    d = rng.normal(0, 30, size=rgb.shape).astype(np.float32)
+    for value_range, mean, std in [((0, 1), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), ((-1, 1), 0, 1)]:
+        step = normalize(rgb + d, value_range, mean, std) - normalize(rgb, value_range, mean, std)
+        np.testing.assert_allclose(step, d * normalize_scale(value_range, std), rtol=1e-4, atol=1e-4)

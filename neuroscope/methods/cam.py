@@ -1,5 +1,8 @@
 """CAM family: class activation maps from ONE capture of activations A and gradients G,
-plus the perturbation CAMs (Score-CAM, Ablation-CAM) that score channels with chunked passes."""
+plus the perturbation CAMs (Score-CAM, Ablation-CAM) that score channels with chunked passes.
+
+CAM methods return their map at the layer's resolution: the engine resizes it with the
+shared resize (`explain`: one map; `sweep`: every layer's map in one batch)."""
 from __future__ import annotations
 
 import numpy as np
@@ -33,7 +36,7 @@ def grad_cam(ctx) -> np.ndarray:
     cap = ctx.capture([ctx.layer])
     a, g = _ag(ctx, cap)
     w = cap.gradient_means.get(ctx.layer)   # computed by the backend during the backward, if it can
-    return ctx.upsample(weighted_cam(a, g.mean(axis=(1, 2)) if w is None else w))
+    return weighted_cam(a, g.mean(axis=(1, 2)) if w is None else w)
 
 
 @register(_cam("grad-cam++", "Grad-CAM with pixel-wise weights: better for several instances of a class."))
@@ -43,7 +46,7 @@ def grad_cam_pp(ctx) -> np.ndarray:
     denom = 2.0 * g2 + a.sum(axis=(1, 2))[:, None, None] * g2 * g
     w = np.divide(g2, denom, out=np.zeros_like(g2), where=denom != 0)
     alpha = (w * np.maximum(g, 0.0)).sum(axis=(1, 2))
-    return ctx.upsample(weighted_cam(a, alpha))
+    return weighted_cam(a, alpha)
 
 
 @register(_cam("xgrad-cam", "Grad-CAM with activation-normalised weights (axiom-based)."))
@@ -51,19 +54,19 @@ def xgrad_cam(ctx) -> np.ndarray:
     a, g = _ag(ctx)
     s = a.sum(axis=(1, 2))
     w = (a * g).sum(axis=(1, 2)) / np.where(np.abs(s) > 1e-12, s, np.inf)
-    return ctx.upsample(weighted_cam(a, w))
+    return weighted_cam(a, w)
 
 
 @register(_cam("hires-cam", "Element-wise gradient x activation summed over channels: faithful to the layer."))
 def hires_cam(ctx) -> np.ndarray:
     a, g = _ag(ctx)
-    return ctx.upsample(np.maximum((a * g).sum(axis=0), 0.0))
+    return np.maximum((a * g).sum(axis=0), 0.0)
 
 
 @register(_cam("layer-cam", "Positive gradients x activations: sharp maps, good for shallow layers."))
 def layer_cam(ctx) -> np.ndarray:
     a, g = _ag(ctx)
-    return ctx.upsample(np.maximum((np.maximum(g, 0.0) * a).sum(axis=0), 0.0))
+    return np.maximum((np.maximum(g, 0.0) * a).sum(axis=0), 0.0)
 
 
 @register(_cam("eigen-cam", "First principal component of the layer's activations (class-agnostic).", signed=True))
@@ -73,19 +76,19 @@ def eigen_cam(ctx) -> np.ndarray:
     flat = a.reshape(k, h * w).T.astype(np.float64)  # positions x channels
     centred = flat - flat.mean(axis=0, keepdims=True)
     if not np.any(centred):
-        return ctx.upsample(np.zeros((h, w), np.float32))
+        return np.zeros((h, w), np.float32)
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
     proj = centred @ vt[0]
     mean_act = flat.mean(axis=1)
     if np.dot(proj - proj.mean(), mean_act - mean_act.mean()) < 0:  # sign: agree with the mean activation
         proj = -proj
-    return ctx.upsample(proj.reshape(h, w).astype(np.float32))
+    return proj.reshape(h, w).astype(np.float32)
 
 
 @register(MethodInfo("guided-grad-cam", "cam", needs_layer=True, signed=True, batched_gradient=True,
                      description="Guided backprop masked by Grad-CAM: fine detail, class-discriminative."))
 def guided_grad_cam(ctx, x: np.ndarray) -> np.ndarray:
-    return signed_max_abs(input_grads(ctx, x, rule="guided")) * grad_cam(ctx)[None]
+    return signed_max_abs(input_grads(ctx, x, rule="guided")) * ctx.upsample(grad_cam(ctx))[None]
 
 
 # --------------------------------------------------------------- perturbation CAMs
@@ -124,7 +127,7 @@ def score_cam(ctx) -> np.ndarray:
         w = np.exp(w - w.max())
         w /= w.sum()
     ctx.extra["channels"] = int(len(chosen))
-    return ctx.upsample(weighted_cam(a[chosen], w))
+    return weighted_cam(a[chosen], w)
 
 
 @register(_cam("ablation-cam", "Channels weighted by the score drop when each is zeroed: gradient-free, "
@@ -152,4 +155,4 @@ def ablation_cam(ctx) -> np.ndarray:
     scale = abs(y) if abs(y) > 1e-8 else 1.0  # (y - y_k) / |y|, guarded
     ctx.extra["channels"] = int(len(chosen))
     ctx.extra["sequential_cut"] = bool(cut)
-    return ctx.upsample(weighted_cam(a[chosen], drops[chosen] / scale))
+    return weighted_cam(a[chosen], drops[chosen] / scale)
