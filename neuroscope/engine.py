@@ -182,8 +182,10 @@ class MethodContext:
     def model_size(self) -> tuple[int, int]:
         return self.prep.rgb.shape[0], self.prep.rgb.shape[1]
 
-    def capture(self, layers: Sequence[str] = (), input_grad: bool = False, rule: str | None = None) -> Capture:
-        return self.explainer._capture(self.prep, self.target, tuple(layers), input_grad, rule)
+    def capture(self, layers: Sequence[str] = (), input_grad: bool = False, rule: str | None = None,
+                gradients: bool = True) -> Capture:
+        """`gradients=False`: only `gradient_means` are read (see `Backend.capture`)."""
+        return self.explainer._capture(self.prep, self.target, tuple(layers), input_grad, rule, gradients)
 
     def preprocess(self, rgb: np.ndarray) -> np.ndarray:
         """uint8-range RGB batch [N, h, w, 3] (float ok, unclipped) -> model input."""
@@ -295,7 +297,8 @@ class Explainer:
             return Prediction(self.task, self.classes, prep.size, logits)
         return Prediction(self.task, self.classes, prep.size, logits, _argmax_classes(logits))
 
-    def _prefetch(self, prep: Prepared, target: Target | None, layers: tuple[str, ...], input_grad: bool) -> None:
+    def _prefetch(self, prep: Prepared, target: Target | None, layers: tuple[str, ...], input_grad: bool,
+                  gradients: bool = True) -> None:
         """Predict, resolve the target and capture in ONE forward + backward pass.
 
         Without this, an uncached explanation would run a forward for the prediction
@@ -314,7 +317,7 @@ class Explainer:
             return resolved["target"].objective
 
         self._count("capture")
-        cap = self.backend.capture(prep.x, decide, list(layers), input_grad=input_grad)
+        cap = self.backend.capture(prep.x, decide, list(layers), input_grad=input_grad, gradients=gradients)
         self._predictions.put(prep.hash, resolved["pred"])
         self._captures.put((prep.hash, resolved["target"].key(), None), cap, _capture_bytes(cap))
 
@@ -326,13 +329,16 @@ class Explainer:
 
     # ----------------------------------------------------------- captures
     def _capture(self, prep: Prepared, target: ResolvedTarget, layers: tuple[str, ...], input_grad: bool,
-                 rule: str | None) -> Capture:
+                 rule: str | None, gradients: bool = True) -> Capture:
         key = (prep.hash, target.key(), rule)
         cached = self._captures.get(key)
-        if cached is not None and set(layers) <= set(cached.activations) and (cached.input_grad is not None or not input_grad):
+        if (cached is not None and set(layers) <= cached.activations.keys()
+                and (not gradients or set(layers) <= cached.gradients.keys())
+                and (cached.input_grad is not None or not input_grad)):
             return cached
         self._count("capture")
-        cap = self.backend.capture(prep.x, target.objective, list(layers), input_grad=input_grad, rule=rule)
+        cap = self.backend.capture(prep.x, target.objective, list(layers), input_grad=input_grad, rule=rule,
+                                   gradients=gradients)
         if cached is not None:  # merge: keep what the earlier pass had
             cap.activations = {**cached.activations, **cap.activations}
             cap.gradients = {**cached.gradients, **cap.gradients}
@@ -380,7 +386,7 @@ class Explainer:
         layer = self.check_layer(layer, info)
         prep = self.prepare(image)
         if info.family in ("cam", "activation") and not info.batched_gradient and layer is not None:
-            self._prefetch(prep, target, (layer,), False)
+            self._prefetch(prep, target, (layer,), False, not info.gradient_means_only)
         elif info.name == "saliency" and not params.get("smooth"):
             self._prefetch(prep, target, (), True)
         rt = self.resolve(prep, target)
@@ -416,11 +422,34 @@ class Explainer:
         prep = self.prepare(image)
         rt = self.resolve(prep, target)
         names = [l.name for l in self.spatial_layers()] if layers is None else list(layers)
-        self._capture(prep, rt, tuple(names), False, None)
+        self._capture(prep, rt, tuple(names), False, None, not info.gradient_means_only)
         params = check_params(info, {})
-        # layer-resolution maps (see cam.py), resized in one batch
-        maps = [fn(MethodContext(self, prep, rt, name, params, None, info)) for name in names]
-        return dict(zip(names, resize_maps(maps, prep.rgb.shape[:2])))
+
+        def maps(part: Sequence[str]) -> list[np.ndarray]:
+            # layer-resolution maps (see cam.py), resized in one batch
+            cams = [fn(MethodContext(self, prep, rt, name, params, None, info)) for name in part]
+            return resize_maps(cams, prep.rgb.shape[:2])
+
+        # Reading ~65M activation floats and writing ~85 MB of maps is memory-bound numpy
+        # work on one core: a second thread takes every other layer.
+        out: dict[str, np.ndarray] = {}
+        errors: list[BaseException] = []
+
+        def other_half() -> None:
+            try:
+                out.update(zip(names[1::2], maps(names[1::2])))
+            except BaseException as exc:  # re-raised in the caller's thread
+                errors.append(exc)
+
+        helper = threading.Thread(target=other_half, name="neuroscope-sweep", daemon=True)
+        helper.start()
+        try:
+            out.update(zip(names[0::2], maps(names[0::2])))
+        finally:
+            helper.join()
+        if errors:
+            raise errors[0]
+        return {name: out[name] for name in names}
 
     def clear_caches(self, keep_predictions: bool = False) -> None:
         """Empty the caches; `keep_predictions` keeps the predictions (so the default

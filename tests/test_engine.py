@@ -206,6 +206,26 @@ def test_layer_sweep_needs_one_capture_and_matches_single_layer_maps(rng):
     assert ex.stats["capture"] == 1  # the single-layer maps came from the sweep's capture
 
 
+def test_means_only_capture_gives_the_full_means_and_is_topped_up_for_full_gradients(rng):
+    ex = seg_explainer()
+    image = rng.integers(0, 255, size=(32, 48, 3), dtype=np.uint8)
+    prep, rt = ex.prepare(image), ex.resolve(image)
+    names = [l.name for l in ex.spatial_layers()]
+    full = ex.backend.capture(prep.x, rt.objective, names, input_grad=False)
+    lean = ex.backend.capture(prep.x, rt.objective, names, input_grad=False, gradients=False)
+    assert lean.gradients == {} and set(lean.gradient_means) == set(names)
+    for name in names:
+        np.testing.assert_allclose(lean.gradient_means[name], full.gradients[name].mean(axis=(1, 2)),
+                                   rtol=1e-5, atol=1e-7)
+        np.testing.assert_array_equal(lean.activations[name], full.activations[name])
+    ex.sweep(image)                 # a Grad-CAM sweep keeps only the means ...
+    assert ex.stats["capture"] == 1
+    pp = ex.explain(image, "grad-cam++", layer="stem").map_model   # ... so this needs the gradients
+    assert ex.stats["capture"] == 2
+    np.testing.assert_allclose(pp, seg_explainer().explain(image, "grad-cam++", layer="stem").map_model,
+                               rtol=1e-5, atol=1e-7)
+
+
 def test_results_are_cached_and_display_needs_no_pass(rng):
     ex = seg_explainer()
     image = rng.integers(0, 255, size=(32, 48, 3), dtype=np.uint8)

@@ -89,13 +89,16 @@ class Backend(Protocol):
         """Objective value per batch item, [N]; kind "logit" or "prob" (see Objective)."""
 
     def capture(self, x: np.ndarray, objective: Objective, layers: Sequence[str] = (),
-                input_grad: bool = True, rule: str | None = None) -> Capture:
+                input_grad: bool = True, rule: str | None = None, gradients: bool = True) -> Capture:
         """ONE forward pass of x [1, H, W, 3] recording the outputs of `layers`, and ONE
         backward pass of the objective (logit form) giving their gradients and, if
         asked, the input gradient. `objective` may also be a callable taking the
         logits of this forward pass ([C] or [C, H, W] numpy) and returning the
         Objective: the target is then decided without a second forward pass. `rule` applies a ReLU rule (RULES) to the backward
-        of every ReLU-like activation (ReLU, ReLU6, ...) for this call only."""
+        of every ReLU-like activation (ReLU, ReLU6, ...) for this call only.
+        `gradients=False`: the caller reads only `gradient_means` (zeros for a layer the
+        objective does not depend on); the backend may then leave `gradients` empty and
+        free each layer gradient as soon as the backward is past it."""
 
     def input_gradients(self, x: np.ndarray, objective: Objective,
                         rule: str | None = None) -> tuple[np.ndarray, np.ndarray]:

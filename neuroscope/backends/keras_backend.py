@@ -541,20 +541,22 @@ class KerasBackend:
         return self._cached(self._functions, (kind, rule, layer, start), build)
 
     def _depth_starts(self, rule: str | None) -> list[int]:
-        """Where a capture's backward may stop: the first layer tensor at each output
-        stride (execution order). A capture whose layers all come at or after one of
-        these needs no gradient below it, so a deep-layer Grad-CAM skips most of the
-        backward, as autograd does in torch; a handful of traces serve every subset."""
+        """Where a capture's backward may stop: the first and the last layer tensor at
+        each output stride (execution order). A capture whose layers all come at or after
+        one of these needs no gradient below it, so a deep-layer Grad-CAM skips most of
+        the backward, as autograd does in torch (the last tensor of the largest stride is
+        the default Grad-CAM layer: its backward is the head's); a handful of traces
+        serve every subset."""
         def build() -> list[int]:
             height = self.input_size[0]
-            starts, seen = [], set()
+            first: dict[int, int] = {}
+            last: dict[int, int] = {}
             for i, t in enumerate(self._graph(rule).model.outputs[1:]):
                 if len(t.shape) == 4 and t.shape[1] and t.shape[1] >= 2:
                     stride = round(height / t.shape[1])
-                    if stride not in seen:
-                        seen.add(stride)
-                        starts.append(i)
-            return starts
+                    first.setdefault(stride, i)
+                    last[stride] = i
+            return sorted({*first.values(), *last.values()})
 
         return self._cached(self._starts, rule, build)
 
@@ -639,16 +641,17 @@ class KerasBackend:
                 grads = tape.gradient(y, sources)
                 if start is not None:
                     grads = [None] * (1 + start) + list(grads)
-                grads = [tf.zeros_like(t) if g is None else g
-                         for t, g in zip([x, *layer_outputs], grads)]
                 sizes = tf.split(sizes, ranks) if ranks else []
                 origin = {r: tf.zeros([r], tf.int32) for r in set(ranks)}
-                kept = [tf.slice(g, origin[r], n) for g, n, r in zip(grads[1:], sizes, ranks)]
+                # a missing gradient is zeros of the kept size only (a zeros_like of every
+                # skipped layer tensor would write ~all activations' worth of zeros)
+                kept = [tf.zeros(n, t.dtype) if g is None else tf.slice(g, origin[r], n)
+                        for t, g, n, r in zip(layer_outputs, grads[1:], sizes, ranks)]
                 # per-channel gradient means of the kept spatial layers (Grad-CAM weights),
                 # computed in the graph while the gradients are at hand
                 means = [tf.reduce_mean(g, axis=[1, 2]) if r == 4 else tf.zeros([0, 0])
                          for g, r in zip(kept, ranks)]
-                return (_channels_first(z), y, grads[0],
+                return (_channels_first(z), y, tf.zeros_like(x) if grads[0] is None else grads[0],
                         [tf.slice(t, origin[r], n) for t, n, r in zip(layer_outputs, sizes, ranks)],
                         kept, means)
         else:
@@ -744,8 +747,10 @@ class KerasBackend:
             return fn(self._batch(x), *self._objective_tensors(objective)).numpy()
 
     def capture(self, x: np.ndarray, objective: Objective, layers: Sequence[str] = (),
-                input_grad: bool = True, rule: str | None = None) -> Capture:
-        """ONE forward + ONE backward of x [1, H, W, C]; see `Backend.capture`."""
+                input_grad: bool = True, rule: str | None = None, gradients: bool = True) -> Capture:
+        """ONE forward + ONE backward of x [1, H, W, C]; see `Backend.capture`. The traced
+        graph returns every gradient either way (views, no copies), so `gradients` is
+        accepted and the full gradients are always given."""
         self._check_rule(rule)
         for name in layers:
             self._tensor_layer(name)

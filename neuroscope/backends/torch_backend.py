@@ -326,7 +326,7 @@ class TorchBackend:
         return y.float().cpu().numpy().reshape(-1)
 
     def capture(self, x: np.ndarray, objective: Objective, layers: Sequence[str] = (),
-                input_grad: bool = True, rule: str | None = None) -> Capture:
+                input_grad: bool = True, rule: str | None = None, gradients: bool = True) -> Capture:
         if x.shape[0] != 1:
             raise BadParameter("capture takes one image (batch of 1)")
         if layers:
@@ -345,7 +345,10 @@ class TorchBackend:
         if missing:
             raise BadParameter(f"layer(s) not found or not a tensor output: {', '.join(sorted(missing))}")
         keys = [k for k in layers if records[k].requires_grad]
-        inputs = [records[k] for k in keys] + ([xt] if input_grad else [])
+        if gradients:
+            inputs = [records[k] for k in keys] + ([xt] if input_grad else [])
+        else:  # only the leaves: every other layer gradient is freed once the backward is past it
+            inputs = [xt] if input_grad else [records[k] for k in keys if records[k].grad_fn is None]
         means: dict[str, torch.Tensor] = {}
 
         def mean_hook(name: str):
@@ -362,9 +365,12 @@ class TorchBackend:
         by_key = dict(zip(keys, grads))
         for k in layers:
             a = records[k].detach()[0].float()
-            g = by_key.get(k)
             cap.activations[k] = a.cpu().numpy()
-            cap.gradients[k] = (torch.zeros_like(a) if g is None else g[0].float()).cpu().numpy()
+            if gradients:
+                g = by_key.get(k)
+                cap.gradients[k] = (torch.zeros_like(a) if g is None else g[0].float()).cpu().numpy()
+            elif a.dim() == 3 and k not in cap.gradient_means:   # the objective does not depend on it
+                cap.gradient_means[k] = np.zeros(a.shape[0], np.float32)
         if input_grad:
             g = grads[-1]
             g = torch.zeros_like(xt) if g is None else g

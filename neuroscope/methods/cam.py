@@ -14,12 +14,16 @@ from .gradient import input_grads, signed_max_abs
 from .registry import MethodInfo, register
 
 
-def _ag(ctx, cap=None) -> tuple[np.ndarray, np.ndarray]:
-    cap = cap or ctx.capture([ctx.layer])
-    a, g = cap.activations[ctx.layer], cap.gradients[ctx.layer]
+def _activation(ctx, cap) -> np.ndarray:
+    a = cap.activations[ctx.layer]
     if a.ndim != 3:
         raise ValueError(f"layer {ctx.layer} output is not [K, h, w]")
-    return a.astype(np.float32, copy=False), g.astype(np.float32, copy=False)
+    return a.astype(np.float32, copy=False)
+
+
+def _ag(ctx, cap=None) -> tuple[np.ndarray, np.ndarray]:
+    cap = cap or ctx.capture([ctx.layer])
+    return _activation(ctx, cap), cap.gradients[ctx.layer].astype(np.float32, copy=False)
 
 
 def weighted_cam(a: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -31,12 +35,15 @@ def _cam(name: str, description: str, signed: bool = False, **kwargs):
     return MethodInfo(name, "cam", needs_layer=True, signed=signed, description=description, **kwargs)
 
 
-@register(_cam("grad-cam", "Where the chosen layer's features support the target: gradient-weighted channels."))
+@register(_cam("grad-cam", "Where the chosen layer's features support the target: gradient-weighted channels.",
+               gradient_means_only=True))
 def grad_cam(ctx) -> np.ndarray:
-    cap = ctx.capture([ctx.layer])
-    a, g = _ag(ctx, cap)
+    cap = ctx.capture([ctx.layer], gradients=False)
     w = cap.gradient_means.get(ctx.layer)   # computed by the backend during the backward, if it can
-    return weighted_cam(a, g.mean(axis=(1, 2)) if w is None else w)
+    if w is None:   # a backend that gives no means: take them from the full gradients
+        cap = ctx.capture([ctx.layer])
+        w = _ag(ctx, cap)[1].mean(axis=(1, 2))
+    return weighted_cam(_activation(ctx, cap), w)
 
 
 @register(_cam("grad-cam++", "Grad-CAM with pixel-wise weights: better for several instances of a class."))

@@ -26,6 +26,9 @@ class MethodInfo:
     batched_gradient: bool = False
     #: True when the method perturbs inputs many times (progress bar, cancellable).
     slow: bool = False
+    #: True when the method reads only the per-channel gradient means of its layer, so a
+    #: capture made for it need not keep the layer gradients (Grad-CAM; the layer sweep).
+    gradient_means_only: bool = False
 
     def all_params(self) -> dict[str, Any]:
         return {**self.params, **({"smooth": 0} if self.batched_gradient else {})}
