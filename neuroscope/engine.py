@@ -386,7 +386,7 @@ class Explainer:
         layer = self.check_layer(layer, info)
         prep = self.prepare(image)
         if info.family in ("cam", "activation") and not info.batched_gradient and layer is not None:
-            self._prefetch(prep, target, (layer,), False, not info.gradient_means_only)
+            self._prefetch(prep, target, (layer,), False, info.layer_gradients)
         elif info.name == "saliency" and not params.get("smooth"):
             self._prefetch(prep, target, (), True)
         rt = self.resolve(prep, target)
@@ -422,7 +422,7 @@ class Explainer:
         prep = self.prepare(image)
         rt = self.resolve(prep, target)
         names = [l.name for l in self.spatial_layers()] if layers is None else list(layers)
-        self._capture(prep, rt, tuple(names), False, None, not info.gradient_means_only)
+        self._capture(prep, rt, tuple(names), False, None, info.layer_gradients)
         params = check_params(info, {})
 
         def maps(part: Sequence[str]) -> list[np.ndarray]:

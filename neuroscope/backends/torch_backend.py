@@ -348,7 +348,8 @@ class TorchBackend:
         if gradients:
             inputs = [records[k] for k in keys] + ([xt] if input_grad else [])
         else:  # only the leaves: every other layer gradient is freed once the backward is past it
-            inputs = [xt] if input_grad else [records[k] for k in keys if records[k].grad_fn is None]
+            leaves = [records[k] for k in keys if records[k].grad_fn is None]
+            inputs = [xt] if input_grad else (leaves or [records[k] for k in keys])
         means: dict[str, torch.Tensor] = {}
 
         def mean_hook(name: str):

@@ -36,7 +36,7 @@ def _cam(name: str, description: str, signed: bool = False, **kwargs):
 
 
 @register(_cam("grad-cam", "Where the chosen layer's features support the target: gradient-weighted channels.",
-               gradient_means_only=True))
+               layer_gradients=False))
 def grad_cam(ctx) -> np.ndarray:
     cap = ctx.capture([ctx.layer], gradients=False)
     w = cap.gradient_means.get(ctx.layer)   # computed by the backend during the backward, if it can
@@ -76,9 +76,10 @@ def layer_cam(ctx) -> np.ndarray:
     return np.maximum((np.maximum(g, 0.0) * a).sum(axis=0), 0.0)
 
 
-@register(_cam("eigen-cam", "First principal component of the layer's activations (class-agnostic).", signed=True))
+@register(_cam("eigen-cam", "First principal component of the layer's activations (class-agnostic).", signed=True,
+               layer_gradients=False))
 def eigen_cam(ctx) -> np.ndarray:
-    a, _ = _ag(ctx)
+    a = _activation(ctx, ctx.capture([ctx.layer], gradients=False))
     k, h, w = a.shape
     flat = a.reshape(k, h * w).T.astype(np.float64)  # positions x channels
     centred = flat - flat.mean(axis=0, keepdims=True)
@@ -113,9 +114,9 @@ def _selected_channels(a: np.ndarray, top: int) -> np.ndarray:
 
 @register(_cam("score-cam", "Channels weighted by how much the input masked with each one keeps the "
                "class probability: gradient-free, slow.", slow=True,
-               params={"top": 0, "softmax": False, "baseline": "black"}))
+               params={"top": 0, "softmax": False, "baseline": "black"}, layer_gradients=False))
 def score_cam(ctx) -> np.ndarray:
-    a = ctx.capture([ctx.layer]).activations[ctx.layer].astype(np.float32, copy=False)
+    a = ctx.capture([ctx.layer], gradients=False).activations[ctx.layer].astype(np.float32, copy=False)
     chosen = _selected_channels(a, ctx.params["top"])
     lo, hi = a.min(axis=(1, 2)), a.max(axis=(1, 2))
     live = chosen[hi[chosen] - lo[chosen] > 1e-12]  # a constant channel masks everything: s = 0
@@ -139,12 +140,12 @@ def score_cam(ctx) -> np.ndarray:
 
 @register(_cam("ablation-cam", "Channels weighted by the score drop when each is zeroed: gradient-free, "
                "slow; re-runs only the layers above where the model is a chain.", slow=True,
-               params={"top": 0}))
+               params={"top": 0}, layer_gradients=False))
 def ablation_cam(ctx) -> np.ndarray:
     backend = ctx.backend
     if not hasattr(backend, "scores_from"):
         raise BadParameter(f"ablation-cam needs forward_from support, which the {backend.framework} backend lacks")
-    cap = ctx.capture([ctx.layer])
+    cap = ctx.capture([ctx.layer], gradients=False)
     a = cap.activations[ctx.layer].astype(np.float32, copy=False)
     chosen = _selected_channels(a, ctx.params["top"])
     live = chosen[np.any(a[chosen] != 0, axis=(1, 2))]  # zeroing an all-zero channel changes nothing

@@ -348,7 +348,7 @@ def evidence(ctx) -> np.ndarray:
     objective = _prob_objective(ctx)
     n_classes = len(objective.class_weights)
     layer = ctx.layer
-    a = ctx.capture([layer]).activations[layer].astype(np.float32)
+    a = ctx.capture([layer], gradients=False).activations[layer].astype(np.float32)
     if a.ndim != 3:
         raise BadParameter(f"layer {layer} output is not [K, h, w]")
     bank = bank_activations(ctx, layer)

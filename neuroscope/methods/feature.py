@@ -34,7 +34,7 @@ def fem_map(a: np.ndarray, k: float = 2.0) -> np.ndarray:
                      description="Feature Explanation Method: where the layer's strongest features fire "
                                  "(class-agnostic, no gradients)."))
 def fem(ctx) -> np.ndarray:
-    a = ctx.capture([ctx.layer]).activations[ctx.layer]
+    a = ctx.capture([ctx.layer], gradients=False).activations[ctx.layer]
     return ctx.upsample(fem_map(a))
 
 
@@ -64,7 +64,7 @@ def mlfem(ctx) -> np.ndarray:
     if fusion not in FUSIONS:
         raise BadParameter(f"mlfem fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
     levels = stage_ends(ctx.explainer.layers(), ctx.layer)
-    cap = ctx.capture(levels)  # ONE pass for all levels
+    cap = ctx.capture(levels, gradients=False)  # ONE pass for all levels
     maps = []
     for name in levels:
         m = ctx.upsample(fem_map(cap.activations[name]))

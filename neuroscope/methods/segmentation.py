@@ -16,7 +16,7 @@ def score_map(ctx) -> np.ndarray:
     if ctx.layer is None:
         logits = ctx.explainer.predict(ctx.prep).logits
         return logits[c]
-    a = ctx.capture([ctx.layer]).activations[ctx.layer]
+    a = ctx.capture([ctx.layer], gradients=False).activations[ctx.layer]
     if a.shape[0] <= c:
         raise BadParameter(f"layer {ctx.layer} has {a.shape[0]} channels; class {c} needs more")
     return ctx.upsample(a[c])
