@@ -431,24 +431,9 @@ class Explainer:
             return resize_maps(cams, prep.rgb.shape[:2])
 
         # Reading ~65M activation floats and writing ~85 MB of maps is memory-bound numpy
-        # work on one core: a second thread takes every other layer.
-        out: dict[str, np.ndarray] = {}
-        errors: list[BaseException] = []
-
-        def other_half() -> None:
-            try:
-                out.update(zip(names[1::2], maps(names[1::2])))
-            except BaseException as exc:  # re-raised in the caller's thread
-                errors.append(exc)
-
-        helper = threading.Thread(target=other_half, name="neuroscope-sweep", daemon=True)
-        helper.start()
-        try:
-            out.update(zip(names[0::2], maps(names[0::2])))
-        finally:
-            helper.join()
-        if errors:
-            raise errors[0]
+        # work: a second thread takes every other layer (163 layers: ~3 ms less).
+        parts = [names[0::2], names[1::2]]
+        out = {name: m for part, ms in zip(parts, _in_two_threads(maps, parts)) for name, m in zip(part, ms)}
         return {name: out[name] for name in names}
 
     def clear_caches(self, keep_predictions: bool = False) -> None:
@@ -472,6 +457,51 @@ def _argmax_classes(logits: np.ndarray) -> np.ndarray:
     return out
 
 
+def _in_two_threads(fn: Callable, parts: Sequence) -> list:
+    """[fn(part) for part in parts] (two parts), the second one in a helper thread: for
+    numpy work that releases the GIL (products, random draws) while the caller's pass is
+    done with the cores. An exception in either is raised in the caller."""
+    first, second = parts
+    box: list = []
+
+    def helper() -> None:
+        try:
+            box.append(fn(second))
+        except BaseException as exc:  # noqa: BLE001 -- re-raised in the caller's thread
+            box.append(exc)
+
+    thread = threading.Thread(target=helper, name="neuroscope-helper", daemon=True)
+    thread.start()
+    try:
+        done = fn(first)
+    finally:
+        thread.join()
+    if isinstance(box[0], BaseException):
+        raise box[0]
+    return [done, box[0]]
+
+
+def standard_normal_f32(rng: np.random.Generator, out: np.ndarray) -> np.ndarray:
+    """Fill the 1-D float32 `out` with standard normal draws from `rng`: Box-Muller on
+    float32 uniforms, z = sqrt(-2 ln u1) (cos, sin)(2 pi u2), u1 in (0, 1]. numpy's SIMD
+    log / sin / cos make it ~3.5x faster than `rng.standard_normal(dtype=float32)` (its
+    ziggurat: ~8 ns a draw); the tails end at 5.8 sigma (u1 >= 2**-24)."""
+    n = out.shape[0]
+    m = (n + 1) // 2
+    u = rng.random((2, m), dtype=np.float32)
+    r, angle = u
+    np.subtract(np.float32(1.0), r, out=r)
+    np.log(r, out=r)
+    r *= np.float32(-2.0)
+    np.sqrt(r, out=r)
+    angle *= np.float32(2.0 * np.pi)
+    np.cos(angle, out=out[:m])
+    out[:m] *= r
+    np.sin(angle[:n - m], out=out[m:])
+    out[m:] *= r[:n - m]
+    return out
+
+
 def _run_gradient(fn: Callable, ctx: MethodContext) -> np.ndarray:
     """Run a batched gradient method, as SmoothGrad when `smooth` > 0 (one wrapper for all)."""
     n = int(ctx.params.get("smooth", 0))
@@ -480,14 +510,17 @@ def _run_gradient(fn: Callable, ctx: MethodContext) -> np.ndarray:
     # Noise of std 0.15 * 255 on the uint8-range RGB values (CONTRACT.md §1); the
     # preprocessing is affine, so it is added to the preprocessed image scaled per channel.
     scale = normalize_scale(ctx.spec.value_range, ctx.spec.std) * np.float32(0.15 * 255.0)
-    rng = ctx.rng(0)
+    # One seeded stream per sample (spawned from the method's generator): the same noise
+    # whatever the chunking.
+    streams = ctx.rng(0).spawn(n)
     total = np.zeros(ctx.model_size, np.float64)
     chunk = 4
     for start in range(0, n, chunk):
-        # float32 normals drawn chunk by chunk from one seeded stream: memory bounded by the chunk
-        batch = rng.standard_normal((min(chunk, n - start), *ctx.rgb.shape), dtype=np.float32)
-        batch *= scale
-        batch += ctx.x
+        batch = np.empty((min(chunk, n - start), *ctx.rgb.shape), np.float32)   # memory bounded by the chunk
+        for i in range(len(batch)):   # x + scale * noise, one sample at a time while it is in cache
+            standard_normal_f32(streams[start + i], batch[i].reshape(-1))
+            batch[i] *= scale
+            batch[i] += ctx.x[0]
         total += fn(ctx, batch).sum(axis=0)
         ctx.tick((start + len(batch)) / n, "SmoothGrad samples")
     ctx.extra["smooth_samples"] = n

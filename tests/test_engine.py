@@ -315,3 +315,37 @@ def test_numpys_blas_runs_one_thread_after_import():
     if out[1].strip() == "[]":
         pytest.skip("numpy is not linked against a bundled OpenBLAS here")
     assert int(out[0]) >= 1 and out[1].strip() == "[1]"
+
+
+def test_smoothgrad_noise_is_standard_normal_seeded_and_chunk_free():
+    from statistics import NormalDist
+    from neuroscope.engine import standard_normal_f32
+    z = standard_normal_f32(np.random.default_rng(3), np.empty(400_001, np.float32))
+    assert z.dtype == np.float32 and np.all(np.isfinite(z))
+    assert abs(z.mean()) < 0.01 and abs(z.std() - 1.0) < 0.01 and abs((z ** 4).mean() - 3.0) < 0.05
+    for q in (0.001, 0.05, 0.5, 0.95, 0.999):
+        assert abs(np.quantile(z, q) - NormalDist().inv_cdf(q)) < 0.02, q
+    again = standard_normal_f32(np.random.default_rng(3), np.empty(400_001, np.float32))
+    np.testing.assert_array_equal(z, again)
+    for n in (1, 2, 3):
+        assert np.all(np.isfinite(standard_normal_f32(np.random.default_rng(0), np.empty(n, np.float32))))
+
+
+def test_smoothgrad_is_the_mean_of_the_noisy_maps_drawn_per_sample(rng):
+    """smooth=n equals the mean of n single saliency maps of x + noise, the noise of sample
+    i drawn from stream i of the seeded generator (so chunking cannot change it)."""
+    from neuroscope.engine import standard_normal_f32
+    from neuroscope.images import normalize_scale
+    ex = seg_explainer()
+    image = rng.integers(0, 255, size=(32, 48, 3), dtype=np.uint8)
+    n = 6
+    got = ex.explain(image, "saliency", params={"smooth": n}).map_model
+    prep, rt = ex.prepare(image), ex.resolve(image)
+    scale = normalize_scale(ex.spec.value_range, ex.spec.std) * np.float32(0.15 * 255.0)
+    maps = []
+    for stream in np.random.default_rng(0).spawn(n):
+        noisy = prep.x[0] + scale * standard_normal_f32(stream, np.empty(prep.x[0].size, np.float32)).reshape(prep.x[0].shape)
+        g, _ = ex.backend.input_gradients(noisy[None], rt.objective)
+        i = np.argmax(np.abs(g[0]), axis=-1)[..., None]
+        maps.append(np.take_along_axis(g[0], i, axis=-1)[..., 0])
+    np.testing.assert_allclose(got, np.mean(maps, axis=0), rtol=1e-4, atol=1e-6)

@@ -500,3 +500,17 @@ def test_torch_and_keras_give_the_same_map(task, method, params):
     r = pearson(mt, mk)
     stochastic = method in STOCHASTIC or p.get("smooth", 0) > 0
     assert r >= (0.95 if stochastic else 0.99), f"{method} {params}: r = {r:.4f}"
+
+
+def test_signed_max_abs_keeps_the_largest_magnitude_and_the_first_channel_on_ties():
+    from neuroscope.methods.gradient import signed_max_abs
+    rng = np.random.default_rng(0)
+    for shape in [(4, 16, 24, 3), (7, 3), (5, 2), (6, 1)]:
+        for g in (rng.standard_normal(shape).astype(np.float32),
+                  rng.integers(-2, 3, size=shape).astype(np.float32)):   # many exact ties, zeros
+            if shape[-1] > 1:
+                g[..., -1].flat[::3] = -g[..., 0].flat[::3]              # opposite extremes
+            want = np.take_along_axis(g, np.argmax(np.abs(g), axis=-1)[..., None], axis=-1)[..., 0]
+            np.testing.assert_array_equal(signed_max_abs(g), want)
+    strided = rng.standard_normal((2, 3, 8, 8)).astype(np.float32).transpose(0, 2, 3, 1)   # NCHW memory
+    np.testing.assert_array_equal(signed_max_abs(strided), signed_max_abs(np.ascontiguousarray(strided)))

@@ -15,16 +15,17 @@ from .registry import MethodInfo, register
 
 def signed_max_abs(g: np.ndarray) -> np.ndarray:
     """Reduce [..., C] over colour channels keeping the value of largest magnitude (the
-    first one on a tie, as argmax would; channel by channel: ~2x faster than argmax +
-    take_along_axis over a last axis of 3)."""
-    out = g[..., 0].copy()
-    best = np.abs(out)
-    for c in range(1, g.shape[-1]):
-        v = g[..., c]
-        a = np.abs(v)
-        better = a > best
-        np.copyto(out, v, where=better)
-        np.maximum(best, a, out=best)
+    first one on a tie, as argmax would). From the channel-wise max and min: ~8x faster
+    than masked copies, and ~15x faster than argmax + take_along_axis over a last axis of 3."""
+    chans = [g[..., c] for c in range(g.shape[-1])]
+    mx, mn = chans[0], chans[0]
+    for v in chans[1:]:
+        mx, mn = np.maximum(mx, v), np.minimum(mn, v)
+    out = np.where(mx >= -mn, mx, mn)
+    tie = (mx == -mn) & (mx != 0)
+    if tie.any():   # opposite extremes of equal magnitude: the first channel holding one
+        sub = g[tie]
+        out[tie] = sub[np.arange(len(sub)), np.argmax(np.abs(sub), axis=-1)]
     return out
 
 
