@@ -343,6 +343,8 @@ def main() -> None:
     ap.add_argument("--models", help="comma list (default: every bundled model)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--slow-repeats", type=int, default=1, help="repeats of slow methods (perturbation, evidence)")
+    ap.add_argument("--captum-slow-repeats", type=int, default=3,
+                    help="interleaved pairs for the slow Captum comparisons (IG, SmoothGrad, occlusion)")
     ap.add_argument("--threads", type=int, help="torch / TF intra-op threads")
     ap.add_argument("--skip", default="", help="methods to leave out (comma list)")
     ap.add_argument("--no-captum", action="store_true")
@@ -381,7 +383,7 @@ def main() -> None:
         if ex.backend.framework == "torch" and not args.no_captum:
             try:
                 import captum  # noqa: F401
-                r["captum"] = time_captum(ex, image, repeats, max(slow, 3), log)
+                r["captum"] = time_captum(ex, image, repeats, max(slow, args.captum_slow_repeats), log)
             except ImportError:
                 log("  (captum not installed: pip install -r requirements-dev.txt)")
         if name in seed_models:

@@ -36,11 +36,9 @@ def input_grads(ctx, x: np.ndarray, rule: str | None = None) -> np.ndarray:
     if x is ctx.x and rule is None:  # the clean input: reuse the engine's cached one-pass capture
         return ctx.capture(input_grad=True).input_grad[None]
     size = chunk_size(ctx)
-    out = []
-    for lo in range(0, len(x), size):
-        g, _ = ctx.backend.input_gradients(x[lo:lo + size], ctx.objective, rule=rule)
-        out.append(g)
-    return np.concatenate(out)
+    out = [ctx.backend.input_gradients(x[lo:lo + size], ctx.objective, rule=rule)[0]
+           for lo in range(0, len(x), size)]
+    return out[0] if len(out) == 1 else np.concatenate(out)
 
 
 @register(MethodInfo("saliency", "gradient", needs_layer=False, signed=True, batched_gradient=True,
