@@ -481,11 +481,14 @@ def _in_two_threads(fn: Callable, parts: Sequence) -> list:
     return [done, box[0]]
 
 
-def standard_normal_f32(rng: np.random.Generator, out: np.ndarray) -> np.ndarray:
-    """Fill the 1-D float32 `out` with standard normal draws from `rng`: Box-Muller on
-    float32 uniforms, z = sqrt(-2 ln u1) (cos, sin)(2 pi u2), u1 in (0, 1]. numpy's SIMD
-    log / sin / cos make it ~3.5x faster than `rng.standard_normal(dtype=float32)` (its
-    ziggurat: ~8 ns a draw); the tails end at 5.8 sigma (u1 >= 2**-24)."""
+def standard_normal_f32(rng: np.random.Generator, out: np.ndarray, scale: np.ndarray | None = None,
+                        offset: np.ndarray | None = None) -> np.ndarray:
+    """Fill the 1-D float32 `out` with standard normal draws z from `rng` -- or with
+    offset + scale * z, `scale` repeating along `out` (per colour channel of a flattened
+    HWC image). Box-Muller on float32 uniforms, z = sqrt(-2 ln u1) (cos, sin)(2 pi u2),
+    u1 in (0, 1]: numpy's SIMD log / sin / cos make it ~3.5x faster than
+    `rng.standard_normal(dtype=float32)` (its ziggurat: ~8 ns a draw). The tails end at
+    5.8 sigma (u1 >= 2**-24)."""
     n = out.shape[0]
     m = (n + 1) // 2
     u = rng.random((2, m), dtype=np.float32)
@@ -494,11 +497,19 @@ def standard_normal_f32(rng: np.random.Generator, out: np.ndarray) -> np.ndarray
     np.log(r, out=r)
     r *= np.float32(-2.0)
     np.sqrt(r, out=r)
+    k = 1 if scale is None else len(scale)
+    folded = scale is not None and n == 2 * m and m % k == 0   # z[i] and z[m + i] share a channel
+    if folded:
+        r.reshape(-1, k)[...] *= scale
     angle *= np.float32(2.0 * np.pi)
     np.cos(angle, out=out[:m])
     out[:m] *= r
     np.sin(angle[:n - m], out=out[m:])
     out[m:] *= r[:n - m]
+    if scale is not None and not folded:
+        out.reshape(-1, k)[...] *= scale
+    if offset is not None:
+        out += offset
     return out
 
 
@@ -517,10 +528,8 @@ def _run_gradient(fn: Callable, ctx: MethodContext) -> np.ndarray:
     chunk = 4
     for start in range(0, n, chunk):
         batch = np.empty((min(chunk, n - start), *ctx.rgb.shape), np.float32)   # memory bounded by the chunk
-        for i in range(len(batch)):   # x + scale * noise, one sample at a time while it is in cache
-            standard_normal_f32(streams[start + i], batch[i].reshape(-1))
-            batch[i] *= scale
-            batch[i] += ctx.x[0]
+        for i in range(len(batch)):   # x + scale * noise
+            standard_normal_f32(streams[start + i], batch[i].reshape(-1), scale, ctx.x[0].reshape(-1))
         total += fn(ctx, batch).sum(axis=0)
         ctx.tick((start + len(batch)) / n, "SmoothGrad samples")
     ctx.extra["smooth_samples"] = n

@@ -310,13 +310,14 @@ def markdown(result: dict) -> str:
             lines.append(f"| {name} | {cell} |")
         if r.get("captum"):
             lines += ["", "Against Captum 0.9 (same model, tensor, target and settings; interleaved runs):", "",
-                      "| method | ours ms | Captum ms | median ratio ours / Captum |", "|---|---:|---:|---:|"]
+                      "| method | ours ms | Captum ms | median ratio ours / Captum | pairs |", "|---|---:|---:|---:|---:|"]
             for name, v in r["captum"].items():
                 if "ratio" in v:
                     flag = "" if v["ratio"] <= 1.05 else " (slower)"
-                    lines.append(f"| {name} | {v['ours_ms']:.1f} | {v['captum_ms']:.1f} | {v['ratio']:.3f}{flag} |")
+                    lines.append(f"| {name} | {v['ours_ms']:.1f} | {v['captum_ms']:.1f} | {v['ratio']:.3f}{flag} "
+                                 f"| {v.get('repeats', '')} |")
                 else:
-                    lines.append(f"| {name} | failed: {v['error'][:80]} | | |")
+                    lines.append(f"| {name} | failed: {v['error'][:80]} | | | |")
         if r.get("seed_claim"):
             s = r["seed_claim"]
             lines += ["", f"Seed claim (window {s['budget']['window']}, stride {s['budget']['stride']}, "

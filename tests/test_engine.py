@@ -329,6 +329,11 @@ def test_smoothgrad_noise_is_standard_normal_seeded_and_chunk_free():
     np.testing.assert_array_equal(z, again)
     for n in (1, 2, 3):
         assert np.all(np.isfinite(standard_normal_f32(np.random.default_rng(0), np.empty(n, np.float32))))
+    scale, rgb = np.array([2.0, 3.0, 5.0], np.float32), np.random.default_rng(1).random(3 * 50).astype(np.float32)
+    for n in (3 * 50, 3 * 49):   # scale folded into the radius (even halves) or applied after
+        plain = standard_normal_f32(np.random.default_rng(4), np.empty(n, np.float32))
+        noisy = standard_normal_f32(np.random.default_rng(4), np.empty(n, np.float32), scale, rgb[:n])
+        np.testing.assert_allclose(noisy, rgb[:n] + np.tile(scale, n // 3) * plain, rtol=1e-6, atol=1e-6)
 
 
 def test_smoothgrad_is_the_mean_of_the_noisy_maps_drawn_per_sample(rng):
