@@ -183,8 +183,11 @@ class MethodContext:
         return self.prep.rgb.shape[0], self.prep.rgb.shape[1]
 
     def capture(self, layers: Sequence[str] = (), input_grad: bool = False, rule: str | None = None,
-                gradients: bool = True) -> Capture:
-        """`gradients=False`: only `gradient_means` are read (see `Backend.capture`)."""
+                gradients: bool | None = None) -> Capture:
+        """`gradients` (default: the method's `MethodInfo.layer_gradients`): False when only
+        `gradient_means` are read (see `Backend.capture`)."""
+        if gradients is None:
+            gradients = self.info.layer_gradients
         return self.explainer._capture(self.prep, self.target, tuple(layers), input_grad, rule, gradients)
 
     def preprocess(self, rgb: np.ndarray) -> np.ndarray:
@@ -233,6 +236,7 @@ class Explainer:
         self._stats_lock = threading.Lock()
         self._prepared = _LRU(32)
         self._predictions = _LRU(32)
+        self._resolved = _LRU(64)      # (image hash, Target.key()) -> ResolvedTarget
         self._captures = _LRU(16, capture_cache_bytes)
         self._results = _LRU(cache_size)
 
@@ -319,13 +323,22 @@ class Explainer:
         self._count("capture")
         cap = self.backend.capture(prep.x, decide, list(layers), input_grad=input_grad, gradients=gradients)
         self._predictions.put(prep.hash, resolved["pred"])
+        self._resolved.put(_target_key(prep, target), resolved["target"])
         self._captures.put((prep.hash, resolved["target"].key(), None), cap, _capture_bytes(cap))
 
     def resolve(self, image: ImageLike | Prepared, target: Target | None = None) -> ResolvedTarget:
+        """The target for this image (cached: a region mask is resized to the original image
+        and hashed, and every explain call -- cached results included -- resolves first)."""
         prep = self.prepare(image)
-        pred = self.predict(prep)
-        return resolve_target(target, self.task, self.classes, probs=pred.probs if self.task == "classification" else None,
-                              label_map=pred.label_map, image_size=prep.size)
+        key = _target_key(prep, target)
+        rt = self._resolved.get(key)
+        if rt is None:
+            pred = self.predict(prep)
+            rt = resolve_target(target, self.task, self.classes,
+                                probs=pred.probs if self.task == "classification" else None,
+                                label_map=pred.label_map, image_size=prep.size)
+            self._resolved.put(key, rt)
+        return rt
 
     # ----------------------------------------------------------- captures
     def _capture(self, prep: Prepared, target: ResolvedTarget, layers: tuple[str, ...], input_grad: bool,
@@ -433,16 +446,22 @@ class Explainer:
         # Reading ~65M activation floats and writing ~85 MB of maps is memory-bound numpy
         # work: a second thread takes every other layer (163 layers: ~3 ms less).
         parts = [names[0::2], names[1::2]]
-        out = {name: m for part, ms in zip(parts, _in_two_threads(maps, parts)) for name, m in zip(part, ms)}
-        return {name: out[name] for name in names}
+        first, second = _in_two_threads(maps, parts)
+        done = dict(zip(parts[0] + parts[1], first + second))
+        return {name: done[name] for name in names}
 
     def clear_caches(self, keep_predictions: bool = False) -> None:
-        """Empty the caches; `keep_predictions` keeps the predictions (so the default
-        targets are known, as a peer library is handed them) and drops everything else."""
+        """Empty the caches; `keep_predictions` keeps the predictions and resolved targets
+        (so the targets are known, as a peer library is handed them) and drops everything else."""
         for c in (self._prepared, self._captures, self._results):
             c.clear()
         if not keep_predictions:
             self._predictions.clear()
+            self._resolved.clear()
+
+
+def _target_key(prep: Prepared, target: Target | None) -> tuple:
+    return prep.hash, None if target is None else target.key()
 
 
 def _argmax_classes(logits: np.ndarray) -> np.ndarray:
@@ -459,8 +478,8 @@ def _argmax_classes(logits: np.ndarray) -> np.ndarray:
 
 def _in_two_threads(fn: Callable, parts: Sequence) -> list:
     """[fn(part) for part in parts] (two parts), the second one in a helper thread: for
-    numpy work that releases the GIL (products, random draws) while the caller's pass is
-    done with the cores. An exception in either is raised in the caller."""
+    memory-bound numpy work that releases the GIL (the sweep's CAMs and resizes). An
+    exception in either is raised in the caller."""
     first, second = parts
     box: list = []
 

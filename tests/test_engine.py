@@ -354,3 +354,23 @@ def test_smoothgrad_is_the_mean_of_the_noisy_maps_drawn_per_sample(rng):
         i = np.argmax(np.abs(g[0]), axis=-1)[..., None]
         maps.append(np.take_along_axis(g[0], i, axis=-1)[..., 0])
     np.testing.assert_allclose(got, np.mean(maps, axis=0), rtol=1e-4, atol=1e-6)
+
+
+def test_the_target_is_resolved_once_per_image(rng, monkeypatch):
+    """The one-pass prefetch resolves the target inside the pass; explain, cached results
+    and other methods reuse it (a region mask is resized to the original image and hashed)."""
+    import neuroscope.engine as engine
+    ex = seg_explainer()
+    image = rng.integers(0, 255, size=(32, 48, 3), dtype=np.uint8)
+    calls = []
+    real = engine.resolve_target
+    monkeypatch.setattr(engine, "resolve_target", lambda *a, **k: calls.append(1) or real(*a, **k))
+    ex.explain(image, "grad-cam")
+    ex.explain(image, "grad-cam")
+    ex.explain(image, "grad-cam++", layer="stem")
+    assert len(calls) == 1
+    ex.explain(image, "grad-cam", target=Target.segmentation(1, "all"))
+    assert len(calls) == 2
+    ex.clear_caches()
+    ex.explain(image, "grad-cam")
+    assert len(calls) == 3

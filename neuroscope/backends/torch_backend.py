@@ -347,9 +347,9 @@ class TorchBackend:
         keys = [k for k in layers if records[k].requires_grad]
         if gradients:
             inputs = [records[k] for k in keys] + ([xt] if input_grad else [])
-        else:  # only the leaves: every other layer gradient is freed once the backward is past it
-            leaves = [records[k] for k in keys if records[k].grad_fn is None]
-            inputs = [xt] if input_grad else (leaves or [records[k] for k in keys])
+        else:  # only the leaves (the first recorded output, see _hooks): every other layer
+            # gradient is freed once the backward is past it
+            inputs = [xt] if input_grad else [records[k] for k in keys if records[k].grad_fn is None]
         means: dict[str, torch.Tensor] = {}
 
         def mean_hook(name: str):

@@ -7,10 +7,11 @@ from ..errors import BadParameter
 from .registry import MethodInfo, register
 
 
-@register(MethodInfo("activation", "activation", needs_layer=True, signed=True, params={"channel": -1}, layer_gradients=False,
+@register(MethodInfo("activation", "activation", needs_layer=True, signed=True, params={"channel": -1},
+                     layer_gradients=False,
                      description="What a layer responds to: one channel's activation (or the channel mean)."))
 def activation(ctx) -> np.ndarray:
-    a = ctx.capture([ctx.layer], gradients=False).activations[ctx.layer]
+    a = ctx.capture([ctx.layer]).activations[ctx.layer]
     k = ctx.params["channel"]
     if k < 0:
         return ctx.upsample(a.mean(axis=0))

@@ -21,8 +21,8 @@ def _activation(ctx, cap) -> np.ndarray:
     return a.astype(np.float32, copy=False)
 
 
-def _ag(ctx, cap=None) -> tuple[np.ndarray, np.ndarray]:
-    cap = cap or ctx.capture([ctx.layer])
+def _ag(ctx) -> tuple[np.ndarray, np.ndarray]:
+    cap = ctx.capture([ctx.layer])
     return _activation(ctx, cap), cap.gradients[ctx.layer].astype(np.float32, copy=False)
 
 
@@ -38,11 +38,11 @@ def _cam(name: str, description: str, signed: bool = False, **kwargs):
 @register(_cam("grad-cam", "Where the chosen layer's features support the target: gradient-weighted channels.",
                layer_gradients=False))
 def grad_cam(ctx) -> np.ndarray:
-    cap = ctx.capture([ctx.layer], gradients=False)
+    cap = ctx.capture([ctx.layer])
     w = cap.gradient_means.get(ctx.layer)   # computed by the backend during the backward, if it can
     if w is None:   # a backend that gives no means: take them from the full gradients
-        cap = ctx.capture([ctx.layer])
-        w = _ag(ctx, cap)[1].mean(axis=(1, 2))
+        cap = ctx.capture([ctx.layer], gradients=True)
+        w = cap.gradients[ctx.layer].astype(np.float32, copy=False).mean(axis=(1, 2))
     return weighted_cam(_activation(ctx, cap), w)
 
 
@@ -79,7 +79,7 @@ def layer_cam(ctx) -> np.ndarray:
 @register(_cam("eigen-cam", "First principal component of the layer's activations (class-agnostic).", signed=True,
                layer_gradients=False))
 def eigen_cam(ctx) -> np.ndarray:
-    a = _activation(ctx, ctx.capture([ctx.layer], gradients=False))
+    a = _activation(ctx, ctx.capture([ctx.layer]))
     k, h, w = a.shape
     flat = a.reshape(k, h * w).T.astype(np.float64)  # positions x channels
     centred = flat - flat.mean(axis=0, keepdims=True)
@@ -116,7 +116,7 @@ def _selected_channels(a: np.ndarray, top: int) -> np.ndarray:
                "class probability: gradient-free, slow.", slow=True,
                params={"top": 0, "softmax": False, "baseline": "black"}, layer_gradients=False))
 def score_cam(ctx) -> np.ndarray:
-    a = ctx.capture([ctx.layer], gradients=False).activations[ctx.layer].astype(np.float32, copy=False)
+    a = ctx.capture([ctx.layer]).activations[ctx.layer].astype(np.float32, copy=False)
     chosen = _selected_channels(a, ctx.params["top"])
     lo, hi = a.min(axis=(1, 2)), a.max(axis=(1, 2))
     live = chosen[hi[chosen] - lo[chosen] > 1e-12]  # a constant channel masks everything: s = 0
@@ -145,7 +145,7 @@ def ablation_cam(ctx) -> np.ndarray:
     backend = ctx.backend
     if not hasattr(backend, "scores_from"):
         raise BadParameter(f"ablation-cam needs forward_from support, which the {backend.framework} backend lacks")
-    cap = ctx.capture([ctx.layer], gradients=False)
+    cap = ctx.capture([ctx.layer])
     a = cap.activations[ctx.layer].astype(np.float32, copy=False)
     chosen = _selected_channels(a, ctx.params["top"])
     live = chosen[np.any(a[chosen] != 0, axis=(1, 2))]  # zeroing an all-zero channel changes nothing

@@ -337,7 +337,7 @@ def _log_odds_gradient(ctx, objective: Objective, a_shape) -> tuple[float, np.nd
     return pc, grad * factor
 
 
-@register(MethodInfo("evidence", "evidence", needs_layer=True, signed=True, slow=True,
+@register(MethodInfo("evidence", "evidence", needs_layer=True, signed=True, slow=True, layer_gradients=False,
                      params={"variant": "first-order", "window": 16, "stride": 16, "samples": 4, "seed": 0},
                      description="Efficient evidence analysis: log-odds evidence of feature-map windows, "
                                  "projected to pixels (sampled or first-order)."))
@@ -348,7 +348,7 @@ def evidence(ctx) -> np.ndarray:
     objective = _prob_objective(ctx)
     n_classes = len(objective.class_weights)
     layer = ctx.layer
-    a = ctx.capture([layer], gradients=False).activations[layer].astype(np.float32)
+    a = ctx.capture([layer]).activations[layer].astype(np.float32)
     if a.ndim != 3:
         raise BadParameter(f"layer {layer} output is not [K, h, w]")
     bank = bank_activations(ctx, layer)

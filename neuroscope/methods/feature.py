@@ -30,11 +30,11 @@ def fem_map(a: np.ndarray, k: float = 2.0) -> np.ndarray:
 
 # Signed: after a ReLU every channel mean is >= 0, but at a linear layer a salient
 # channel with a negative mean subtracts.
-@register(MethodInfo("fem", "feature", needs_layer=True, signed=True,
+@register(MethodInfo("fem", "feature", needs_layer=True, signed=True, layer_gradients=False,
                      description="Feature Explanation Method: where the layer's strongest features fire "
                                  "(class-agnostic, no gradients)."))
 def fem(ctx) -> np.ndarray:
-    a = ctx.capture([ctx.layer], gradients=False).activations[ctx.layer]
+    a = ctx.capture([ctx.layer]).activations[ctx.layer]
     return ctx.upsample(fem_map(a))
 
 
@@ -57,6 +57,7 @@ def stage_ends(layers, last: str) -> list[str]:
 
 
 @register(MethodInfo("mlfem", "feature", needs_layer=True, signed=False, params={"fusion": "product"},
+                     layer_gradients=False,
                      description="Multi-layer FEM: FEM at the end of every resolution stage up to the layer, "
                                  "fused (product, mean or max)."))
 def mlfem(ctx) -> np.ndarray:
@@ -64,7 +65,7 @@ def mlfem(ctx) -> np.ndarray:
     if fusion not in FUSIONS:
         raise BadParameter(f"mlfem fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
     levels = stage_ends(ctx.explainer.layers(), ctx.layer)
-    cap = ctx.capture(levels, gradients=False)  # ONE pass for all levels
+    cap = ctx.capture(levels)  # ONE pass for all levels
     maps = []
     for name in levels:
         m = ctx.upsample(fem_map(cap.activations[name]))

@@ -27,8 +27,9 @@ class MethodInfo:
     #: True when the method perturbs inputs many times (progress bar, cancellable).
     slow: bool = False
     #: False when the method reads no layer gradient beyond its per-channel means
-    #: (Grad-CAM, activation-only methods): a capture made for it keeps none, so torch
-    #: frees each layer gradient during the backward (a 163-layer sweep: ~8 ms less).
+    #: (Grad-CAM, activation-only methods): its captures (`ctx.capture`, the engine's
+    #: prefetch, the sweep) keep none, so torch frees each layer gradient during the
+    #: backward (a 163-layer sweep: ~8 ms less).
     layer_gradients: bool = True
 
     def all_params(self) -> dict[str, Any]:

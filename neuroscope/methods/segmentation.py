@@ -9,14 +9,14 @@ from .registry import MethodInfo, register
 SEG = ("segmentation",)
 
 
-@register(MethodInfo("score-map", "segmentation", needs_layer=False, signed=True, tasks=SEG,
+@register(MethodInfo("score-map", "segmentation", needs_layer=False, signed=True, tasks=SEG, layer_gradients=False,
                      description="The class's score (logit) at every pixel; or channel c of a chosen layer."))
 def score_map(ctx) -> np.ndarray:
     c = ctx.target.class_id
     if ctx.layer is None:
         logits = ctx.explainer.predict(ctx.prep).logits
         return logits[c]
-    a = ctx.capture([ctx.layer], gradients=False).activations[ctx.layer]
+    a = ctx.capture([ctx.layer]).activations[ctx.layer]
     if a.shape[0] <= c:
         raise BadParameter(f"layer {ctx.layer} has {a.shape[0]} channels; class {c} needs more")
     return ctx.upsample(a[c])
