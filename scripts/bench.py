@@ -18,7 +18,7 @@ logit). Runs are interleaved (ours, Captum, ours, ...) and the printed ratio is 
 of the per-pair ratios ours / Captum. Both are timed end to end on the same work: from
 the uint8 image through the shared preprocessing, the attribution, the channel
 reduction, to the map resized to the original image. Captum is handed the target; ours
-knows it too (the prediction stays cached: `clear_caches(keep_predictions=True)`), and
+knows it too (prediction and resolved target stay cached: `clear_caches(keep_predictions=True)`), and
 recomputes everything else (image hash, preprocessing, passes, map, resize).
 
 Seed claim (METHODS.md §4): efficient evidence analysis (`evidence`, both variants) vs
