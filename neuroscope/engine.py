@@ -11,6 +11,7 @@ import numpy as np
 
 from .backends.base import Capture, LayerInfo
 from .errors import BadModel, BadParameter, Cancelled
+from .limits import check_passes
 from .images import (ImageLike, blur, image_hash, load_image, normalize, normalize_scale, resize_labels, resize_map,
                      resize_maps, resize_rgb)
 from .methods.registry import MethodInfo, check_fits, check_params, get_method
@@ -394,6 +395,7 @@ class Explainer:
         check_fits(info, self.task, self.backend.framework, self.spec.name)
         params = check_params(info, params)
         layer = self.check_layer(layer, info)
+        check_passes(method, params, explainer=self, layer=layer)   # before any pass (limits.py)
         prep = self.prepare(image)
         if info.family in ("cam", "activation") and not info.batched_gradient and layer is not None:
             self._prefetch(prep, target, (layer,), False, info.layer_gradients)
