@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import defaultdict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -17,67 +17,28 @@ import torch
 from torch import nn
 
 from ..errors import BadModel, BadParameter
+from ..propagation.composites import Composite, composite_for
 from .base import OPTIONAL_RULES, RULES, Capture, LayerInfo, Objective
+from .torch_rules import RulePlan, apply_entry, build_plan, residual_mode
 
 
-class _ReluRule(torch.autograd.Function):
-    """ReLU-like forward with a guided-backprop / deconvnet backward."""
-
-    @staticmethod
-    def forward(ctx, x, forward_fn, slope: float, upper: float, guided: bool):  # noqa: D401
-        ctx.save_for_backward(x)
-        ctx.slope, ctx.upper, ctx.guided = slope, upper, guided
-        return forward_fn(x)
+class _MaskChannels(torch.autograd.Function):
+    """Identity forward; the backward keeps only the given channels (CRP's conditioning)."""
 
     @staticmethod
-    def backward(ctx, dy):
-        (x,) = ctx.saved_tensors
-        g = dy.clamp(min=0)
-        if ctx.guided:  # dy * [dy > 0] * f'(x)
-            deriv = torch.where(x > 0, torch.ones_like(x), torch.full_like(x, ctx.slope))
-            if ctx.upper != float("inf"):
-                deriv = deriv * (x < ctx.upper)
-            g = g * deriv
-        return g, None, None, None, None
-
-
-class _StridedDeconv(torch.autograd.Function):
-    """A strided convolution's output (unchanged) whose backward is the strided-artefact
-    fix of Oramas et al. 2019: the top signal is resized (nearest) to the stride-1 output
-    size and back-projected with stride 1, instead of the transposed strided convolution
-    that inserts zeros between its values (checkerboard artefacts)."""
+    def forward(ctx, x, channels):  # noqa: D401
+        ctx.channels = channels
+        return x.view_as(x)
 
     @staticmethod
-    def forward(ctx, x, conv, holder):  # noqa: D401
-        ctx.conv, ctx.in_hw = conv, tuple(x.shape[-2:])
-        return holder[0]  # the conv output, computed by the module (passed boxed: not an input)
-
-    @staticmethod
-    def backward(ctx, dy):
-        conv = ctx.conv
-        (kh, kw), (dh, dw) = conv.kernel_size, conv.dilation
-        ph, pw = (0, 0) if conv.padding == "valid" else conv.padding
-        h1 = ctx.in_hw[0] + 2 * ph - dh * (kh - 1)   # output size of the same conv at stride 1
-        w1 = ctx.in_hw[1] + 2 * pw - dw * (kw - 1)
-        up = nn.functional.interpolate(dy, size=(h1, w1), mode="nearest")
-        dx = nn.functional.conv_transpose2d(up, conv.weight.to(dy.dtype), None, stride=1, padding=(ph, pw),
-                                            groups=conv.groups, dilation=conv.dilation)
-        return dx, None, None
+    def backward(ctx, g):
+        mask = torch.zeros(g.shape[1], dtype=g.dtype, device=g.device)
+        mask[list(ctx.channels)] = 1
+        return g * mask.reshape([1, -1] + [1] * (g.dim() - 2)), None
 
 
-def _is_strided_conv(module: nn.Module) -> bool:
-    return isinstance(module, nn.Conv2d) and max(module.stride) > 1
-
-
-def _relu_params(module: nn.Module) -> tuple[float, float] | None:
-    """(negative slope, upper cut-off) if `module` is a ReLU-like activation, else None."""
-    if isinstance(module, nn.ReLU):
-        return 0.0, float("inf")
-    if isinstance(module, nn.Hardtanh) and module.min_val == 0.0:  # ReLU6 is Hardtanh(0, 6)
-        return 0.0, float(module.max_val)
-    if isinstance(module, nn.LeakyReLU):
-        return float(module.negative_slope), float("inf")
-    return None
+def _mask_channels(out: torch.Tensor, channels) -> torch.Tensor:
+    return _MaskChannels.apply(out, tuple(channels))
 
 
 def _select_output(out, selector):
@@ -135,6 +96,7 @@ class TorchBackend:
         self._lock = threading.Lock()
         self._chains: dict[str, dict[str, list[str]] | None] | None = None  # module -> children in call order
         self._uppers: dict[str, list[nn.Module] | None] = {}                 # layer -> modules above a cut
+        self._plans: dict[Composite, RulePlan] = {}                          # rule plans (torch_rules)
 
     # ----------------------------------------------------------------- helpers
     def _to_tensor(self, x: np.ndarray, requires_grad: bool = False) -> torch.Tensor:
@@ -190,16 +152,15 @@ class TorchBackend:
         first recorded output; a recorded output that does not depend on an earlier one
         becomes a leaf. Gradients w.r.t. the recorded outputs are unchanged, but nothing
         below them is kept for a backward (a 1024x2048 capture: ~1 GB instead of ~3)."""
-        if rule is not None and rule not in self.rules:
-            raise BadParameter(f"unknown ReLU rule {rule!r}; expected one of {self.rules}")
+        composite = composite_for(rule)
+        plan = self._plan(composite) if composite is not None else None
         owner = threading.get_ident()
         counts: dict[str, int] = defaultdict(int)
-        guided = rule == "guided"
-        fix_strides = rule == "deconvnet-fixed"
         base_names = {k.split("#")[0] for k in want}
+        masks = dict(composite.masks) if composite is not None else {}
         handles = []
 
-        def make_hook(name: str, relu: tuple[float, float] | None, strided: bool):
+        def make_hook(name: str, entry):
             def hook(module, inputs, out):
                 if threading.get_ident() != owner:
                     return None
@@ -207,10 +168,12 @@ class TorchBackend:
                 counts[name] += 1
                 key = name if k == 0 else f"{name}#{k}"
                 replaced = None
-                if relu is not None and inputs and isinstance(inputs[0], torch.Tensor):
-                    replaced = out = _ReluRule.apply(inputs[0], module.forward, relu[0], relu[1], guided)
-                elif strided and inputs and isinstance(inputs[0], torch.Tensor) and torch.is_grad_enabled():
-                    replaced = out = _StridedDeconv.apply(inputs[0], module, [out.detach()])
+                if entry is not None and entry.rule is not None:
+                    new = apply_entry(entry, module, inputs, out)
+                    if new is not out:
+                        replaced = out = new
+                if key in masks and isinstance(out, torch.Tensor) and out.requires_grad:
+                    replaced = out = _mask_channels(out, masks[key])
                 if key in want and isinstance(out, torch.Tensor):
                     if grad_from_want:
                         torch.set_grad_enabled(True)  # for the rest of this forward (restored by the caller)
@@ -224,14 +187,32 @@ class TorchBackend:
 
         try:
             for name, module in self._by_name.items():
-                relu = _relu_params(module) if rule is not None else None
-                strided = fix_strides and _is_strided_conv(module)
-                if name in base_names or relu is not None or strided:
-                    handles.append(module.register_forward_hook(make_hook(name, relu, strided)))
-            yield
+                entry = plan.entries.get(name) if plan is not None else None
+                if name in base_names or (entry is not None and entry.rule is not None) \
+                        or name in {m.split("#")[0] for m in masks}:
+                    handles.append(module.register_forward_hook(make_hook(name, entry)))
+            with residual_mode(plan, composite) if plan is not None else nullcontext():
+                yield
         finally:
             for h in handles:
                 h.remove()
+
+    def _plan(self, composite: Composite) -> RulePlan:
+        """Which rule each module gets under `composite` (built once, cached)."""
+        plan = self._plans.get(composite)
+        if plan is None:
+            plan = build_plan(self, composite)
+            with self._lock:
+                if len(self._plans) > 32:   # bounded: per-layer composites are many
+                    self._plans.clear()
+                self._plans[composite] = plan
+        return plan
+
+    def unapplied(self, rule) -> dict[str, int]:
+        """{activation type: count} of activations the composite `rule` (or rule string)
+        maps no rule to (e.g. SiLU under guided backprop): they keep their gradient."""
+        composite = composite_for(rule)
+        return {} if composite is None else dict(self._plan(composite).unapplied)
 
     # ------------------------------------------------------------- contract
     def layers(self) -> list[LayerInfo]:
