@@ -191,6 +191,14 @@ class MethodContext:
             gradients = self.info.layer_gradients
         return self.explainer._capture(self.prep, self.target, tuple(layers), input_grad, rule, gradients)
 
+    def relevance(self, layer: str, composite: Any = None, channels: Sequence[int] = (),
+                  spatial: bool = False) -> np.ndarray:
+        """LRP relevance at `layer` (per channel [K], or [K, h, w] with `spatial`) from one
+        backward under `composite` (a name of propagation.COMPOSITES or a Composite;
+        default: the `composite` parameter, else epsilon-plus-flat). See methods/propagation.py."""
+        from .methods.propagation import layer_relevance
+        return layer_relevance(self, layer, composite, channels, spatial)
+
     def preprocess(self, rgb: np.ndarray) -> np.ndarray:
         """uint8-range RGB batch [N, h, w, 3] (float ok, unclipped) -> model input."""
         return self.explainer.preprocess_rgb(rgb)
@@ -369,6 +377,17 @@ class Explainer:
         rt = self.resolve(prep, target)
         names = [l.name for l in self.spatial_layers()] if layers is None else list(layers)
         return self._capture(prep, rt, tuple(names), True, None)
+
+    def relevance(self, image: ImageLike | Prepared, target: Target | None, layer: str,
+                  composite: Any = "epsilon-plus-flat", channels: Sequence[int] = (),
+                  spatial: bool = False) -> np.ndarray:
+        """LRP relevance at `layer` for `target`: per channel [K] (or [K, h, w])."""
+        from .methods.propagation import layer_relevance
+        from .methods.registry import get_method
+        info, _ = get_method("lrp")
+        prep = self.prepare(image)
+        ctx = MethodContext(self, prep, self.resolve(prep, target), layer, {}, None, info)
+        return layer_relevance(ctx, self.check_layer(layer, info), composite, channels, spatial)
 
     # ----------------------------------------------------------- explain
     def check_layer(self, layer: str | None, info: MethodInfo) -> str | None:

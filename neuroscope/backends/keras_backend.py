@@ -253,6 +253,8 @@ class _GraphWalker:
                     output = merged
                 elif rule is not None and rule.kind == "elementwise":
                     output = applier.elementwise(rule, None, args[0], output)
+            elif kind == "identity":
+                applier.padding(op, args[0], output)
             elif rule is not None and kind in ("sum", "gate", "avgpool"):
                 xs = [t for t in keras.tree.flatten(args) if isinstance(t, keras.KerasTensor)]
                 if kind == "avgpool" and rule.kind == "basic":

@@ -215,6 +215,7 @@ class RuleApplier:
         self.first_done = False
         self.merge = composite.has(MergeBatchNorm)
         self.boxes: dict[int, dict] = {}      # id(linear output tensor) -> merge box
+        self.pads: dict[int, tuple] = {}      # id(zero-padding output) -> (padding layer, its input)
         self.unapplied: Counter = Counter()
         self.masks = dict(composite.masks)
         self.wants_activations = any(set(k) & set(ACTIVATION) for k, _ in composite.layer_map)
@@ -243,8 +244,20 @@ class RuleApplier:
             return [dy if g is None else g]
         return _Backward(backward)([x, y])
 
+    def padding(self, op: Any, x: Any, y: Any) -> None:
+        """A zero-padding before a linear layer is folded into it (torch pads inside the
+        convolution: rules that replace the input, flat and z-box, must not see the pad)."""
+        if isinstance(op, (keras.layers.ZeroPadding1D, keras.layers.ZeroPadding2D, keras.layers.ZeroPadding3D)):
+            self.pads[id(y)] = (op, x)
+
     def linear(self, rule: Any, op: Any, x: Any, y: Any) -> Any:
         fn, kernel, bias, shape_scale = _linear_fn(op)
+        if id(x) in self.pads:
+            pad, x = self.pads[id(x)]
+            conv = fn
+
+            def fn(t, w, b):
+                return conv(pad(t), w, b)
         box: dict = {}
         merge_ok = self.merge and len(getattr(op, "_outbound_nodes", ())) == 1
 
