@@ -28,12 +28,13 @@ def versions() -> dict:
 
 
 def run_batch(settings: Settings, records: list[dict], *, engine: str = "local", workers: int = 1,
-              address: str | None = None, chunk: int = CHUNK, progress: bool | None = None,
+              address: str | None = None, chunk: int | None = None, progress: bool | None = None,
               explainer=None) -> dict:
     """Run what is not done yet; returns {"images", "done", "failed", "skipped", "out", "time_s"}
     where done/failed count the image x method rows of this run and skipped the rows
     already done by an earlier run. `explainer`: the local engine's (else loaded here)."""
     t0 = time.perf_counter()
+    chunk = chunk or CHUNK
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
     _check_previous(out, settings)
