@@ -232,3 +232,45 @@ def test_progress_line_shows_count_rate_and_eta():
     assert line.startswith("[#####") and "2/10 images" in line and "1 failed rows" in line
     eta = int(line.split("ETA ")[1][:2]) * 60 + int(line.split("ETA ")[1][3:5])
     assert 14 <= eta <= 17            # 8 images left at ~0.5 images/s
+
+
+# ------------------------------------------------------------------ Ray
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    import os
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
+             configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_with_two_workers_gives_the_local_table_and_maps(ray_cluster, tmp_path):
+    from neuroscope.batch.inputs import collect
+    from neuroscope.batch.run import run_batch
+    from neuroscope.batch.work import Settings
+    images = tmp_path / "images"
+    scenes(images, 12, seed0=100)
+    records = collect(str(images), tmp_path)
+    records[3]["class"], records[3]["region"] = "car", "all"        # a per-image target travels too
+    import torch
+    threads = torch.get_num_threads()
+    results = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / engine
+        settings = Settings(model=MODEL, methods=["grad-cam", "saliency"], out=str(out), input_size=(64, 128),
+                            threads=1)          # float sums depend on the thread count
+        summary = run_batch(settings, [dict(r) for r in records], engine=engine, workers=2, chunk=3)
+        assert (summary["images"], summary["done"], summary["failed"]) == (12, 24, 0)
+        results[engine] = (out, table(out))
+    torch.set_num_threads(threads)
+    (lo, local), (ro, remote) = results["local"], results["ray"]
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "time_ms"} for r in rows]  # noqa: E731
+    for a, b in zip(drop(local), drop(remote)):
+        assert a == b, {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+    assert local[6]["class_name"] == "car" and local[6]["region"] == "all"
+    diffs = [np.abs(np.load(lo / a["map_file"])["map"].astype(np.float32)
+                    - np.load(ro / b["map_file"])["map"].astype(np.float32)).max() for a, b in zip(local, remote)]
+    assert len(diffs) == 24 and max(diffs) <= 1e-6
+    assert json.loads((ro / "run.json").read_text())["engine"] == "ray"

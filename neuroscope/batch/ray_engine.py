@@ -9,6 +9,7 @@ so both engines give the same rows and maps.
 """
 from __future__ import annotations
 
+import os
 from typing import Iterator
 
 from .work import COLUMNS, Settings, run_chunk, schema
@@ -42,6 +43,7 @@ def run_ray(settings: Settings, records: list[dict], *, workers: int = 1, addres
         from ..cli_args import CliError
         raise CliError("--engine ray needs Ray (pip install 'neuroscope[ray]' or ray==2.60.0)") from None
     started = False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if not ray.is_initialized():
         if address:
             ray.init(address=address, log_to_driver=False)
@@ -61,7 +63,7 @@ def run_ray(settings: Settings, records: list[dict], *, workers: int = 1, addres
                 it[k] = None if it[k] is None else str(it[k])
         ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // chunk)))
         ds = ds.map_batches(ExplainActor, fn_constructor_args=(settings,), batch_size=chunk, batch_format="pyarrow",
-                            concurrency=max(1, workers), num_cpus=1, **per_actor)
+                            compute=ray.data.ActorPoolStrategy(size=max(1, workers)), num_cpus=1, **per_actor)
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
             yield [{c: r.get(c) for c in COLUMNS} for r in batch.to_pylist()]
     finally:

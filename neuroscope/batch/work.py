@@ -40,9 +40,16 @@ class Settings:
     params: dict = field(default_factory=dict)      # method -> params
     layer: str | None = None
     model_batch: bool = True                        # same-size images through the model together
+    #: torch threads per worker (None: the framework's default; Ray gives each worker its
+    #: CPU share). Float sums differ in the last bits between thread counts, so runs to be
+    #: compared bit for bit use the same number.
+    threads: int | None = None
 
     def explainer(self):
         from ..engine import Explainer
+        if self.threads:
+            import torch
+            torch.set_num_threads(self.threads)
         return Explainer(self.model, input_size=self.input_size)
 
 
