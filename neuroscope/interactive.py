@@ -10,15 +10,15 @@ from typing import Any
 
 import numpy as np
 
-from .methods.registry import MethodInfo, list_methods
+from .methods import registry
+from .methods.registry import MethodInfo
 
 CHANNEL_SORTS = ("importance", "activation", "index")
 
 
 def methods_for(explainer) -> dict[str, MethodInfo]:
-    """Every registered method that fits the model's task and framework, by name."""
-    return {m.name: m for m in list_methods()
-            if explainer.task in m.tasks and explainer.backend.framework in m.frameworks}
+    """Every registered method that fits the explainer's model, by name (registry order)."""
+    return {m.name: m for m in registry.methods_for(explainer.task, explainer.backend.framework)}
 
 
 def channel_stats(explainer, image, target, layer: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

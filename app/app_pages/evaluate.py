@@ -1,6 +1,6 @@
 """Evaluate: how faithful and how well localised each method's maps are (METHODS.md §9).
 
-Runs `neuroscope.evaluate.evaluate` on the current image (and target) or on a fixed
+Runs `neuroscope.evaluation.evaluate` on the current image (and target) or on a fixed
 evaluation set, with a progress bar; shows deletion/insertion curves per method, a table
 ranking the methods by any metric, and the model-randomisation sanity strip.
 """
@@ -14,7 +14,7 @@ from dashboard import charts, state
 from dashboard.state import KEEP, Keys
 from neuroscope import render
 from neuroscope.errors import NeuroscopeError
-from neuroscope.evaluate import EVAL_SETS, RANDOM, EvalItem, evaluate
+from neuroscope.evaluation import EVAL_SETS, RANDOM, EvalItem, evaluate
 from neuroscope.interactive import evidence_mask, methods_for
 from neuroscope.methods.registry import MethodInfo
 
