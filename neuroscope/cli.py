@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--methods", required=True)
     v.add_argument("--sanity", action="store_true")
     _target_args(v, explain=False)
+    from .batch.cli import add_arguments as batch_arguments
+    batch_arguments(command("batch", "explain every image of a folder, glob, list or video", model=True))
     return p
 
 
@@ -268,7 +270,12 @@ def cmd_evaluate(args):
     return run_cli(args)
 
 
-COMMANDS = {"models": cmd_models, "layers": cmd_layers, "methods": cmd_methods, "predict": cmd_predict,
+def cmd_batch(args):
+    from .batch.cli import run_cli
+    return run_cli(args)
+
+
+COMMANDS = {"batch": cmd_batch, "models": cmd_models, "layers": cmd_layers, "methods": cmd_methods, "predict": cmd_predict,
             "explain": cmd_explain, "bench": cmd_bench, "evaluate": cmd_evaluate}
 
 
