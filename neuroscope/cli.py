@@ -225,7 +225,7 @@ def cmd_bench(args):
     forward = median_ms(lambda: backend.forward(prep.x))
     fwd_bwd = median_ms(lambda: backend.input_gradients(prep.x, rt.objective))
     methods = {}
-    names = ORIGINAL_SET + (SEGMENTATION_SET if ex.task == "segmentation" else ())
+    names = ORIGINAL_SET + (SEGMENTATION_SET if ex.task == "segmentation" else ()) + ("lrp",)
     for name in names:
         def run(name=name):
             ex.clear_caches()

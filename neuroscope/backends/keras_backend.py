@@ -192,6 +192,7 @@ class _GraphWalker:
         self.substitute = substitute or {}
         self.records: list[_Record] = []
         self.warnings: list[str] = []
+        self.consumers = 0                         # consumers of the node being called (original graph)
         self._calls: dict[int, int] = {}           # id(layer) -> calls so far
         self._owner: dict[str, int] = {}           # base name -> id(layer), to catch clashes
         self._twins: dict[tuple, keras.layers.Layer] = {}
@@ -202,10 +203,16 @@ class _GraphWalker:
         if functional is None:   # an unbuilt Sequential: its layers in order
             x = inputs[0]
             for layer in model.layers:
+                self.consumers = 1
                 x = self._call(layer, (x,), {})
             return keras.tree.flatten(x)
         # The traversal of keras' Functional._run_through_graph (Keras 3.15).
         tensors = {id(ref): new for ref, new in zip(functional.inputs, inputs)}
+        uses: dict[int, int] = {}      # original tensor -> consumers in this graph (merge rules)
+        for nodes in functional._nodes_by_depth.values():
+            for node in nodes:
+                for t in node.input_tensors:
+                    uses[id(t)] = uses.get(id(t), 0) + 1
         for depth in sorted(functional._nodes_by_depth, reverse=True):
             for node in functional._nodes_by_depth[depth]:
                 if not node.operation or node.is_input:
@@ -213,6 +220,7 @@ class _GraphWalker:
                 if any(id(t) not in tensors for t in node.input_tensors):
                     continue
                 args, kwargs = node.arguments.fill_in(tensors)
+                self.consumers = uses.get(id(node.outputs[0]), 0) if len(node.outputs) == 1 else 0
                 outputs = self._call(node.operation, args, kwargs)
                 for ref, new in zip(node.outputs, keras.tree.flatten(outputs)):
                     tensors[id(ref)] = new
@@ -286,7 +294,7 @@ class _GraphWalker:
             unit_stride, _ = self._twin(op, args, kwargs, activation="linear", strides=1)
             z = _StridedDeconv(unit_stride)(args[0], z)
         elif rule is not None and rule.kind == "basic":
-            z = applier.linear(rule, op, args[0], z)
+            z = applier.linear(rule, op, args[0], z, single_consumer=self.consumers == 1)
         if not fused:
             return z
         y = keras.layers.Activation(activation)(z)

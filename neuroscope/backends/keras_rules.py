@@ -250,7 +250,7 @@ class RuleApplier:
         if isinstance(op, (keras.layers.ZeroPadding1D, keras.layers.ZeroPadding2D, keras.layers.ZeroPadding3D)):
             self.pads[id(y)] = (op, x)
 
-    def linear(self, rule: Any, op: Any, x: Any, y: Any) -> Any:
+    def linear(self, rule: Any, op: Any, x: Any, y: Any, single_consumer: bool = False) -> Any:
         fn, kernel, bias, shape_scale = _linear_fn(op)
         if id(x) in self.pads:
             pad, x = self.pads[id(x)]
@@ -259,7 +259,7 @@ class RuleApplier:
             def fn(t, w, b):
                 return conv(pad(t), w, b)
         box: dict = {}
-        merge_ok = self.merge and len(getattr(op, "_outbound_nodes", ())) == 1
+        merge_ok = self.merge and single_consumer   # a BatchNorm may merge only into its sole input
 
         def backward(dy, xs):
             w, b = tf.convert_to_tensor(kernel), None if bias is None else tf.convert_to_tensor(bias)

@@ -60,7 +60,9 @@ def layer_relevance(ctx, layer: str, composite: str | Composite | None = None,
     [K] (summed over space), or [K, h, w] with `spatial`. `channels` restricts the
     relevance to those channels (the rest are zero)."""
     comp = make_composite(ctx, composite)
-    cap = ctx.capture(layers=(layer,), input_grad=False, rule=comp, gradients=True)
+    # the full backward (as the map's): a backward stopped at the layer would see residual
+    # branches below it as constants, and one capture then serves map and relevance
+    cap = ctx.capture(layers=(layer,), input_grad=True, rule=comp, gradients=True)
     r = np.asarray(cap.gradients[layer], np.float32)
     if channels:
         keep = np.zeros(r.shape[0], bool)
