@@ -91,7 +91,7 @@ def run_chunk(ex, records: list[dict], settings: Settings) -> list[dict]:
     """Rows for `records` x `settings.methods` (records in order, methods in order); a
     record's ``todo`` (comma list) narrows its methods (a resumed run)."""
     from ..methods.registry import get_method
-    from .batched import explain_many
+    from .batched import explain_many, prefill
     rows: dict[tuple[str, str], dict] = {}
     ready = []                                       # (record, prep, target)
     for rec in records:
@@ -104,19 +104,27 @@ def run_chunk(ex, records: list[dict], settings: Settings) -> list[dict]:
         except (NeuroscopeError, OSError) as exc:
             for m in _wanted(rec, settings):
                 rows[rec["image"], m] = _row(rec, m, status=FAILED, error=_message(exc))
-    for method in settings.methods:
-        info = get_method(method)[0]
-        layer = settings.layer if info.needs_layer else None
-        # same-size images together (one shape per model batch)
-        groups: dict[tuple, list] = {}
-        for item in ready:
-            if method not in _wanted(item[0], settings):
-                continue
-            groups.setdefault(item[1].x.shape, []).append(item)
-        for group in groups.values():
-            results = explain_many(ex, [p for _, p, _ in group], method, [t for _, _, t in group], layer=layer,
-                                   params=settings.params.get(method), batch=settings.model_batch)
-            for (rec, prep, _), res in zip(group, results):
+    # same-size images together (one model input shape per batched pass)
+    groups: dict[tuple, list] = {}
+    for item in ready:
+        groups.setdefault(item[1].x.shape, []).append(item)
+    for group in groups.values():
+        wanted = [m for m in settings.methods if any(m in _wanted(rec, settings) for rec, _, _ in group)]
+        if settings.model_batch:
+            try:
+                prefill(ex, [p for _, p, _ in group], [t for _, _, t in group], wanted, layer=settings.layer,
+                        params=settings.params)
+            except Cancelled:
+                raise
+            except NeuroscopeError:
+                pass    # each image then runs (and fails, with its own message) on its own
+        for method in wanted:
+            info = get_method(method)[0]
+            layer = settings.layer if info.needs_layer else None
+            todo = [item for item in group if method in _wanted(item[0], settings)]
+            results = explain_many(ex, [p for _, p, _ in todo], method, [t for _, _, t in todo], layer=layer,
+                                   params=settings.params.get(method))
+            for (rec, prep, _), res in zip(todo, results):
                 if isinstance(res, Exception):
                     rows[rec["image"], method] = _row(rec, method, status=FAILED, error=_message(res))
                     continue
