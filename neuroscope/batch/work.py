@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,14 +111,19 @@ def run_chunk(ex, records: list[dict], settings: Settings) -> list[dict]:
         groups.setdefault(item[1].x.shape, []).append(item)
     for group in groups.values():
         wanted = [m for m in settings.methods if any(m in _wanted(rec, settings) for rec, _, _ in group)]
+        shared = {}                  # method -> its share (ms) of the batched pass per image
         if settings.model_batch:
+            t0 = time.perf_counter()
             try:
-                prefill(ex, [p for _, p, _ in group], [t for _, _, t in group], wanted, layer=settings.layer,
-                        params=settings.params)
+                served = prefill(ex, [p for _, p, _ in group], [t for _, _, t in group], wanted,
+                                 layer=settings.layer, params=settings.params)
             except Cancelled:
                 raise
             except NeuroscopeError:
-                pass    # each image then runs (and fails, with its own message) on its own
+                served = []  # each image then runs (and fails, with its own message) on its own
+            if served:
+                share = (time.perf_counter() - t0) * 1000.0 / (len(group) * len(served))
+                shared = dict.fromkeys(served, share)
         for method in wanted:
             info = get_method(method)[0]
             layer = settings.layer if info.needs_layer else None
@@ -129,7 +135,8 @@ def run_chunk(ex, records: list[dict], settings: Settings) -> list[dict]:
                     rows[rec["image"], method] = _row(rec, method, status=FAILED, error=_message(res))
                     continue
                 try:
-                    rows[rec["image"], method] = _done_row(ex, rec, prep, method, res, settings)
+                    rows[rec["image"], method] = _done_row(ex, rec, prep, method, res, settings,
+                                                           shared.get(method, 0.0))
                 except Cancelled:
                     raise
                 except (NeuroscopeError, OSError) as exc:
@@ -147,13 +154,14 @@ def _message(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def _done_row(ex, rec: dict, prep, method: str, res, settings: Settings) -> dict:
+def _done_row(ex, rec: dict, prep, method: str, res, settings: Settings, shared_ms: float = 0.0) -> dict:
+    """`shared_ms`: this map's share of a batched model pass (added to its time_ms)."""
     m = res.map
     t = res.meta["target"]
     row = _row(rec, method, status=DONE, class_id=int(t["class_id"]), class_name=t["class_name"],
                region=t.get("region"), layer=res.meta["layer"],
                params=json.dumps(res.meta["params"], sort_keys=True, default=str),
-               time_ms=float(res.meta["time_ms"]), height=int(m.shape[0]), width=int(m.shape[1]),
+               time_ms=float(res.meta["time_ms"]) + shared_ms, height=int(m.shape[0]), width=int(m.shape[1]),
                map_min=float(m.min()), map_max=float(m.max()), map_mean=float(m.mean()),
                map_abs_mean=float(np.abs(m).mean()))
     if settings.metrics:
