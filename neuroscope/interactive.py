@@ -179,6 +179,8 @@ INTERACTIVE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
 #: A forward+backward costs about this many batched forwards of one image (a backward is
 #: ~2 forwards; batching a chunk saves a little). Refined by measured runs (`record_run`).
 GRADIENT_PASS_FACTOR = 2.5
+#: Methods of at most this many passes always run at once (and need no pass-time measurement).
+ALWAYS_PASSES = 2
 
 
 def budget_s() -> float:
@@ -204,7 +206,9 @@ class Cost:
     measured: bool                  # seconds per pass from earlier runs of this method on this model
 
     def over(self, budget: float | None = None) -> bool:
-        return self.seconds > (budget_s() if budget is None else budget)
+        """Above the interactive budget. A method of one or two passes never is: nothing
+        can answer faster, and asking first would only add a click."""
+        return self.passes > ALWAYS_PASSES and self.seconds > (budget_s() if budget is None else budget)
 
     def text(self) -> str:
         kind = "forward+backward" if self.gradient else "forward"
@@ -271,8 +275,11 @@ def cost(explainer, method: str, params: dict | None = None, layer: str | None =
         info.family in ("cam", "activation") and not info.slow)
     with _PASS_LOCK:
         measured = _per_pass.get((id(explainer), method))
+        known = None if _forward_s is None else _forward_s.get(explainer)
     if measured is not None:
         return Cost(passes, passes * measured, gradient, True)
+    if passes <= ALWAYS_PASSES and known is None:   # runs anyway: do not spend passes measuring
+        return Cost(passes, 0.0, gradient, False)
     per = forward_seconds(explainer) * (GRADIENT_PASS_FACTOR if gradient else 1.0)
     return Cost(passes, passes * per, gradient, False)
 
