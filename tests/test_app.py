@@ -238,6 +238,8 @@ def test_display_changes_run_no_model_pass():
         now = shown(at, "overlays")
         changed = [m for m in now if not np.array_equal(now[m], before[m])]
         assert changed, f"{key} did not change any overlay"
+        if key == "disp_sign":           # the sign filter is for signed maps: Grad-CAM stays whole
+            assert changed == ["saliency"]
         before = dict(now)
     assert ex.stats == stats, f"display changes ran the model: {ex.stats - stats}"
     after_maps = maps(at)

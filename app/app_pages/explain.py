@@ -192,9 +192,18 @@ def page(sel: state.Selection) -> None:
                 res = results[m]
                 overlays[m] = display.overlay(picture, res.map, res.meta["signed"])
                 layer = res.meta["layer"] or "input"
-                st.image(overlays[m], width="stretch",
-                         caption=f"{m} · {layer} · {res.meta['time_ms']:.0f} ms · "
-                                 f"range {float(res.map.min()):.3g} … {float(res.map.max()):.3g}")
+                caption = f"{m} · {layer} · {res.meta['time_ms']:.0f} ms"
+                if display.raw:
+                    a, b = st.columns(2)
+                    a.image(overlays[m], width="stretch", caption=caption)
+                    b.image(display.raw_map(picture, res.map, res.meta["signed"]), width="stretch",
+                            caption=f"{m}: the map alone")
+                else:
+                    st.image(overlays[m], width="stretch", caption=caption)
+                if display.empties(res.map, res.meta["signed"]):
+                    st.warning(f"{m} has no {views.SIGN_LABELS[display.sign].split()[0]} values: the sign filter "
+                               "leaves an empty map. Choose *both* to see it.")
+                st.image(display.legend(res.map, res.meta["signed"], infos[m].family), width="stretch")
     if sel.layer is not None and any(infos[m].needs_layer and not infos[m].slow for m in results):
         prefetch_layers(ex, sel.image, sel.target, sel.image_key)   # later layer switches: no model pass
     shown = state.session().shown
