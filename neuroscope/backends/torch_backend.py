@@ -175,8 +175,12 @@ class TorchBackend:
             module.to(memory_format=torch.channels_last)   # never on a user's shared weights
         self.module = module
         self.channels = int(channels) if channels else _first_conv_channels(module)
-        self._names = {id(m): n for n, m in module.named_modules() if n}
-        self._by_name = {n: m for n, m in module.named_modules() if n}
+        self.scripted = scripted               # TorchScript: no hooks, so no layers and no rules
+        self._names = {} if scripted else {id(m): n for n, m in module.named_modules() if n}
+        self._by_name = {} if scripted else {n: m for n, m in module.named_modules() if n}
+        if scripted:
+            self.warnings.append("TorchScript model: its layers cannot be listed or captured "
+                                 "(gradient and perturbation methods only)")
         self._layers: list[LayerInfo] | None = None
         self._clone_on_capture: set[str] = set()  # outputs later modified in place by the model
         self._lock = threading.Lock()
@@ -254,6 +258,9 @@ class TorchBackend:
         below them is kept for a backward (a 1024x2048 capture: ~1 GB instead of ~3)."""
         if rule is not None and rule not in self.rules:
             raise BadParameter(f"unknown ReLU rule {rule!r}; expected one of {self.rules}")
+        if rule is not None and self.scripted:
+            raise BadParameter(f"the {rule} rule needs the model's activations, which a TorchScript "
+                               "model hides; load the Python model (a spec) for this method")
         owner = threading.get_ident()
         counts: dict[str, int] = defaultdict(int)
         guided = rule == "guided"
@@ -703,6 +710,8 @@ class TorchBackend:
                 parent["last"] = weakref.ref(out) if isinstance(out, torch.Tensor) else (lambda: None)
             return None
 
+        if self.scripted:
+            return {}
         H, W = self.input_size
         x = self._to_tensor(np.zeros((1, H, W, self.channels), np.float32))
         try:
