@@ -359,7 +359,7 @@ def test_deeplab_like_default_layer_is_a_feature_layer():
 
 
 def test_keras_bare_add_is_listed_and_is_the_default_layer():
-    ex = Explainer(zoo.keras_residual_model(), task="classification")
+    ex = Explainer(zoo.keras_residual_model(), task="classification", num_classes=3)
     names = [l.name for l in ex.layers()]
     adds = [l for l in ex.layers() if l.type == "Add"]
     assert len(adds) == 1 and adds[0].shape == (8, SIZE // 2, SIZE // 2)
