@@ -87,7 +87,8 @@ class Interpretation:
     def save(self, out: str | Path) -> Path:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        arrays = {k: v for k, v in (("X", self.X), ("labels", self.labels), ("sample_image", self.sample_image),
+        # X is kept for inspection (the page's class averages); float16 halves the file
+        arrays = {k: v for k, v in (("X", None if self.X is None else self.X.astype(np.float16)), ("labels", self.labels), ("sample_image", self.sample_image),
                                     ("W", self.W)) if v is not None}
         arrays.update({f"atlas_{k}": v for k, v in self.atlas.items()})
         tmp = out / (NPZ_NAME + ".tmp.npz")
@@ -121,7 +122,7 @@ def load_interpretation(path: str | Path, arrays: bool = True) -> Interpretation
         with np.load(npz, allow_pickle=False) as z:
             for k in ("X", "labels", "sample_image", "W"):
                 if k in z:
-                    setattr(it, k, z[k])
+                    setattr(it, k, z[k].astype(np.float32) if k == "X" else z[k])
             it.atlas = {k[6:]: z[k] for k in z.files if k.startswith("atlas_")}
     return it
 

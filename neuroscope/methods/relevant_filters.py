@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadParameter
+from ..limits import register_estimator
 from .registry import MethodInfo, register
 
 _CACHE: dict[tuple, object] = {}
@@ -63,6 +64,9 @@ def filter_evidence(it, class_name: str, acts: dict[str, np.ndarray], mask: np.n
             parts.append(np.einsum("khw,hw->k", sq, m)[None])
     x = normalise_features(parts)[0]
     return x * w / w.sum(), masks
+
+
+register_estimator("relevant-filters", lambda p, s, c, t: 1 + int(p["top"]))   # a forward, a backward per filter
 
 
 @register(MethodInfo("relevant-filters", "interpretation", needs_layer=False, signed=False,
