@@ -136,6 +136,8 @@ def page(sel: state.Selection) -> None:
                 st.image(overlays[m], width="stretch",
                          caption=f"{m} · {layer} · {res.meta['time_ms']:.0f} ms · "
                                  f"range {float(res.map.min()):.3g} … {float(res.map.max()):.3g}")
+                for warning in res.meta.get("warnings", ()):   # e.g. activations a rule could not reach
+                    st.warning(warning)
     if sel.layer is not None and any(infos[m].needs_layer and not infos[m].slow for m in results):
         prefetch_layers(ex, sel.image, sel.target, sel.image_key)   # later layer switches: no model pass
     shown = state.session().shown
