@@ -204,6 +204,8 @@ def page(sel: state.Selection) -> None:
                     st.warning(f"{m} has no {views.SIGN_LABELS[display.sign].split()[0]} values: the sign filter "
                                "leaves an empty map. Choose *both* to see it.")
                 st.image(display.legend(res.map, res.meta["signed"], infos[m].family), width="stretch")
+                for warning in res.meta.get("warnings", ()):   # e.g. activations a rule could not reach
+                    st.warning(warning)
     if sel.layer is not None and any(infos[m].needs_layer and not infos[m].slow for m in results):
         prefetch_layers(ex, sel.image, sel.target, sel.image_key)   # later layer switches: no model pass
     shown = state.session().shown
