@@ -93,7 +93,7 @@ def page() -> None:
     picked = event.selection.rows[0] if event and event.selection.rows else 0
     labels = [f"{r.image} · {r.method}" for r in rows.itertuples()]
     index = st.selectbox("Row", range(len(rows)), index=min(picked, len(rows) - 1), format_func=labels.__getitem__,
-                         key=f"results_row::{folder}::{picked}")
+                         key=f"results_row::{folder}::{picked}::{hash(tuple(rows.index))}")
     row = results.records(rows.iloc[[index]])[0]
     entries, _ = state.catalogue("")
     entry = next((e for e in entries if e.name == meta.get("model")), None)
