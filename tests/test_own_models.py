@@ -438,3 +438,22 @@ def test_keras_applications_softmax_head_is_reached():
     np.testing.assert_allclose(np.exp(z - z.max()) / np.exp(z - z.max()).sum(), p, rtol=1e-4, atol=1e-6)
     assert not np.allclose(z, np.log(p), atol=1e-3)      # logits, not log-probabilities
 
+
+
+def test_batched_prefill_with_users_models():
+    """The batch command's one-pass groups: a batch-of-one model falls back to one image
+    at a time; a softmax head is explained through its logits as in the one-image pass."""
+    from neuroscope.batch.batched import prefill
+    ex = Explainer(zoo.BatchOfOneNet(size=16), input_size=(16, 16), task="classification", num_classes=3)
+    preps = [ex.prepare(im) for im in zoo.images(3, size=16)]
+    assert prefill(ex, preps, [None] * 3, ["grad-cam"]) == []
+    assert np.isfinite(ex.explain(preps[0], "grad-cam").map).all()
+    net = zoo.HeadNet("softmax")
+    batched = Explainer(net, input_size=(SIZE, SIZE), task="classification", num_classes=4)
+    single = Explainer(net, input_size=(SIZE, SIZE), task="classification", num_classes=4)
+    images = zoo.images(3, seed=13)
+    preps = [batched.prepare(im) for im in images]
+    assert prefill(batched, preps, [None] * 3, ["grad-cam"]) == ["grad-cam"]
+    for prep, image in zip(preps, images):
+        np.testing.assert_allclose(batched.explain(prep, "grad-cam").map, single.explain(image, "grad-cam").map,
+                                   rtol=1e-4, atol=1e-6)
