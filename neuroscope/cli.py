@@ -190,6 +190,8 @@ def cmd_explain(args):
                    ["method", "layer", "class", "region", "shape", "min", "max", "time_ms"])
     if args.out:
         table += f"\nwrote {args.out}"
+    for warning in res.meta.get("warnings", ()):
+        table += f"\nwarning: {warning}"
     return data, table
 
 
