@@ -64,9 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--set", dest="eval_set")
     v.add_argument("--methods", required=True)
     v.add_argument("--sanity", action="store_true")
+    v.add_argument("--dataset", help="a folder (glob, list) of images: metrics through the batch machinery")
+    v.add_argument("--labels", help="with --dataset: folder of label PNGs (<stem>_labels.png): model IoU, confusion")
+    from .batch.cli import add_engine_arguments
+    add_engine_arguments(v)
     _target_args(v, explain=False)
     from .batch.cli import add_arguments as batch_arguments
     batch_arguments(command("batch", "explain every image of a folder, glob, list or video", model=True))
+    from .interpret.cli import add_arguments as interpret_arguments
+    interpret_arguments(command("interpret", "find the relevant filters of each class (Oramas et al.)", model=True))
     return p
 
 
@@ -184,6 +190,8 @@ def cmd_explain(args):
                    ["method", "layer", "class", "region", "shape", "min", "max", "time_ms"])
     if args.out:
         table += f"\nwrote {args.out}"
+    for warning in res.meta.get("warnings", ()):
+        table += f"\nwarning: {warning}"
     return data, table
 
 
@@ -275,8 +283,14 @@ def cmd_batch(args):
     return run_cli(args)
 
 
+def cmd_interpret(args):
+    from .interpret.cli import run_cli
+    data, head, rows = run_cli(args, _explainer(args))
+    return data, head + "\n" + _table(rows, ["class", "samples", "filters", "top"])
+
+
 COMMANDS = {"batch": cmd_batch, "models": cmd_models, "layers": cmd_layers, "methods": cmd_methods, "predict": cmd_predict,
-            "explain": cmd_explain, "bench": cmd_bench, "evaluate": cmd_evaluate}
+            "explain": cmd_explain, "bench": cmd_bench, "evaluate": cmd_evaluate, "interpret": cmd_interpret}
 
 
 if __name__ == "__main__":
