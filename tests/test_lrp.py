@@ -199,7 +199,7 @@ def test_a_call_that_raises_leaves_no_hook_and_no_changed_weight():
     def bad_objective(logits):
         raise RuntimeError("boom")
 
-    with pytest.raises(RuntimeError, match="boom"):
+    with pytest.raises(Exception, match="boom"):   # BadModel naming the call, or the error itself
         backend.capture(np.zeros((1, 24, 24, 3), np.float32), bad_objective, ["4"],
                         rule=lrp_composite("epsilon-gamma-box", low=LOW, high=HIGH))
     assert backend.hook_count() == 0

@@ -219,9 +219,19 @@ def bn_pairs(backend: Any) -> dict[str, str]:
 # ------------------------------------------------------------------ autograd Functions
 
 def _basic_backward(rule, fn: Callable, params: tuple, xs: tuple, relevance: torch.Tensor) -> list:
+    # A pass on the negative part of inputs without negatives (after a ReLU) with a zero
+    # bias outputs exactly 0 and adds exactly 0: skipped (half of z+ / alpha-beta / gamma)
+    no_negatives = None
     with torch.enable_grad():
         ins, outs = [], []
         for in_mod, param_mod in rule.passes():
+            if getattr(in_mod, "negative_part", False) and getattr(param_mod, "zero_bias", False):
+                if no_negatives is None:
+                    no_negatives = all(not bool((x < 0).any()) for x in xs)
+                if no_negatives:
+                    ins.append(None)
+                    outs.append(0.0)
+                    continue
             xi = [in_mod(x.detach(), OPS).detach().requires_grad_(True) for x in xs]
             if rule.needs_params and params:
                 w, b = params
@@ -232,11 +242,12 @@ def _basic_backward(rule, fn: Callable, params: tuple, xs: tuple, relevance: tor
                 outs.append(fn(*xi))
             ins.append(xi)
         mapped = rule.mapper(relevance, outs, OPS)
-        sel = [k for k, g in enumerate(mapped) if g is not None]
+        sel = [k for k, g in enumerate(mapped) if g is not None and ins[k] is not None]
         flat_in = [t for k in sel for t in ins[k]]
         grads = torch.autograd.grad([outs[k] for k in sel], flat_in, [mapped[k] for k in sel], allow_unused=True)
     n = len(xs)
-    by_pass: list = [[None] * n for _ in ins]
+    by_pass: list = [[0.0] * n for _ in ins]
+    ins = [[0.0] * n if xi is None else xi for xi in ins]
     for i, k in enumerate(sel):
         for j in range(n):
             g = grads[i * n + j]

@@ -51,6 +51,7 @@ def _keep(p: Any, name: str, ops: Any) -> Any:
 def _zero_bias(mod: Callable) -> Callable:
     def param(p: Any, name: str, ops: Any) -> Any:
         return ops.zeros_like(p) if name == "bias" else mod(p, name, ops)
+    param.zero_bias = True   # with a zero input this pass contributes exactly nothing
     return param
 
 
@@ -60,6 +61,9 @@ def _positive(t: Any, ops: Any) -> Any:
 
 def _negative(t: Any, ops: Any) -> Any:
     return ops.clamp(t, hi=0.0)
+
+
+_negative.negative_part = True   # backends may skip a zero-bias pass when the input has no negatives
 
 
 def _param_positive(p: Any, name: str, ops: Any) -> Any:
@@ -182,6 +186,7 @@ class Gamma(BasicRule):
                 if zero_bias and name == "bias":
                     return ops.zeros_like(p)
                 return p + g * ops.clamp(p, lo=lo, hi=hi)
+            param.zero_bias = zero_bias
             return param
 
         return [(_positive, boost(0.0, None, False)), (_negative, boost(None, 0.0, True)),
