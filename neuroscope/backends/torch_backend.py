@@ -101,6 +101,7 @@ class TorchBackend:
     framework = "torch"
     deferred_objective = True  # capture() accepts an objective decided from its own forward pass
     rules = RULES + OPTIONAL_RULES
+    functional_rule_kinds = RELU_LIKE   # functional activations the rules reach (torch_model.FunctionalRules)
 
     def __init__(self, module: nn.Module, input_size: tuple[int, int], task: str,
                  output: str | int | None = None, output_kind: str | None = "logits",
@@ -301,20 +302,13 @@ class TorchBackend:
         return plan
 
     def unapplied(self, rule) -> dict[str, int]:
-        """{activation type: count} of activations the composite `rule` (or rule string)
-        maps no rule to (e.g. SiLU under guided backprop): they keep their gradient.
-        Functional calls outside modules count as "functional <name>" (F.silu, ...; the
-        ReLU-likes get the composite's ReLU rule through `FunctionalRules`)."""
+        """{activation type: count} of activation modules the composite `rule` (or rule
+        string) maps no rule to (e.g. SiLU under guided backprop): they keep their
+        gradient. Functional calls outside modules (F.silu, ...) are listed apart in
+        `functional_activations`; the ReLU-likes among them (`functional_rule_kinds`) get
+        the composite's ReLU rule through `FunctionalRules`."""
         composite = composite_for(rule)
-        if composite is None:
-            return {}
-        out = dict(self._plan(composite).unapplied)
-        covered = RELU_LIKE if _functional_relu_rule(composite) is not None else ()
-        if composite.rule_for("relu") is not None or composite.rule_for("activation") is not None:
-            for name, n in self._probed().functional_activations.items():
-                if name not in covered:
-                    out[f"functional {name}"] = out.get(f"functional {name}", 0) + n
-        return out
+        return {} if composite is None else dict(self._plan(composite).unapplied)
 
     # ------------------------------------------------------------- contract
     def layers(self) -> list[LayerInfo]:

@@ -102,7 +102,4 @@ def lrp(ctx) -> np.ndarray:
             ctx.extra["channel_relevance"] = float(per_channel[list(channels)].sum())
         top = np.argsort(-per_channel)[:8]
         ctx.extra["top_channels"] = [[int(k), float(per_channel[k])] for k in top]
-    unapplied = ctx.backend.unapplied(comp) if hasattr(ctx.backend, "unapplied") else {}
-    if unapplied:
-        ctx.extra["unapplied"] = unapplied
     return relevance.sum(axis=-1).astype(np.float32)
