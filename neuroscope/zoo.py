@@ -2,19 +2,23 @@
 from __future__ import annotations
 
 import importlib
+import math
 import os
+import re
+import sys
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import BadModel
+from .errors import BadModel, NeuroscopeError
+from .limits import check_input_size, limit
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BUNDLED_SPECS = ASSETS / "models"
 TASKS = ("classification", "segmentation")
 FRAMEWORKS = ("torch", "keras")
-MAX_MODEL_BYTES = 1 << 30
+MAX_MODEL_BYTES = 1 << 30   # the default of limits "model_bytes" (NEUROSCOPE_MAX_MODEL_BYTES)
 
 
 @dataclass
@@ -80,21 +84,54 @@ def list_models() -> list[ModelSpec]:
     return [read_spec(p) for p in bundled_specs().values()]
 
 
-def read_spec(path: str | os.PathLike, allow_code: bool = True) -> ModelSpec:
-    """Parse and validate a TOML spec. `allow_code=False` (uploads) refuses `architecture`."""
+def read_spec(path: str | os.PathLike, allow_code: bool = True, files: dict[str, Path] | None = None) -> ModelSpec:
+    """Parse and validate a TOML spec. `allow_code=False` (uploads) refuses `architecture`
+    and every path: an uploaded spec may name only the files uploaded with it (`files`:
+    upload name -> where it was saved) or list its classes inline (docs/contract.md §6)."""
     path = Path(path)
+    if path.is_dir():
+        raise BadModel(f"{path} is a directory, not a model spec (.toml)")
     try:
         with open(path, "rb") as fh:
             raw = tomllib.load(fh)
     except FileNotFoundError:
         raise BadModel(f"model spec not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except OSError as exc:
+        raise BadModel(f"cannot read the model spec {path.name}: {exc.strerror or type(exc).__name__}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise BadModel(f"{path.name} is not valid TOML: {exc}") from None
-    return spec_from_dict(raw, base=path.parent, allow_code=allow_code, path=path)
+    return spec_from_dict(raw, base=path.parent, allow_code=allow_code, path=path, files=files)
+
+
+def _spec_file(value: Any, key: str, base: Path, upload: bool, files: dict[str, Path] | None) -> Path | None:
+    """The file a spec's `key` names. Local specs: relative to the spec's folder. Uploaded
+    specs: only a file uploaded with it, by its upload name; any other path is refused
+    (for `weights`, None: the uploaded model file takes its place)."""
+    if not isinstance(value, str) or not value.strip():
+        raise BadModel(f"spec {key!r} must be a file name, got {value!r}")
+    if not upload:
+        return base / value
+    if files and value in files:
+        return Path(files[value])
+    if key == "weights":
+        return None
+    raise BadModel(f"an uploaded spec may name only files uploaded with it; {key} = {value!r} is not one "
+                   f"(list the {key} inline instead)")
+
+
+def _numbers(raw: dict, key: str, n: int, default: tuple) -> tuple[float, ...]:
+    value = raw.get(key, default)
+    if (not isinstance(value, (list, tuple)) or len(value) != n
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
+        raise BadModel(f"spec {key} must be a list of {n} finite numbers, got {value!r}")
+    return tuple(float(v) for v in value)
 
 
 def spec_from_dict(raw: dict, base: Path | None = None, allow_code: bool = True,
-                   path: Path | None = None) -> ModelSpec:
+                   path: Path | None = None, files: dict[str, Path] | None = None) -> ModelSpec:
+    """Validate a spec's keys and types (one-line `BadModel` on any problem); see `read_spec`."""
+    upload = not allow_code
+
     def need(key):
         if key not in raw:
             raise BadModel(f"model spec lacks the required key {key!r}")
@@ -106,41 +143,75 @@ def spec_from_dict(raw: dict, base: Path | None = None, allow_code: bool = True,
     if task not in TASKS:
         raise BadModel(f"spec task must be one of {TASKS}, got {task!r}")
     size = need("input_size")
-    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+    if not (isinstance(size, list) and len(size) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
         raise BadModel(f"spec input_size must be [H, W] positive integers, got {size!r}")
+    try:
+        check_input_size(size, upload=upload, what="spec input_size")
+    except NeuroscopeError as exc:
+        raise BadModel(str(exc)) from None
     base = base or Path(".")
     classes = raw.get("classes")
     if isinstance(classes, str):
-        cpath = base / classes
+        cpath = _spec_file(classes, "classes", base, upload, files)
         try:
             text = cpath.read_text(encoding="utf-8")
-        except OSError:
-            raise BadModel(f"class-name file not found: {cpath}") from None
+        except FileNotFoundError:
+            raise BadModel(f"class-name file not found: {classes}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BadModel(f"cannot read the class-name file {cpath.name}: "
+                           f"{getattr(exc, 'strerror', None) or type(exc).__name__}") from None
         if cpath.suffix == ".json":
             import json
-            classes = json.loads(text)
+            try:
+                classes = json.loads(text)
+            except ValueError as exc:
+                raise BadModel(f"class-name file {cpath.name} is not valid JSON: {exc}") from None
         else:
             classes = [line.strip() for line in text.splitlines() if line.strip()]
-    if not classes or not all(isinstance(c, str) for c in classes):
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         raise BadModel("spec 'classes' must be a non-empty list of names or a file of names")
     architecture = raw.get("architecture")
     if architecture is not None and not allow_code:
         raise BadModel("a spec that imports code ('architecture') is accepted only from the local file system")
+    if architecture is not None and (not isinstance(architecture, str)
+                                     or not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", architecture)):
+        raise BadModel(f"spec architecture must be 'module:factory', got {architecture!r}")
     output_kind = raw.get("output_kind", "logits")
     if output_kind not in ("logits", "probabilities"):
         raise BadModel(f"output_kind must be 'logits' or 'probabilities', got {output_kind!r}")
+    output = raw.get("output")
+    if output is not None and (isinstance(output, bool) or not isinstance(output, (str, int))):
+        raise BadModel(f"spec output must be a dict key (text) or an index (integer), got {output!r}")
+    value_range = _numbers(raw, "value_range", 2, (0.0, 1.0))
+    if not value_range[0] < value_range[1]:
+        raise BadModel(f"spec value_range must be [low, high] with low < high, got {list(value_range)}")
+    mean, std = _numbers(raw, "mean", 3, (0.0, 0.0, 0.0)), _numbers(raw, "std", 3, (1.0, 1.0, 1.0))
+    if any(v == 0 for v in std):
+        raise BadModel(f"spec std must not contain zeros (it divides the input), got {list(std)}")
+    palette = raw.get("palette")
+    if palette is not None:
+        if (not isinstance(palette, list) or len(palette) < len(classes)
+                or not all(isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
+                           for c in palette)):
+            raise BadModel(f"spec palette must list one [R, G, B] (0..255) per class ({len(classes)})")
+    for key in ("name", "description"):
+        if key in raw and not isinstance(raw[key], str):
+            raise BadModel(f"spec {key} must be text, got {raw[key]!r}")
+    if not isinstance(raw.get("fully_convolutional", False), bool):
+        raise BadModel(f"spec fully_convolutional must be true or false, got {raw['fully_convolutional']!r}")
     weights = raw.get("weights")
+    weights_path = _spec_file(weights, "weights", base, upload, files) if weights is not None else None
     known = {"name", "framework", "task", "input_size", "classes", "fully_convolutional", "value_range", "mean",
              "std", "palette", "weights", "architecture", "output", "output_kind", "description"}
     return ModelSpec(
         name=str(raw.get("name", path.stem if path else "model")), framework=framework, task=task,
         input_size=(size[0], size[1]), classes=list(classes),
         fully_convolutional=bool(raw.get("fully_convolutional", False)),
-        value_range=tuple(raw.get("value_range", (0.0, 1.0))),
-        mean=tuple(raw.get("mean", (0.0, 0.0, 0.0))), std=tuple(raw.get("std", (1.0, 1.0, 1.0))),
-        palette=[tuple(c) for c in raw["palette"]] if raw.get("palette") else None,
-        weights=(base / weights) if weights else None, architecture=architecture,
-        output=raw.get("output"), output_kind=output_kind, description=str(raw.get("description", "")),
+        value_range=value_range, mean=mean, std=std,
+        palette=[tuple(c) for c in palette] if palette else None,
+        weights=weights_path, architecture=architecture,
+        output=output, output_kind=output_kind, description=str(raw.get("description", "")),
         path=path, extra={k: v for k, v in raw.items() if k not in known})
 
 
@@ -169,8 +240,10 @@ def load_model(source: Any, *, trusted: bool = False, input_size: tuple[int, int
             spec = read_spec(bundled[text])
         elif text.endswith(".toml"):
             spec = read_spec(text, allow_code=allow_code)
+        elif os.path.isdir(text):
+            raise BadModel(f"{text} is a directory, not a model file or spec")
         elif os.path.exists(text):
-            spec = _spec_for_file(Path(text), spec_fields)
+            spec = _spec_for_file(Path(text), spec_fields, upload=not allow_code)
         else:
             names = ", ".join(bundled) or "none"
             raise BadModel(f"unknown model {text!r}: not a bundled model ({names}), a spec (.toml) or a model file")
@@ -180,6 +253,10 @@ def load_model(source: Any, *, trusted: bool = False, input_size: tuple[int, int
             spec_fields = {**spec_fields, "input_size": list(input_size)}
         spec = _spec_for_object(obj, spec_fields)
     if input_size is not None:
+        try:
+            check_input_size(input_size, upload=not allow_code, what="--input-size")
+        except NeuroscopeError as exc:
+            raise BadModel(str(exc)) from None
         if not spec.fully_convolutional and tuple(input_size) != tuple(spec.input_size):
             raise BadModel(f"--input-size needs a fully convolutional model; {spec.name} runs at "
                            f"{spec.input_size[0]}x{spec.input_size[1]} only")
@@ -228,38 +305,71 @@ def _count_classes(obj, fields) -> int:
     raise BadModel("describe the in-memory model: pass classes=[...] or num_classes=N to load_model")
 
 
-def _spec_for_file(path: Path, fields: dict) -> ModelSpec:
+def _spec_for_file(path: Path, fields: dict, upload: bool = False) -> ModelSpec:
     suffix = path.suffix.lower()
     if suffix in (".keras", ".h5"):
-        raw = {"name": path.stem, "framework": "keras", "weights": str(path.resolve()), **fields}
+        raw = {"name": path.stem, "framework": "keras", "weights": path.name, **fields}
         if "input_size" not in raw or "task" not in raw:
             model = _load_keras(path)
-            shape = model.input_shape
+            shape, out = model.input_shape, model.output_shape
+            if not (isinstance(shape, tuple) and len(shape) == 4):
+                raise BadModel(f"{path.name} takes input of shape {shape}; Neuroscope explains image models "
+                               "taking [N, H, W, C]")
+            if not (isinstance(out, tuple) and len(out) in (2, 4) and isinstance(out[-1], int) and out[-1] > 0):
+                raise BadModel(f"{path.name} outputs shape {out}; expected [N, C] (classifier) or "
+                               "[N, H, W, C] (segmenter)")
             raw.setdefault("input_size", [int(shape[1] or 224), int(shape[2] or 224)])
-            out = model.output_shape
-            raw.setdefault("task", "segmentation" if isinstance(out, tuple) and len(out) == 4 else "classification")
+            raw.setdefault("task", "segmentation" if len(out) == 4 else "classification")
             raw.setdefault("classes", [f"class {i}" for i in range(int(out[-1]))])
-        return spec_from_dict(raw)
+        return spec_from_dict(raw, base=path.parent, allow_code=not upload, files={path.name: path})
     if suffix in (".pt", ".pth", ".ckpt", ".bin"):
         if "architecture" not in fields:
             raise BadModel(f"{path.name} is a PyTorch file: give a spec (.toml) with architecture = 'module:factory' "
                            f"for a state dict (or mark a whole-model pickle as trusted)")
-        raw = {"name": path.stem, "framework": "torch", "weights": str(path.resolve()), **fields}
-        return spec_from_dict(raw)
+        raw = {"name": path.stem, "framework": "torch", "weights": path.name, **fields}
+        return spec_from_dict(raw, base=path.parent, allow_code=not upload, files={path.name: path})
     raise BadModel(f"{path.name}: unknown model format; expected .toml spec, .keras/.h5 (Keras) or .pt/.pth (PyTorch)")
 
 
-def _load_keras(path: Path):
+def _check_model_file(path: Path) -> None:
+    """A readable, non-empty file within the size limits; a .keras zip within the
+    decompressed-size limit (a zip bomb is refused before anything is inflated)."""
+    if path.is_dir():
+        raise BadModel(f"{path.name} is a directory, not a model file")
     if not path.is_file():
         raise BadModel(f"model file not found: {path}")
-    if path.stat().st_size > MAX_MODEL_BYTES:
-        raise BadModel(f"model file too large ({path.stat().st_size >> 20} MB)")
+    size = path.stat().st_size
+    if size == 0:
+        raise BadModel(f"{path.name} is empty (0 bytes), not a model file")
+    cap = limit("model_bytes")
+    if size > cap:
+        raise BadModel(f"model file {path.name} is too large ({size:,} bytes; the limit is {cap:,}, "
+                       "NEUROSCOPE_MAX_MODEL_BYTES)")
+    if path.suffix.lower() == ".keras":
+        import zipfile
+        try:
+            with zipfile.ZipFile(path) as archive:
+                inflated = sum(max(0, info.file_size) for info in archive.infolist())
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+            raise BadModel(f"{path.name} is not a .keras archive (a .keras file is a zip)") from None
+        cap = limit("archive_bytes")
+        if inflated > cap:
+            raise BadModel(f"{path.name} would decompress to {inflated:,} bytes; the limit is {cap:,} "
+                           "(NEUROSCOPE_MAX_ARCHIVE_BYTES)")
+
+
+def _load_keras(path: Path):
+    _check_model_file(path)
     import keras
     try:
-        return keras.saving.load_model(path, safe_mode=True, compile=False)
+        model = keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:  # Keras raises many types for a bad file
+        text = " ".join(str(exc).split())[:300]
         raise BadModel(f"{path.name} is not a loadable Keras model (.keras or .h5, safe mode): "
-                       f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+                       f"{type(exc).__name__}{': ' + text if text else ''}") from None
+    if not isinstance(model, keras.Model):
+        raise BadModel(f"{path.name} holds a {type(model).__name__}, not a Keras model")
+    return model
 
 
 def _build(spec: ModelSpec, trusted: bool = False):
@@ -269,8 +379,12 @@ def _build(spec: ModelSpec, trusted: bool = False):
         return _load_keras(Path(spec.weights))
     import torch
     weights = Path(spec.weights) if spec.weights else None
-    if weights is not None and not weights.is_file():
-        raise BadModel(f"weights file not found: {weights}")
+    if weights is not None:
+        if weights.is_dir():
+            raise BadModel(f"weights {weights.name} is a directory, not a file")
+        if not weights.is_file():
+            raise BadModel(f"weights file not found: {weights}")
+        _check_model_file(weights)
     if spec.architecture is None:
         if weights is None or not trusted:
             raise BadModel("a PyTorch model needs architecture = 'module:factory' in its spec; "
@@ -282,12 +396,7 @@ def _build(spec: ModelSpec, trusted: bool = False):
         if not isinstance(model, torch.nn.Module):
             raise BadModel(f"{weights.name} holds a {type(model).__name__}, not an nn.Module")
         return model
-    module_name, _, factory_name = spec.architecture.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), factory_name)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise BadModel(f"cannot import architecture {spec.architecture!r}: {exc}") from None
-    model = factory(num_classes=spec.num_classes) if _accepts(factory, "num_classes") else factory()
+    model = _call_factory(spec)
     if weights is not None:
         try:
             state = torch.load(weights, map_location="cpu", weights_only=True)  # never unpickles code
@@ -305,6 +414,33 @@ def _build(spec: ModelSpec, trusted: bool = False):
             first = str(exc).splitlines()
             raise BadModel(f"{weights.name} does not fit architecture {spec.architecture}: "
                            f"{' '.join(first[:2])[:300]}") from None
+    return model
+
+
+def _call_factory(spec: ModelSpec):
+    """The torch model from `architecture = "module:factory"`: a function or class of a
+    non-standard-library module that returns an nn.Module (never os:system, builtins:exit)."""
+    import torch
+    module_name, _, factory_name = spec.architecture.partition(":")
+    not_factory = BadModel(f"architecture {spec.architecture!r} is not a model factory (a function or class "
+                           "returning a torch.nn.Module)")
+    if module_name.split(".")[0] in sys.stdlib_module_names or module_name.split(".")[0] in ("torch", "numpy"):
+        raise not_factory
+    try:
+        factory = getattr(importlib.import_module(module_name), factory_name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise BadModel(f"cannot import architecture {spec.architecture!r}: {type(exc).__name__}: {exc}") from None
+    if not callable(factory) or getattr(factory, "__module__", None) in (None, "builtins"):
+        raise not_factory
+    try:
+        model = factory(num_classes=spec.num_classes) if _accepts(factory, "num_classes") else factory()
+    except (Exception, SystemExit) as exc:   # the factory is the user's code: report, never exit
+        text = " ".join(str(exc).split())[:200]
+        raise BadModel(f"architecture {spec.architecture!r} failed: {type(exc).__name__}"
+                       f"{': ' + text if text else ''}") from None
+    if not isinstance(model, torch.nn.Module):
+        raise BadModel(f"architecture {spec.architecture!r} returned a {type(model).__name__}, "
+                       "not a torch.nn.Module")
     return model
 
 

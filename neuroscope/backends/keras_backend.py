@@ -17,6 +17,7 @@ retraces.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 from dataclasses import dataclass
@@ -332,6 +333,8 @@ def _select_output(structure: Any, output: str | int | None) -> Any:
             raise BadModel(f"model output has {len(structure)} items; output index {index!r} "
                            "is out of range")
         return structure[index]
+    if output is not None and output not in (0, -1):
+        raise BadModel(f"the spec names output {output!r}, but the model has a single output tensor")
     return structure
 
 
@@ -736,14 +739,14 @@ class KerasBackend:
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Logits [N, C] or [N, C, H, W]."""
         fn = self._function("forward")
-        with tf.device(self.device):
+        with tf.device(self.device), _tf_errors():
             return fn(self._batch(x)).numpy()
 
     def scores(self, x: np.ndarray, objective: Objective, kind: str = "logit") -> np.ndarray:
         """Objective value per batch item, [N]; kind "logit" or "prob"."""
         self._check_kind(kind)
         fn = self._function(kind)
-        with tf.device(self.device):
+        with tf.device(self.device), _tf_errors():
             return fn(self._batch(x), *self._objective_tensors(objective)).numpy()
 
     def capture(self, x: np.ndarray, objective: Objective, layers: Sequence[str] = (),
@@ -760,16 +763,26 @@ class KerasBackend:
         sizes = [d for i, t in enumerate(graph.model.outputs[1:])        # whole or empty
                  for d in ((1, *t.shape[1:]) if i in wanted else (0,) * len(t.shape))]
         start = self._capture_start(rule, sorted(wanted), input_grad)
+        errors: list[BaseException] = []   # what the decider raised inside the traced pass
         if callable(objective):   # decided from this very forward pass (no second forward)
             call_id = next(self._call_ids)
-            self._deciders[call_id] = objective
+            decide = objective
+
+            def deciding(logits: np.ndarray) -> Objective:
+                try:
+                    return decide(logits)
+                except BaseException as exc:   # re-raised below, outside TensorFlow
+                    errors.append(exc)
+                    raise
+
+            self._deciders[call_id] = deciding
             tail = [tf.constant(call_id, tf.int64)]
             fn = self._function("capture_deferred", rule, start=start)
         else:
             tail = self._objective_tensors(objective)
             fn = self._function("capture", rule, start=start)
         try:
-            with tf.device(self.device):
+            with tf.device(self.device), _tf_errors(errors):
                 z, y, x_grad, outputs, grads, means = fn(self._batch(x, single=True),
                                                          tf.constant(sizes, tf.int32), *tail)
         finally:
@@ -789,7 +802,7 @@ class KerasBackend:
         """(grads [N, H, W, C], scores [N]) of the logit-form objective, per item."""
         self._check_rule(rule)
         fn = self._function("input_gradients", rule)
-        with tf.device(self.device):
+        with tf.device(self.device), _tf_errors():
             grads, y = fn(self._batch(x), *self._objective_tensors(objective))
         return grads.numpy(), y.numpy()
 
@@ -805,7 +818,7 @@ class KerasBackend:
         """Logits [N, C] or [N, C, H, W] of the model continued from `layer`'s output
         replaced by `activations` [N, K, h, w] (see base.py)."""
         fn = self._function("forward", layer=layer)
-        with tf.device(self.device):
+        with tf.device(self.device), _tf_errors():
             return fn(*self._from_args(layer, activations, x)).numpy()
 
     def scores_from(self, layer: str, activations: np.ndarray, objective: Objective,
@@ -813,7 +826,7 @@ class KerasBackend:
         """Objective per item, [N], of `forward_from`'s logits (see `scores`)."""
         self._check_kind(kind)
         fn = self._function(kind, layer=layer)
-        with tf.device(self.device):
+        with tf.device(self.device), _tf_errors():
             return fn(*self._from_args(layer, activations, x),
                       *self._objective_tensors(objective)).numpy()
 
@@ -833,6 +846,24 @@ class KerasBackend:
             raise BadParameter("forward_from takes the one input [1, H, W, 3] the "
                                "activations came from")
         return tf.constant(a), self._batch(x, single=True)
+
+
+@contextlib.contextmanager
+def _tf_errors(raised: Sequence[BaseException] = ()) -> Any:
+    """TensorFlow errors of a traced call as one-line Neuroscope errors: an exception our
+    own Python code raised inside the graph (the capture's objective decider, run by
+    `tf.py_function`) is re-raised as itself, not as a TensorFlow traceback; out of
+    memory and other runtime failures become `BadModel` with TensorFlow's first line."""
+    try:
+        yield
+    except tf.errors.OpError as exc:
+        if raised:
+            raise raised[0] from None
+        first = next((line.strip() for line in str(exc.message).splitlines() if line.strip()), "")
+        if isinstance(exc, tf.errors.ResourceExhaustedError):
+            raise BadModel("out of memory running the Keras model at "
+                           "this input size; use a smaller --input-size") from None
+        raise BadModel(f"the Keras model failed: {type(exc).__name__}: {first[:300]}") from None
 
 
 def _channels_first(z: tf.Tensor) -> tf.Tensor:
