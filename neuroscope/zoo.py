@@ -356,6 +356,41 @@ def _check_model_file(path: Path) -> None:
         if inflated > cap:
             raise BadModel(f"{path.name} would decompress to {inflated:,} bytes; the limit is {cap:,} "
                            "(NEUROSCOPE_MAX_ARCHIVE_BYTES)")
+    _check_declared_weights(path)
+
+
+def _check_declared_weights(path: Path) -> None:
+    """Refuse weights whose declared size exceeds the archive limit: an HDF5 dataset may
+    declare a huge shape while storing nothing (read back as zeros), and Keras allocates
+    what is declared."""
+    import zipfile
+    try:
+        import h5py
+    except ImportError:   # Keras needs h5py for these files; without it, nothing to check
+        return
+    declared = 0
+
+    def visit(_name, obj):
+        nonlocal declared
+        if isinstance(obj, h5py.Dataset):
+            declared += int(obj.size or 0) * int(obj.dtype.itemsize)
+
+    try:
+        if path.suffix.lower() == ".keras":
+            with zipfile.ZipFile(path) as archive:
+                for member in archive.namelist():
+                    if member.endswith(".h5"):
+                        with archive.open(member) as fh, h5py.File(fh, "r") as f:
+                            f.visititems(visit)
+        elif path.suffix.lower() == ".h5":
+            with h5py.File(path, "r") as f:
+                f.visititems(visit)
+    except Exception:   # not HDF5 or damaged: Keras' own loader reports it
+        return
+    cap = limit("archive_bytes")
+    if declared > cap:
+        raise BadModel(f"{path.name} declares {declared:,} bytes of weights; the limit is {cap:,} "
+                       "(NEUROSCOPE_MAX_ARCHIVE_BYTES)")
 
 
 def _load_keras(path: Path):

@@ -54,3 +54,73 @@ def test_parameters_are_range_checked(method, params):
     with pytest.raises(BadParameter) as err:
         check_params(info, params)
     assert "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------- the bad-input corpus through the CLI
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """The corpus of tests/bad_inputs.py, written once per session."""
+    d = tmp_path_factory.mktemp("corpus")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE)]), TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run([sys.executable, str(HERE / "bad_inputs.py"), "make", str(d)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return d, json.loads((d / "corpus.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def corpus_report(corpus):
+    """Every CLI case run in one process under a 6 GiB address-space limit (RLIMIT_AS)."""
+    d, _ = corpus
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE)]),
+               NEUROSCOPE_MAX_ARCHIVE_BYTES="100000000")   # the corpus's real zip bomb inflates to 192 MiB
+    done = subprocess.run([sys.executable, str(HERE / "bad_inputs.py"), "run", str(d), "--as-gb", "6",
+                           "--timeout", "120"], env=env, capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_corpus_every_bad_input_is_one_line_exit_2_and_no_payload_ran(corpus_report):
+    """Defects 2-5: images, model files, specs and arguments through `neuroscope` (fd 2 captured)."""
+    results = corpus_report["results"]
+    failures = []
+    for r in results:
+        lines = [line for line in r["stderr"].splitlines() if line.strip()]
+        if r["code"] != r["expected"] or "Traceback" in r["stderr"] or (
+                r["expected"] == 2 and (len(lines) != 1 or not lines[0].startswith("neuroscope: error: ")))\
+                or (r["expected"] == 0 and lines):
+            failures.append(f"{r['name']}: exit {r['code']} (want {r['expected']}), stderr {r['stderr'][:300]!r}")
+    assert not failures, "\n".join(failures)
+    assert not corpus_report["marker_exists"], "a pickle or Lambda payload ran"
+    bad = [r for r in results if r["expected"] == 2]
+    assert len(bad) >= 140 and sum(r["expected"] == 0 for r in results) >= 14
+    assert corpus_report["peak_rss_mb"] < 6 * 1024
+    print(f"\ncorpus: {len(results)} CLI cases, {len(bad)} bad inputs all clean (exit 2, one line), 0 tracebacks, "
+          f"0 hangs, peak RSS {corpus_report['peak_rss_mb']:.0f} MB")
+
+
+def test_cli_keras_target_error_is_one_line_in_a_fresh_process(corpus):
+    """Defects 3 and 4 end to end: a real `python -m neuroscope` on a Keras model, target
+    error inside the traced capture -> exit 2, exactly one stderr line (no TF logs)."""
+    d, data = corpus
+    image = data["images"]["exif-6.jpg"][0]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    done = subprocess.run([sys.executable, "-m", "neuroscope", "explain", data["models"]["cnn.keras"], image,
+                           "--method", "grad-cam", "--class", "3"], env=env, capture_output=True, text=True,
+                          timeout=600, cwd=d)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == ["neuroscope: error: class id 3 out of range: the model has 3 classes (0..2)"]
+    ok = subprocess.run([sys.executable, "-m", "neuroscope", "predict", data["models"]["cnn.keras"], image],
+                        env=env, capture_output=True, text=True, timeout=600, cwd=d)
+    assert ok.returncode == 0 and ok.stderr == ""
