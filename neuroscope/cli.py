@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
+import logging
 import os
 import statistics
 import sys
@@ -11,12 +13,10 @@ import time
 import warnings
 from typing import Any, Sequence
 
+from .cli_args import CliError, explainer_from_args as _explainer, target_from_args as _target  # noqa: F401
+
 ORIGINAL_SET = ("activation", "saliency", "guided-backprop", "grad-cam", "grad-cam++", "guided-grad-cam")
 SEGMENTATION_SET = ("score-map", "fusion-map")
-
-
-class CliError(Exception):
-    """A usage error: one line on stderr, exit 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--methods", required=True)
     v.add_argument("--sanity", action="store_true")
     _target_args(v, explain=False)
+    from .batch.cli import add_arguments as batch_arguments
+    batch_arguments(command("batch", "explain every image of a folder, glob, list or video", model=True))
     return p
 
 
@@ -92,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from .errors import NeuroscopeError
     code, message, result = 0, None, None
-    with _library_logs():   # TensorFlow / absl / Pillow / warnings: to NEUROSCOPE_LOG or nowhere
+    with _library_logs() as log:   # TensorFlow / absl / Pillow / warnings: to NEUROSCOPE_LOG or nowhere
         try:
             result = COMMANDS[args.command](args)
         except (NeuroscopeError, CliError) as exc:
@@ -103,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             code, message = 2, "neuroscope: error: out of memory for this input; use a smaller image or --input-size"
         except Exception as exc:  # a bug: one line here, the traceback in the log
             import traceback
-            traceback.print_exc()
+            traceback.print_exc(file=log)
             text = " ".join(str(exc).split())[:300]
             code, message = 1, (f"neuroscope: internal error: {type(exc).__name__}{': ' + text if text else ''} "
                                 "(set NEUROSCOPE_LOG=FILE for the traceback)")
@@ -120,62 +122,56 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 @contextlib.contextmanager
 def _library_logs():
-    """Send what libraries write to stderr (file descriptor 2: TensorFlow's C++ and absl
-    logs, Python warnings) to the file NEUROSCOPE_LOG names, or discard it, so that stderr
-    holds only Neuroscope's own one-line message (CONTRACT.md §3)."""
+    """Keep library output off the user's stderr, so that it holds only Neuroscope's own
+    one-line message (CONTRACT.md §3). What is written to file descriptor 2 (TensorFlow's
+    C++ and absl logs) goes to the file NEUROSCOPE_LOG names, or nowhere; Python warnings
+    and library `logging` records are silenced. `sys.stderr` stays the terminal, so a
+    command's own progress line still shows. Yields a stream for internal tracebacks."""
     target = os.environ.get("NEUROSCOPE_LOG") or os.devnull
     try:
         sys.stderr.flush()
         saved = os.dup(2)
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    except OSError:   # no file descriptor 2 (embedded use) or an unwritable log: leave stderr alone
-        yield
+    except (OSError, AttributeError, ValueError):   # no descriptor 2 (embedded use), unwritable log
+        yield io.StringIO()
         return
     os.dup2(fd, 2)
     os.close(fd)
+    old_stderr = sys.stderr
+    terminal = os.fdopen(os.dup(saved), "w", buffering=1, encoding=getattr(old_stderr, "encoding", None) or "utf-8",
+                         errors="replace") if old_stderr is sys.__stderr__ else None
+    if terminal is not None:   # (under pytest's capsys, sys.stderr is its own capture: leave it)
+        sys.stderr = terminal
+    logging.disable(logging.CRITICAL)
+    log = open(target, "a", encoding="utf-8", errors="replace")   # noqa: SIM115
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            yield
+            yield log
     finally:
-        try:
-            sys.stderr.flush()
-        except (OSError, ValueError):
-            pass
+        logging.disable(logging.NOTSET)
+        log.close()
+        for stream in (sys.stderr, old_stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        sys.stderr = old_stderr
+        if terminal is not None:
+            terminal.close()
         os.dup2(saved, 2)
         os.close(saved)
 
 
 # ------------------------------------------------------------------ helpers
-def _explainer(args):
-    from .engine import Explainer
-    return Explainer(args.model, input_size=getattr(args, "input_size", None))
-
-
-def _target(args, task: str):
-    from .targets import Target, parse_region
-    region = getattr(args, "region", None)
-    if task == "classification" and region is not None:
-        raise CliError("--region applies to segmentation models only")
-    for flag, value in (("--class", args.class_id), ("--contrast", getattr(args, "contrast", None))):
-        if value is not None and not str(value).strip():
-            raise CliError(f"{flag} is empty; give a class id or an exact class name")
-    return Target(class_id=args.class_id, region=parse_region(region) if region is not None else None,
-                  within_class=getattr(args, "within_class", False), contrast=getattr(args, "contrast", None),
-                  task=task)
-
-
 def _table(rows: list[dict], columns: Sequence[str]) -> str:
-    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells])
+    from .evaluation.reports import text_table
+    return text_table(rows, columns)
 
 
 def _markdown(rows: list[dict], columns: Sequence[str]) -> str:
-    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    out += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return "\n".join(out)
+    from .evaluation.reports import markdown_table
+    return markdown_table(rows, columns)
 
 
 # ------------------------------------------------------------------ commands
@@ -333,14 +329,16 @@ def cmd_bench(args):
 
 
 def cmd_evaluate(args):
-    try:
-        from .evaluate import run_cli
-    except ModuleNotFoundError:
-        raise CliError("evaluate is not available in this build") from None
+    from .evaluation.cli import run_cli
     return run_cli(args)
 
 
-COMMANDS = {"models": cmd_models, "layers": cmd_layers, "methods": cmd_methods, "predict": cmd_predict,
+def cmd_batch(args):
+    from .batch.cli import run_cli
+    return run_cli(args)
+
+
+COMMANDS = {"batch": cmd_batch, "models": cmd_models, "layers": cmd_layers, "methods": cmd_methods, "predict": cmd_predict,
             "explain": cmd_explain, "bench": cmd_bench, "evaluate": cmd_evaluate}
 
 

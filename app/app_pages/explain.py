@@ -4,47 +4,37 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import charts, exports, state, views
+from dashboard.state import KEEP, Keys
 from neuroscope.errors import NeuroscopeError
-from neuroscope.methods.registry import MethodInfo, list_methods
+from neuroscope.interactive import methods_for, prefetch_layers
+from neuroscope.methods.registry import MethodInfo
 
-MAPS = "ns_maps"           # method -> map float32 [H, W] of the last run (tests compare them)
-RESULTS = "ns_results"     # method -> Explanation of the last run
-OVERLAYS = "ns_overlays"   # method -> overlay uint8 as displayed
 DEFAULT_METHODS = ("grad-cam",)
 
 
-def available_methods(ex) -> dict[str, MethodInfo]:
-    """Every registered method that fits the model's task and framework (new ones appear here)."""
-    return {m.name: m for m in list_methods()
-            if ex.task in m.tasks and ex.backend.framework in m.frameworks}
-
-
 def pick_methods(infos: dict[str, MethodInfo], task: str) -> list[str]:
-    key = f"methods::{task}"
-    chosen = [m for m in st.session_state.get(key, DEFAULT_METHODS) if m in infos]
-    st.session_state[key] = chosen
-    st.sidebar.multiselect("Methods", list(infos), key=key, placeholder="Choose methods",
-                           help="Each selected method gets its own overlay; all share one colour scale.")
+    chosen = st.sidebar.multiselect(
+        "Methods", list(infos), default=[m for m in DEFAULT_METHODS if m in infos], key=Keys.scoped("methods", task),
+        placeholder="Choose methods", help="Each selected method gets its own overlay.", **KEEP)
     with st.sidebar.expander("What the methods show"):
         st.markdown("\n".join(f"- **{n}** — {i.description or i.family}" + (" *(slow)*" if i.slow else "")
                               for n, i in infos.items()))
-    return list(st.session_state[key])
+    return [m for m in chosen if m in infos]
 
 
 def _param_widget(method: str, name: str, default):
-    key = state.init(f"param::{method}::{name}", ", ".join(map(str, default)) if isinstance(default, list)
-                     else default)
-    label = name
+    key = Keys.scoped("param", method, name)
     if isinstance(default, bool):
-        return st.checkbox(label, key=key)
+        return st.checkbox(name, value=default, key=key, **KEEP)
     if isinstance(default, int):
-        return int(st.number_input(label, step=1, key=key))
+        return int(st.number_input(name, value=default, step=1, key=key, **KEEP))
     if isinstance(default, float):
-        return float(st.number_input(label, step=max(abs(default) / 10, 0.01), format="%.4g", key=key))
+        return float(st.number_input(name, value=default, step=max(abs(default) / 10, 0.01), format="%.4g",
+                                     key=key, **KEEP))
     if isinstance(default, list):
-        text = st.text_input(f"{label} (comma list)", key=key)
+        text = st.text_input(f"{name} (comma list)", value=", ".join(map(str, default)), key=key, **KEEP)
         return text if text.strip() else []
-    return st.text_input(label, key=key)
+    return st.text_input(name, value=str(default), key=key, **KEEP)
 
 
 def method_params(chosen: list[str], infos: dict[str, MethodInfo]) -> dict[str, dict]:
@@ -65,13 +55,6 @@ def compute(sel: state.Selection, chosen: list[str], infos: dict[str, MethodInfo
             params: dict[str, dict], slots: dict) -> tuple[dict, dict]:
     """Run (or fetch from the engine's cache) one explanation per method."""
     ex, results, errors = sel.explainer, {}, {}
-    one_pass = [m for m in chosen if infos[m].needs_layer and not infos[m].slow]
-    if one_pass and sel.layer is not None:
-        try:  # one capture of every spatial layer: later layer switches need no model pass
-            with st.spinner("Capturing activations and gradients of all layers…"):
-                ex.capture(sel.image, sel.target)
-        except NeuroscopeError:
-            pass  # each method reports its own error below
     for m in chosen:
         info, slot = infos[m], slots[m]
         bar = {}
@@ -94,19 +77,6 @@ def compute(sel: state.Selection, chosen: list[str], infos: dict[str, MethodInfo
     return results, errors
 
 
-def downloads(sel: state.Selection, results: dict, overlays: dict) -> None:
-    stem = f"neuroscope-{sel.explainer.spec.name}"
-    target = sel.resolved.as_json() if sel.resolved else None
-    c1, c2, c3 = st.columns(3)
-    c1.download_button("Overlays (PNG)", lambda: exports.overlays_png(results, overlays), f"{stem}-overlays.png",
-                       "image/png", width="stretch")
-    c2.download_button("Raw maps (.npz)", lambda: exports.maps_npz(results), f"{stem}-maps.npz",
-                       "application/octet-stream", width="stretch")
-    c3.download_button("Parameters (JSON)", lambda: exports.parameters_json(
-        sel.explainer.spec.name, sel.image_name, sel.image.shape[:2], target, results),
-        f"{stem}-params.json", "application/json", width="stretch")
-
-
 def target_summary(sel: state.Selection) -> str:
     r = sel.resolved
     if r is None:
@@ -116,13 +86,9 @@ def target_summary(sel: state.Selection) -> str:
     return f"target **{r.class_name}**{contrast}{where}"
 
 
-def page() -> None:
-    sel = state.current()
-    if sel is None:
-        st.info("Pick a model and an image in the sidebar.")
-        return
+def page(sel: state.Selection) -> None:
     ex = sel.explainer
-    infos = available_methods(ex)
+    infos = methods_for(ex)
     chosen = pick_methods(infos, ex.task)
     params = method_params(chosen, infos)
 
@@ -170,11 +136,13 @@ def page() -> None:
                 st.image(overlays[m], width="stretch",
                          caption=f"{m} · {layer} · {res.meta['time_ms']:.0f} ms · "
                                  f"range {float(res.map.min()):.3g} … {float(res.map.max()):.3g}")
-    st.session_state[RESULTS] = results
-    st.session_state[MAPS] = {m: r.map for m, r in results.items()}
-    st.session_state[OVERLAYS] = overlays
+    if sel.layer is not None and any(infos[m].needs_layer and not infos[m].slow for m in results):
+        prefetch_layers(ex, sel.image, sel.target, sel.image_key)   # later layer switches: no model pass
+    shown = state.session().shown
+    shown["results"], shown["overlays"] = results, overlays
+    shown["maps"] = {m: r.map for m, r in results.items()}
     if results:
-        downloads(sel, results, overlays)
+        exports.download_buttons(sel, results, overlays)
 
 
-page()
+state.show(page)

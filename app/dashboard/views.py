@@ -11,6 +11,7 @@ from neuroscope import render
 from neuroscope.images import resize_labels, resize_rgb
 
 from . import state
+from .state import KEEP
 
 MAX_DISPLAY = (560, 800)   # (H, W) bound of pictures in the browser; maps stay at full size
 SIGN_LABELS = {"both": "both", "positive": "+ only", "negative": "− only"}
@@ -23,8 +24,8 @@ def display_size(shape: tuple[int, ...], bound: tuple[int, int] = MAX_DISPLAY) -
 
 
 def shown(image: np.ndarray, bound: tuple[int, int] = MAX_DISPLAY) -> np.ndarray:
-    """The image at display size (never enlarged)."""
-    return resize_rgb(image, display_size(image.shape, bound))
+    """The image at display size (never enlarged; memoised per session)."""
+    return state.memo("shown", (bound,), lambda: resize_rgb(image, display_size(image.shape, bound)), refs=(image,))
 
 
 def to_display(points, size: tuple[int, int], shown_size: tuple[int, int]) -> list[tuple[int, int]]:
@@ -72,18 +73,19 @@ class Display:
         return "RdBu_r" if signed and self.sign == "both" else "jet"
 
     def overlay(self, picture: np.ndarray, m: np.ndarray, signed: bool) -> np.ndarray:
-        return render.overlay(picture, m, self.colormap(signed), self.alpha, self.sign, self.percentile)
+        """The overlay, memoised per session (a rerun with the same map and look reuses it)."""
+        return state.memo("overlay", (self, signed), lambda: render.overlay(
+            picture, m, self.colormap(signed), self.alpha, self.sign, self.percentile), refs=(picture, m), size=48)
 
 
 def display_controls() -> Display:
     """Colormap, opacity, sign and percentile clipping: display only, never a model pass."""
     c1, c2, c3, c4 = st.columns([1, 1, 1.2, 1])
-    cmap = c1.selectbox("Colormap", ["auto", *render.COLORMAPS, *render.DIVERGING],
-                        key=state.init("disp_cmap", "auto"),
+    cmap = c1.selectbox("Colormap", ["auto", *render.COLORMAPS, *render.DIVERGING], key="disp_cmap", **KEEP,
                         help="auto: diverging blue-red for signed maps, jet otherwise")
-    alpha = c2.slider("Opacity", 0.0, 1.0, step=0.05, key=state.init("disp_alpha", 0.5))
-    sign = c3.radio("Sign", list(SIGN_LABELS), format_func=SIGN_LABELS.get, horizontal=True,
-                    key=state.init("disp_sign", "both"))
-    pct = c4.slider("Clip at percentile", 90.0, 100.0, step=0.5, key=state.init("disp_pct", 99.5),
+    alpha = c2.slider("Opacity", 0.0, 1.0, value=0.5, step=0.05, key="disp_alpha", **KEEP)
+    sign = c3.radio("Sign", list(SIGN_LABELS), format_func=SIGN_LABELS.get, horizontal=True, key="disp_sign",
+                    **KEEP)
+    pct = c4.slider("Clip at percentile", 90.0, 100.0, value=99.5, step=0.5, key="disp_pct", **KEEP,
                     help="values above this percentile of |map| saturate")
     return Display(cmap, float(alpha), sign, float(pct))

@@ -83,6 +83,30 @@ def list_methods() -> list[MethodInfo]:
     return [info for info, _ in _REGISTRY.values()]
 
 
+def misfit(info: MethodInfo, task: str, framework: str, model: str = "this model") -> str | None:
+    """Why the method cannot explain a `task` model of `framework` (None when it fits).
+
+    The one answer to "does this method fit this model" for the engine, the evaluation,
+    the batch runner, the app pages and the scripts."""
+    if task not in info.tasks:
+        return f"{info.name} is for {' and '.join(info.tasks)} models; {model} is {task}"
+    if framework not in info.frameworks:
+        return f"{info.name} is not available for {framework} models"
+    return None
+
+
+def check_fits(info: MethodInfo, task: str, framework: str, model: str = "this model") -> None:
+    """`misfit` as a `BadParameter`."""
+    reason = misfit(info, task, framework, model)
+    if reason is not None:
+        raise BadParameter(reason)
+
+
+def methods_for(task: str, framework: str) -> list[MethodInfo]:
+    """Every registered method that fits a `task` model of `framework`, in registry order."""
+    return [m for m in list_methods() if misfit(m, task, framework) is None]
+
+
 def parse_value(text: str) -> Any:
     """CLI text -> int, float, bool or a comma list (CONTRACT.md §3)."""
     t = text.strip()
