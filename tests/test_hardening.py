@@ -124,3 +124,29 @@ def test_cli_keras_target_error_is_one_line_in_a_fresh_process(corpus):
     ok = subprocess.run([sys.executable, "-m", "neuroscope", "predict", data["models"]["cnn.keras"], image],
                         env=env, capture_output=True, text=True, timeout=600, cwd=d)
     assert ok.returncode == 0 and ok.stderr == ""
+
+
+# ---------------------------------------------------------------- defect 7: the segmenter's caches are bounded in bytes
+def test_segmenter_caches_are_bounded_in_bytes_not_only_entries(monkeypatch):
+    """Full-size maps, masks and [C, h, w] logits made entry-count-bounded caches hold GBs in a
+    long session (the soak's growth). Now every cache also has a byte budget."""
+    import gc
+    import tracemalloc
+
+    from neuroscope import Explainer, Target
+    monkeypatch.syspath_prepend(str(HERE))
+    monkeypatch.setenv("NEUROSCOPE_CACHE_BYTES", str(48 << 20))
+    ex = Explainer(str(HERE / "fixtures" / "tiny-seg.toml"))
+    rng = np.random.default_rng(0)
+    tracemalloc.start()
+    try:
+        for i in range(24):   # 24 distinct 900x1400 images: ~12 MB of maps and images each
+            image = rng.integers(0, 255, (900, 1400, 3), dtype=np.uint8)
+            ex.explain(image, ("grad-cam", "saliency", "score-map")[i % 3], target=Target.segmentation(region="all"))
+        gc.collect()
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 120 << 20, f"{held / 2**20:.0f} MB still held after 24 explanations"
+    sizes = ex.cache_bytes()
+    assert sizes["results"] <= 24 << 20 and sizes["predictions"] <= 12 << 20 and sizes["prepared"] <= 6 << 20
