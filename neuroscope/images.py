@@ -83,6 +83,40 @@ def load_image(source: ImageLike) -> np.ndarray:
                        f"{text or type(exc).__name__}") from None
 
 
+def load_labels(data: bytes, name: str = "the label image") -> np.ndarray:
+    """A label PNG (uint8 class ids, 255 = ignore) -> uint8 [H, W], with the image limits:
+    pixels checked from the header before decoding and again after; one-line `BadImage`."""
+    if not data:
+        raise BadImage(f"{name} is empty")
+    max_bytes = limit("image_bytes")
+    if len(data) > max_bytes:
+        raise BadImage(f"{name} is too large ({len(data):,} bytes; the limit is {max_bytes:,}, "
+                       "NEUROSCOPE_MAX_IMAGE_BYTES)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                _check_pixels(im.width, im.height, name)
+                if im.mode not in ("L", "P"):
+                    raise BadImage(f"{name} must be 8-bit single-channel (mode L or P), not mode {im.mode}")
+                labels = np.asarray(im, dtype=np.uint8).copy()
+    except BadImage:
+        raise
+    except Image.DecompressionBombError:
+        raise BadImage(f"{name} is too large (Pillow refuses it as a decompression bomb); the limit is "
+                       f"{limit('image_pixels'):,} pixels (NEUROSCOPE_MAX_IMAGE_PIXELS)") from None
+    except UnidentifiedImageError:
+        raise BadImage(f"cannot read {name}: not a PNG (or another known image format)") from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError, struct.error, IndexError, TypeError,
+            KeyError, ZeroDivisionError) as exc:
+        text = " ".join(str(exc).split())[:200]
+        raise BadImage(f"cannot read {name}: {text or type(exc).__name__}") from None
+    if labels.ndim != 2:
+        raise BadImage(f"{name} must be single-channel, got shape {list(labels.shape)}")
+    _check_pixels(labels.shape[1], labels.shape[0], name)
+    return labels
+
+
 def _check_pixels(width: int, height: int, name: str = "image") -> None:
     cap = limit("image_pixels")
     if width * height > cap:

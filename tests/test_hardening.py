@@ -150,3 +150,112 @@ def test_segmenter_caches_are_bounded_in_bytes_not_only_entries(monkeypatch):
     assert held < 120 << 20, f"{held / 2**20:.0f} MB still held after 24 explanations"
     sizes = ex.cache_bytes()
     assert sizes["results"] <= 24 << 20 and sizes["predictions"] <= 12 << 20 and sizes["prepared"] <= 6 << 20
+
+
+# ---------------------------------------------------------------- the app (AppTest): defects 1 and 6
+APP = ROOT / "app" / "streamlit_app.py"
+TINY_APP_SEG = HERE / "fixtures" / "app-tiny-seg.toml"
+
+
+def _app(monkeypatch):
+    from streamlit.testing.v1 import AppTest
+    monkeypatch.setenv("NEUROSCOPE_EXTRA_SPECS", str(TINY_APP_SEG))
+    monkeypatch.syspath_prepend(str(HERE / "fixtures"))
+    return AppTest.from_file(str(APP), default_timeout=300)
+
+
+def _upload_model(at, model: Path, spec_text: str | None = None):
+    at.sidebar.selectbox(key="model").set_value("__upload__").run()
+    at.sidebar.file_uploader(key="model_upload").set_value((model.name, model.read_bytes(), "application/octet-stream"))
+    if spec_text is not None:
+        at.sidebar.file_uploader(key="model_spec_upload").set_value(("spec.toml", spec_text.encode(), "text/plain"))
+    return at.run()
+
+
+def _one_line_errors(at) -> list[str]:
+    assert not at.exception, [e.value for e in at.exception]
+    errors = [e.value for e in at.error]
+    assert all("\n" not in e and "Traceback" not in e for e in errors)
+    return errors
+
+
+def test_app_uploaded_spec_cannot_make_the_server_read_a_path(corpus, monkeypatch):
+    """Defect 1: an uploaded spec naming a server file (absolute or ../..) is refused; the
+    file's lines never reach the class list, the error or the Model page."""
+    _, data = corpus
+    secret = Path("/etc/hostname") if Path("/etc/hostname").is_file() else Path("/etc/passwd")
+    lines = [line.strip() for line in secret.read_text().splitlines() if line.strip()]
+    base = 'framework = "keras"\ntask = "classification"\ninput_size = [16, 16]\n'
+    for classes in (str(secret), "../../../../../../../.." + str(secret)):
+        at = _app(monkeypatch)
+        at.session_state["model"] = "mobilenet_v2-imagenet"
+        at.run()
+        at = _upload_model(at, Path(data["models"]["cnn.keras"]), base + f'classes = "{classes}"\n')
+        errors = _one_line_errors(at)
+        assert len(errors) == 1 and "uploaded spec may name only files uploaded with it" in errors[0], errors
+        assert at.session_state["ns_session"].selection is None
+        page = " ".join(str(getattr(e, "value", "")) for e in at.main) + " ".join(errors)
+        assert not any(line in page for line in lines[:3])
+    at = _app(monkeypatch)                          # inline classes: accepted, used as given
+    at.session_state["model"] = "mobilenet_v2-imagenet"
+    at.run()
+    at = _upload_model(at, Path(data["models"]["cnn.keras"]), base + 'classes = ["a", "b", "c"]\n')
+    assert not _one_line_errors(at)
+    assert at.session_state["ns_session"].selection.explainer.classes == ["a", "b", "c"]
+
+
+def test_app_bad_model_uploads_get_one_line_messages(corpus, monkeypatch):
+    """Defect 6: a Keras MLP, a zip bomb, a declared-size bomb, a Lambda layer, an oversized input."""
+    d, data = corpus
+    monkeypatch.setenv("NEUROSCOPE_MAX_ARCHIVE_BYTES", "100000000")
+    expect = {"mlp.keras": "image models", "zip-bomb.keras": "decompress", "declared-bomb.keras": "declares",
+              "lambda.keras": "Lambda", "empty.keras": "empty"}
+    at = _app(monkeypatch)
+    at.session_state["model"] = "mobilenet_v2-imagenet"
+    at.run()
+    for name, words in expect.items():
+        at = _upload_model(at, Path(data["models"][name]))
+        errors = _one_line_errors(at)
+        assert len(errors) == 1 and words in errors[0] and "IndexError" not in errors[0], (name, errors)
+    big = 'framework = "keras"\ntask = "classification"\ninput_size = [6000, 6000]\nclasses = ["a", "b", "c"]\n'
+    at = _upload_model(at, Path(data["models"]["cnn.keras"]), big)
+    errors = _one_line_errors(at)
+    assert len(errors) == 1 and "NEUROSCOPE_MAX_UPLOAD_INPUT_PIXELS" in errors[0], errors
+
+
+def test_app_keeps_the_uploaded_image_across_a_model_upload(corpus, monkeypatch):
+    """Defect 6: choosing 'Upload a model' no longer drops the image uploaded before."""
+    _, data = corpus
+    from PIL import Image
+    import io as _io
+    rng = np.random.default_rng(3)
+    picture = rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)
+    buf = _io.BytesIO()
+    Image.fromarray(picture).save(buf, "PNG")
+    at = _app(monkeypatch)
+    at.session_state["model"] = "mobilenet_v2-imagenet"
+    at.session_state["image_source"] = "Upload"
+    at.run()
+    at.sidebar.file_uploader(key="image_upload").set_value(("mine.png", buf.getvalue(), "image/png")).run()
+    assert at.session_state["ns_session"].selection.image_name == "mine.png"
+    at = _upload_model(at, Path(data["models"]["cnn.keras"]))
+    _one_line_errors(at)
+    sel = at.session_state["ns_session"].selection
+    assert sel is not None and sel.image_name == "mine.png" and np.array_equal(sel.image, picture)
+    assert sel.explainer.spec.input_size == (16, 16)
+
+
+def test_app_label_image_bomb_is_a_one_line_message(corpus, monkeypatch):
+    """Defect 6: a 20000x20000 label PNG on the Ground truth page."""
+    from bad_inputs import zero_png
+    at = _app(monkeypatch)
+    at.session_state["model"] = f"extra:{TINY_APP_SEG.resolve()}"
+    at.session_state["image_source"] = "Gallery"
+    at.session_state["gallery::segmentation"] = "dashcam-highway-cars.jpg"
+    at.run()
+    at.switch_page("app_pages/ground_truth.py").run()
+    _one_line_errors(at)
+    up = at.file_uploader(key="truth_upload::gallery:dashcam-highway-cars.jpg")
+    up.set_value(("labels.png", zero_png(20000, 20000), "image/png")).run()
+    errors = _one_line_errors(at)
+    assert len(errors) == 1 and "too large" in errors[0] and "NEUROSCOPE_MAX_IMAGE_PIXELS" in errors[0], errors

@@ -126,6 +126,7 @@ class Session:
     model_failures: dict[str, str] = field(default_factory=dict)   # spec path -> message
     upload_digest: tuple | None = None                        # (file ids, sha256) of the uploaded model
     uploaded_truth: dict[str, np.ndarray] = field(default_factory=dict)   # image key -> label map
+    task: str = "classification"                              # the last model's task (image picker order)
     #: what each page last showed, by name (tests read it; pages own their entries)
     shown: dict[str, Any] = field(default_factory=dict)
     #: results a page keeps between runs (e.g. the last evaluation report), by name
@@ -490,7 +491,11 @@ def sidebar() -> Selection | None:
         entry = by_key[choice_]
         model_key, model_label, ex = entry.key, entry.name, _load_entry(entry)
     if ex is None:
+        # keep drawing the image picker: a widget left out of a run loses its value, and the
+        # uploaded image would be gone once the model upload is done
+        _pick_image(sb, s.task)
         return None
+    s.task = ex.task
 
     picked = _pick_image(sb, ex.task)
     if picked is None:
