@@ -50,6 +50,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--images", choices=["crops", "photos"], default="crops",
                    help="crops: a new random crop every call; photos: the 6 photos whole (targets vary)")
+    p.add_argument("--clear", action="store_true", help="empty the Explainer's caches after every call "
+                   "(tells cache filling from other growth)")
     p.add_argument("--trace", action="store_true", help="tracemalloc: top allocation growth at the end")
     args = p.parse_args(argv)
 
@@ -70,7 +72,7 @@ def main(argv=None) -> int:
         tracemalloc.start(10)
     calls, rss, errors = [], [], 0
     print(f"{args.model}: {args.calls} calls, RSS every {args.every}")
-    print(f"{'calls':>6} {'rss_mb':>8} {'s':>6}")
+    print(f"{'calls':>6} {'rss_mb':>8} {'cache_mb':>8} {'s':>6}")
     t0 = time.perf_counter()
     snap0 = None
     for i in range(1, args.calls + 1):
@@ -92,6 +94,8 @@ def main(argv=None) -> int:
             ex.explain(image, method, target=target)
         except NeuroscopeError:
             errors += 1   # e.g. a click on a pixel whose class has no region: still a call
+        if args.clear:
+            ex.clear_caches()
         if i == args.calls // 2 and args.trace:
             gc.collect()
             snap0 = tracemalloc.take_snapshot()
@@ -99,7 +103,8 @@ def main(argv=None) -> int:
             gc.collect()
             calls.append(i)
             rss.append(rss_mb())
-            print(f"{i:>6} {rss[-1]:>8.1f} {time.perf_counter() - t0:>6.0f}", flush=True)
+            cached = sum(ex.cache_bytes().values()) / 2**20 if hasattr(ex, "cache_bytes") else float("nan")
+            print(f"{i:>6} {rss[-1]:>8.1f} {cached:>8.1f} {time.perf_counter() - t0:>6.0f}", flush=True)
     print(f"slope over the second half: {slope_per_100(calls, rss):+.2f} MB per 100 calls "
           f"(first {rss[0]:.0f} MB, last {rss[-1]:.0f} MB, {errors} target errors)")
     if args.trace and snap0 is not None:
