@@ -259,3 +259,70 @@ def test_app_label_image_bomb_is_a_one_line_message(corpus, monkeypatch):
     up.set_value(("labels.png", zero_png(20000, 20000), "image/png")).run()
     errors = _one_line_errors(at)
     assert len(errors) == 1 and "too large" in errors[0] and "NEUROSCOPE_MAX_IMAGE_PIXELS" in errors[0], errors
+
+
+# ---------------------------------------------------------------- the API: defects 1, 3, 5
+def test_api_bad_calls_are_neuroscope_errors(monkeypatch):
+    from neuroscope import Explainer, Target
+    from neuroscope.errors import BadImage, BadTarget
+    from neuroscope.images import load_image
+    monkeypatch.syspath_prepend(str(HERE))
+    ex = Explainer(str(HERE / "fixtures" / "tiny-seg.toml"))
+    with pytest.raises(BadImage, match="expected an image"):
+        ex.explain(None, "grad-cam")
+    with pytest.raises(BadImage) as err:
+        load_image(b"definitely not an image" * 10)
+    assert "BytesIO" not in str(err.value) and "not a known format" in str(err.value)
+    with pytest.raises(BadTarget, match="finite"):
+        Target.segmentation(region=(float("inf"), 1))
+    image = np.full((40, 60, 3), 120, np.uint8)
+    monkeypatch.setenv("NEUROSCOPE_MAX_PASSES", "500")   # 32x48 windows of 1 pixel: 1,537 passes
+    with pytest.raises(BadParameter, match="1,537 model passes; the limit is 500"):
+        ex.explain(image, "occlusion", params={"window": 1, "stride": 1}, target=Target.segmentation(region="all"))
+    assert ex.stats["explain"] == 0    # refused before any pass
+
+
+def test_api_keras_target_error_inside_the_traced_capture_is_the_original_error():
+    """Defect 3: the target is decided inside the Keras tf.function (py_function); its
+    BadTarget used to surface as a TensorFlow UnknownError traceback."""
+    import keras
+
+    from neuroscope import Explainer, Target, load_model
+    from neuroscope.errors import BadModel, BadTarget
+    x = keras.Input((16, 16, 3))
+    h = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv")(x)
+    model = keras.Model(x, keras.layers.Dense(3, name="fc")(keras.layers.GlobalAveragePooling2D()(h)))
+    ex = Explainer(load_model(model, task="classification", classes=["a", "b", "c"]))
+    image = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    with pytest.raises(BadTarget, match="out of range"):
+        ex.explain(image, "grad-cam", target=Target.classification(7))
+    with pytest.raises(BadTarget, match="contrast"):
+        ex.explain(image, "grad-cam", target=Target.classification(1, contrast=1))
+    model.get_layer("fc").kernel.assign(np.full((4, 3), np.nan, np.float32))   # NaN weights
+    ex2 = Explainer(load_model(model, task="classification", classes=["a", "b", "c"]))
+    with pytest.raises(BadModel, match="NaN"):
+        ex2.explain(image, "grad-cam")
+
+
+def test_api_uploaded_spec_names_only_uploaded_files(tmp_path):
+    """Defect 1 at the API: read_spec(allow_code=False) refuses every path but uploaded files."""
+    from neuroscope.errors import BadModel
+    from neuroscope.zoo import read_spec
+    names = tmp_path / "names.txt"
+    names.write_text("x\ny\n")
+    base = 'framework = "keras"\ntask = "classification"\ninput_size = [16, 16]\n'
+    for classes in ("/etc/passwd", "../../../../../etc/passwd", "names.txt"):
+        spec = tmp_path / "spec.toml"
+        spec.write_text(base + f'classes = "{classes}"\n')
+        with pytest.raises(BadModel, match="uploaded spec may name only files uploaded with it") as err:
+            read_spec(spec, allow_code=False)
+        assert "root:" not in str(err.value)
+    assert read_spec(spec).classes == ["x", "y"]    # a local spec reads its relative paths
+    spec.write_text(base + 'classes = "labels.txt"\nweights = "/etc/passwd"\n')
+    got = read_spec(spec, allow_code=False, files={"labels.txt": names})
+    assert got.classes == ["x", "y"] and got.weights is None
+    spec.write_text(base.replace("[16, 16]", "[6000, 6000]") + 'classes = ["a"]\nfully_convolutional = true\n')
+    with pytest.raises(BadModel, match="NEUROSCOPE_MAX_UPLOAD_INPUT_PIXELS"):
+        read_spec(spec, allow_code=False)
+    with pytest.raises(BadModel, match="NEUROSCOPE_MAX_INPUT_PIXELS"):   # local: 4 Mpx
+        read_spec(spec)
