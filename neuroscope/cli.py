@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     _target_args(v, explain=False)
     from .batch.cli import add_arguments as batch_arguments
     batch_arguments(command("batch", "explain every image of a folder, glob, list or video", model=True))
+    from .interpret.cli import add_arguments as interpret_arguments
+    interpret_arguments(command("interpret", "find the relevant filters of each class (Oramas et al.)", model=True))
     return p
 
 
@@ -338,8 +340,14 @@ def cmd_batch(args):
     return run_cli(args)
 
 
+def cmd_interpret(args):
+    from .interpret.cli import run_cli
+    data, head, rows = run_cli(args, _explainer(args))
+    return data, head + "\n" + _table(rows, ["class", "samples", "filters", "top"])
+
+
 COMMANDS = {"batch": cmd_batch, "models": cmd_models, "layers": cmd_layers, "methods": cmd_methods, "predict": cmd_predict,
-            "explain": cmd_explain, "bench": cmd_bench, "evaluate": cmd_evaluate}
+            "explain": cmd_explain, "bench": cmd_bench, "evaluate": cmd_evaluate, "interpret": cmd_interpret}
 
 
 if __name__ == "__main__":

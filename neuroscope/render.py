@@ -16,7 +16,12 @@ SIGNS = ("both", "positive", "negative")
 @lru_cache(maxsize=32)
 def colormap_lut(name: str) -> np.ndarray:
     """256 x 3 uint8 lookup table of a matplotlib colormap."""
-    from matplotlib import colormaps
+    try:
+        from matplotlib import colormaps
+    except ImportError:
+        from .errors import BadParameter
+        raise BadParameter("colour maps need matplotlib, which is not installed: "
+                           "pip install matplotlib (a dependency of neuroscope)") from None
     try:
         cmap = colormaps[name]
     except KeyError:
