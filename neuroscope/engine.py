@@ -191,6 +191,13 @@ class MethodContext:
         self.info = info
         self._progress = progress
         self.extra: dict[str, Any] = {}
+        self.rules: list = []                     # backward rules the method used (rule warnings)
+        self.warnings: list[str] = []             # meta["warnings"]: what could not be done as asked
+
+    def note_rule(self, rule) -> None:
+        """The method runs a backward with `rule` (the engine warns about activations it misses)."""
+        if rule is not None and rule not in self.rules:
+            self.rules.append(rule)
 
     @property
     def backend(self):
@@ -222,6 +229,7 @@ class MethodContext:
         `gradient_means` are read (see `Backend.capture`)."""
         if gradients is None:
             gradients = self.info.layer_gradients
+        self.note_rule(rule)
         return self.explainer._capture(self.prep, self.target, tuple(layers), input_grad, rule, gradients)
 
     def preprocess(self, rgb: np.ndarray) -> np.ndarray:
@@ -463,10 +471,35 @@ class Explainer:
         meta = {"method": method, "layer": layer, "target": rt.as_json(), "params": params,
                 "time_ms": round(elapsed, 3), "signed": info.signed, "extra": ctx.extra,
                 **self.model_meta()}
+        warnings = ctx.warnings + [w for rule in ctx.rules for w in self.rule_warnings(method, rule)]
+        if warnings:
+            meta["warnings"] = warnings
         res = Explanation(full, meta, m)
         self._results.put(key, res, _nbytes(res))
         ctx.tick(1.0, "done")
         return res
+
+    def rule_warnings(self, method: str, rule) -> list[str]:
+        """One line when activations of the model get no `rule` (e.g. SiLU under guided
+        backprop): there the map is the plain gradient (README "Your own model")."""
+        backend = self.backend
+        missing: dict[str, int] = {}
+        unapplied = getattr(backend, "unapplied", None)
+        if unapplied is not None:
+            missing.update(unapplied(rule) or {})
+        covered = getattr(backend, "functional_rule_kinds", ())   # F.relu & co. get the rule
+        for name, n in getattr(backend, "functional_activations", {}).items():
+            if name not in covered:
+                missing[f"functional {name}"] = missing.get(f"functional {name}", 0) + n
+        if not missing:
+            return []
+        label = {"guided": "guided", "deconvnet": "deconvnet", "deconvnet-fixed": "deconvnet"}.get(
+            rule, getattr(rule, "name", str(rule)))
+        parts = [f"{n} {kind}" for kind, n in missing.items()]
+        total = sum(missing.values())
+        what = " and ".join([", ".join(parts[:-1]), parts[-1]] if len(parts) > 1 else parts)
+        verb = "activation has" if total == 1 else "activations have"
+        return [f"{method}: {what} {verb} no {label} rule; the map equals the gradient there"]
 
     def model_meta(self) -> dict:
         """What every explanation's meta says about the model: its output kind, what the

@@ -423,3 +423,18 @@ def test_missing_matplotlib_is_a_one_line_error(monkeypatch):
     with pytest.raises(NeuroscopeError, match="pip install matplotlib"):
         render.colormap_lut("viridis")
     render.colormap_lut.cache_clear()
+
+
+def test_keras_applications_softmax_head_is_reached():
+    """A real keras.applications model (weights=None: nothing downloaded), tiny input:
+    its Activation("softmax") head is detected and the logits under it are explained."""
+    import keras
+    model = keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), weights=None, classes=4)
+    ex = Explainer(model, num_classes=4)
+    assert ex.backend.output_kind == "probabilities" and ex.backend.score_kind == "logit"
+    x = ex.prepare(zoo.images(1, size=32)[0]).x
+    z = ex.backend.forward(x)[0]
+    p = np.asarray(model(x))[0]
+    np.testing.assert_allclose(np.exp(z - z.max()) / np.exp(z - z.max()).sum(), p, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(z, np.log(p), atol=1e-3)      # logits, not log-probabilities
+

@@ -18,7 +18,8 @@ from torch import nn
 
 from ..errors import BadModel, BadParameter, Cancelled
 from .base import OPTIONAL_RULES, RULES, Capture, LayerInfo, Objective
-from .torch_model import OUTPUT_KINDS, HeadMode, InplaceWatch, guarded, head_kind, model_error, private_copy
+from .torch_model import (OUTPUT_KINDS, HeadMode, InplaceWatch, guarded, head_kind, is_activation_module,
+                          model_error, private_copy)
 
 
 class _ReluRule(torch.autograd.Function):
@@ -189,6 +190,7 @@ class TorchBackend:
         self._chains: dict[str, dict[str, list[str]] | None] | None = None  # module -> children in call order
         self._uppers: dict[str, list[nn.Module] | None] = {}                 # layer -> modules above a cut
         self._head: tuple[str, str | None] | None = None   # (kind, module name or None = functional)
+        self.functional_activations: dict[str, int] = {}   # F.relu / F.silu ... calls outside modules (probe)
         if output_kind != "logits":
             self.layers()        # the probe forward detects the output kind
 
@@ -349,6 +351,14 @@ class TorchBackend:
                 return None
             return hook
 
+        def enter(module, inputs):
+            if threading.get_ident() == owner:
+                watch.in_activation += 1
+
+        def leave(module, inputs, out):
+            if threading.get_ident() == owner:
+                watch.in_activation -= 1
+
         x = self._to_tensor(np.zeros((1, H, W, self.channels), np.float32))
         detect = self.declared_kind != "logits"
         head_mode = HeadMode()
@@ -356,6 +366,9 @@ class TorchBackend:
         try:
             for name, module in self._by_name.items():
                 handles.append(module.register_forward_hook(make_hook(name)))
+                if is_activation_module(module):
+                    handles.append(module.register_forward_pre_hook(enter))
+                    handles.append(module.register_forward_hook(leave))
             with torch.no_grad(), watch:
                 if detect:
                     with head_mode:
@@ -377,6 +390,7 @@ class TorchBackend:
                 h.remove()
         del out, head_mode
         self._clone_on_capture = watch.modified
+        self.functional_activations = dict(watch.functional)
         infos = []
         for key in order:
             shape = shapes[key]

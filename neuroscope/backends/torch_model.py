@@ -128,6 +128,23 @@ def head_kind(module: nn.Module) -> str | None:
 
 # ------------------------------------------------------------------ in-place watch
 
+#: Functional activations counted by the probe when called outside an activation module
+#: (torch function name -> what the warnings call it). ReLU-likes get the ReLU rules
+#: through `functional_rules`; the others keep their gradient under them.
+FUNCTIONAL_ACTIVATIONS = {"relu": "relu", "relu_": "relu", "relu6": "relu6", "leaky_relu": "leaky_relu",
+                          "leaky_relu_": "leaky_relu", "hardtanh": "hardtanh", "hardtanh_": "hardtanh",
+                          "silu": "silu", "gelu": "gelu", "mish": "mish", "hardswish": "hardswish",
+                          "elu": "elu", "elu_": "elu", "selu": "selu", "celu": "celu"}
+RELU_LIKE = ("relu", "relu6", "leaky_relu", "hardtanh")
+_ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardtanh, nn.SiLU, nn.GELU, nn.Mish, nn.Hardswish,
+                       nn.ELU, nn.SELU, nn.CELU, nn.PReLU, nn.Softplus, nn.Tanh, nn.Sigmoid, nn.Hardsigmoid,
+                       nn.Softmax, nn.LogSoftmax, nn.RReLU, nn.Threshold)
+
+
+def is_activation_module(module: nn.Module) -> bool:
+    return isinstance(module, _ACTIVATION_MODULES)
+
+
 class InplaceWatch(TorchFunctionMode):
     """After every torch operation, checks the version counters of the watched layer
     outputs (weak references): an output modified in place by a later operation is
@@ -139,6 +156,8 @@ class InplaceWatch(TorchFunctionMode):
         self.watched: dict[str, tuple[weakref.ref, int]] = {}
         self.modified: set[str] = set()
         self._checking = False
+        self.in_activation = 0                   # > 0 inside an activation module's forward
+        self.functional: dict[str, int] = {}     # functional activation -> calls outside modules
 
     def watch(self, key: str, t: torch.Tensor) -> None:
         self.watched[key] = (weakref.ref(t), t._version)
@@ -160,6 +179,10 @@ class InplaceWatch(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        if not self.in_activation and not self._checking:
+            name = FUNCTIONAL_ACTIVATIONS.get(getattr(func, "__name__", ""))
+            if name is not None:
+                self.functional[name] = self.functional.get(name, 0) + 1
         if self.watched and not self._checking:
             self.check()
         return out
