@@ -513,7 +513,7 @@ def _check_model_file(path: Path) -> None:
             with zipfile.ZipFile(path) as archive:
                 inflated = sum(max(0, info.file_size) for info in archive.infolist())
         except (zipfile.BadZipFile, OSError, ValueError, EOFError):
-            raise BadModel(f"{path.name} is not a .keras archive (a .keras file is a zip)") from None
+            raise BadModel(f"{path.name} is not a Keras model archive (a .keras file is a zip)") from None
         cap = limit("archive_bytes")
         if inflated > cap:
             raise BadModel(f"{path.name} would decompress to {inflated:,} bytes; the limit is {cap:,} "

@@ -335,12 +335,16 @@ def generated_scene(seed: int) -> tuple[np.ndarray, np.ndarray]:
     return scene.image, scene.labels
 
 
-def _pick_image(sb, task: str) -> tuple[np.ndarray, str, str, np.ndarray | None] | None:
+def _pick_image(sb, task: str, quiet: bool = False) -> tuple[np.ndarray, str, str, np.ndarray | None] | None:
+    """The image the sidebar picks; `quiet`: only draw the widgets (no messages, nothing read),
+    so that their values, an uploaded file included, survive a run without a model."""
     sources = ["Gallery", "Generated scene", "Upload"] if scene_generator() else ["Gallery", "Upload"]
     source = sb.radio("Image", sources, key=Keys.IMAGE_SOURCE, horizontal=True, **KEEP)
     if source == "Gallery":
         names = gallery_names(task)
         name = sb.selectbox("Bundled image", names, key=Keys.gallery(task), **KEEP)
+        if quiet:
+            return None
         with sb.expander("Gallery"):
             st.image(thumbnails(tuple(names)), caption=names)
         try:
@@ -351,6 +355,8 @@ def _pick_image(sb, task: str) -> tuple[np.ndarray, str, str, np.ndarray | None]
     if source == "Generated scene":
         seed = int(sb.number_input("Scene seed", min_value=0, max_value=1_000_000, step=1, key=Keys.SCENE_SEED,
                                    **KEEP))
+        if quiet:
+            return None
         try:
             with st.spinner("Generating a driving scene…"):
                 image, labels = generated_scene(seed)
@@ -359,6 +365,8 @@ def _pick_image(sb, task: str) -> tuple[np.ndarray, str, str, np.ndarray | None]
             return None
         return image, f"scene:{seed}", f"generated scene {seed}", labels
     up = sb.file_uploader("Upload an image", type=IMAGE_TYPES, key=Keys.IMAGE_UPLOAD)
+    if quiet:
+        return None
     if up is None:
         st.info("Upload an image in the sidebar (PNG or JPEG).")
         return None
@@ -493,7 +501,7 @@ def sidebar() -> Selection | None:
     if ex is None:
         # keep drawing the image picker: a widget left out of a run loses its value, and the
         # uploaded image would be gone once the model upload is done
-        _pick_image(sb, s.task)
+        _pick_image(sb, s.task, quiet=True)
         return None
     s.task = ex.task
 
