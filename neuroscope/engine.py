@@ -487,6 +487,10 @@ class Explainer:
         unapplied = getattr(backend, "unapplied", None)
         if unapplied is not None:
             missing.update(unapplied(rule) or {})
+        else:   # a backend without rule objects: activation modules the ReLU rules do not know
+            for info in self.layers():
+                if "#" not in info.name and info.type in _NO_RELU_RULE:
+                    missing[info.type] = missing.get(info.type, 0) + 1
         covered = getattr(backend, "functional_rule_kinds", ())   # F.relu & co. get the rule
         for name, n in getattr(backend, "functional_activations", {}).items():
             if name not in covered:
@@ -553,6 +557,12 @@ class Explainer:
         if not keep_predictions:
             self._predictions.clear()
             self._resolved.clear()
+
+
+#: Activation layer types with no ReLU rule (they keep their gradient under guided
+#: backprop / deconvnet), for backends that do not count them themselves.
+_NO_RELU_RULE = frozenset({"SiLU", "GELU", "Mish", "Hardswish", "ELU", "SELU", "CELU", "Softplus", "Tanh",
+                           "Hardsigmoid", "PReLU", "RReLU"})
 
 
 def _target_key(prep: Prepared, target: Target | None) -> tuple:

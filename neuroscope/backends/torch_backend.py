@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import defaultdict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -18,8 +18,8 @@ from torch import nn
 
 from ..errors import BadModel, BadParameter, Cancelled
 from .base import OPTIONAL_RULES, RULES, Capture, LayerInfo, Objective
-from .torch_model import (OUTPUT_KINDS, HeadMode, InplaceWatch, guarded, head_kind, is_activation_module,
-                          model_error, private_copy)
+from .torch_model import (OUTPUT_KINDS, RELU_LIKE, FunctionalRules, HeadMode, InplaceWatch, guarded, head_kind,
+                          is_activation_module, model_error, private_copy)
 
 
 class _ReluRule(torch.autograd.Function):
@@ -132,6 +132,7 @@ class TorchBackend:
     framework = "torch"
     deferred_objective = True  # capture() accepts an objective decided from its own forward pass
     rules = RULES + OPTIONAL_RULES
+    functional_rule_kinds = RELU_LIKE   # functional activations the rules reach (torch_model.FunctionalRules)
 
     def __init__(self, module: nn.Module, input_size: tuple[int, int], task: str,
                  output: str | int | None = None, output_kind: str | None = "logits",
@@ -295,16 +296,27 @@ class TorchBackend:
                 return replaced
             return hook
 
+        functional = nullcontext()
+        if rule is not None and any(k in RELU_LIKE for k in self._probed().functional_activations):
+            # F.relu & co. called by the model's forward (no module to hook): the same rule
+            functional = FunctionalRules(
+                lambda x, out, p: _ReluRule.apply(x, lambda _t, o=out.detach(): o, p[0], p[1], guided))
         try:
             for name, module in self._by_name.items():
                 relu = _relu_params(module) if rule is not None else None
                 strided = fix_strides and _is_strided_conv(module)
                 if name in base_names or relu is not None or strided:
                     handles.append(module.register_forward_hook(make_hook(name, relu, strided)))
-            yield
+            with functional:
+                yield
         finally:
             for h in handles:
                 h.remove()
+
+    def _probed(self) -> "TorchBackend":
+        """Self, after the probe forward (layers, in-place outputs, functional activations)."""
+        self.layers()
+        return self
 
     # ------------------------------------------------------------- contract
     def layers(self) -> list[LayerInfo]:
