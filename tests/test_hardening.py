@@ -121,9 +121,7 @@ def test_cli_keras_target_error_is_one_line_in_a_fresh_process(corpus):
                           timeout=600, cwd=d)
     assert done.returncode == 2
     assert done.stderr.splitlines() == ["neuroscope: error: class id 3 out of range: the model has 3 classes (0..2)"]
-    ok = subprocess.run([sys.executable, "-m", "neuroscope", "predict", data["models"]["cnn.keras"], image],
-                        env=env, capture_output=True, text=True, timeout=600, cwd=d)
-    assert ok.returncode == 0 and ok.stderr == ""
+    # (a Keras success with an empty stderr: the corpus's "ok:keras-saliency" case)
 
 
 # ---------------------------------------------------------------- defect 7: the segmenter's caches are bounded in bytes
