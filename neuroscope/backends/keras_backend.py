@@ -384,6 +384,8 @@ def _select_output(structure: Any, output: str | int | None) -> Any:
             raise BadModel(f"model output has {len(structure)} items; output index {index!r} "
                            "is out of range")
         return structure[index]
+    if output is not None and output not in (0, -1):
+        raise BadModel(f"the spec names output {output!r}, but the model has a single output tensor")
     return structure
 
 
@@ -913,9 +915,19 @@ class KerasBackend:
         sizes = [d for i, t in enumerate(graph.model.outputs[1:])        # whole or empty
                  for d in ((1, *t.shape[1:]) if i in wanted else (0,) * len(t.shape))]
         start = self._capture_start(rule, sorted(wanted), input_grad)
+        errors: list[BaseException] = []   # what the decider raised inside the traced pass
         if callable(objective):   # decided from this very forward pass (no second forward)
             call_id = next(self._call_ids)
-            self._deciders[call_id] = objective
+            decide = objective
+
+            def deciding(logits: np.ndarray) -> Objective:
+                try:
+                    return decide(logits)
+                except BaseException as exc:   # re-raised below, outside TensorFlow
+                    errors.append(exc)
+                    raise
+
+            self._deciders[call_id] = deciding
             tail = [tf.constant(call_id, tf.int64)]
             fn = self._function("capture_deferred", rule, start=start)
         else:
@@ -923,8 +935,13 @@ class KerasBackend:
             fn = self._function("capture", rule, start=start)
         try:
             with tf.device(self.device):
-                z, y, x_grad, outputs, grads, means = _guarded(
-                    "capture", fn, self._batch(x, single=True), tf.constant(sizes, tf.int32), *tail)
+                try:
+                    z, y, x_grad, outputs, grads, means = _guarded(
+                        "capture", fn, self._batch(x, single=True), tf.constant(sizes, tf.int32), *tail)
+                except NeuroscopeError:
+                    if errors:   # our own decider raised inside the traced pass: that error, as itself
+                        raise errors[0] from None
+                    raise
         finally:
             if callable(objective):
                 self._deciders.pop(call_id, None)
