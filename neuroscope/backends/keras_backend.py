@@ -441,6 +441,7 @@ class KerasBackend:
         self._functions: dict[tuple, Any] = {}
         self._starts: dict[str | None, list[int]] = {}
         self._deciders: dict[int, Callable] = {}        # call id -> objective decider (capture)
+        self._decider_errors: dict[int, BaseException] = {}   # call id -> what the decider raised
         self._call_ids = itertools.count(1)
         try:   # builds now: layers(), warnings and errors come early
             plain = self._graph(None)
@@ -744,8 +745,13 @@ class KerasBackend:
         seg = self.task == "segmentation"
 
         def decide(cid, logits):
-            objective = self._deciders[int(cid.numpy())](logits.numpy()[0])
-            tensors = self._objective_tensors(objective)
+            key = int(cid.numpy())
+            try:
+                objective = self._deciders[key](logits.numpy()[0])
+                tensors = self._objective_tensors(objective)
+            except Exception as exc:   # the caller's error: `capture` raises it as is
+                self._decider_errors[key] = exc
+                raise
             return tensors if seg else [tensors[0], tf.zeros([0, 0], tf.float32)]
 
         weights, mask = tf.py_function(decide, [call_id, _channels_first(z)], [tf.float32, tf.float32])
@@ -874,9 +880,15 @@ class KerasBackend:
             with tf.device(self.device):
                 z, y, x_grad, outputs, grads, means = _guarded(
                     "capture", fn, self._batch(x, single=True), tf.constant(sizes, tf.int32), *tail)
+        except NeuroscopeError:
+            caller = self._decider_errors.pop(call_id, None) if callable(objective) else None
+            if caller is not None:
+                raise caller from None
+            raise
         finally:
             if callable(objective):
                 self._deciders.pop(call_id, None)
+                self._decider_errors.pop(call_id, None)
         capture = Capture(output=z.numpy()[0], score=float(y.numpy()[0]),
                           input_grad=x_grad.numpy()[0] if input_grad else None)
         for name, index in indices.items():   # views, not copies (see _to_numpy_channels_first)

@@ -18,8 +18,8 @@ from torch import nn
 
 from ..errors import BadModel, BadParameter, Cancelled
 from .base import OPTIONAL_RULES, RULES, Capture, LayerInfo, Objective
-from .torch_model import (OUTPUT_KINDS, RELU_LIKE, FunctionalRules, HeadMode, InplaceWatch, guarded, head_kind,
-                          is_activation_module, model_error, private_copy)
+from .torch_model import (OUTPUT_KINDS, RELU_LIKE, CallerError, FunctionalRules, HeadMode, InplaceWatch, guarded,
+                          head_kind, is_activation_module, model_error, private_copy)
 
 
 class _ReluRule(torch.autograd.Function):
@@ -516,7 +516,10 @@ class TorchBackend:
         with grad_mode, self._hooks(want, rule, records, grad_from_want=not input_grad):
             z = self._logits(self._run(xt), tuple(xt.shape[-2:]), 1)
             if callable(objective):  # decided from this very forward pass (no second forward)
-                objective = objective(z[0].detach().float().cpu().numpy())
+                try:
+                    objective = objective(z[0].detach().float().cpu().numpy())
+                except Exception as exc:  # noqa: BLE001 -- the caller's, not the model's: raised as is
+                    raise CallerError(exc) from exc
             y = self._objective(z, objective, "logit")
         missing = want - set(records)
         if missing:
