@@ -348,6 +348,8 @@ def _select_output(structure: Any, output: str | int | None) -> Any:
             raise BadModel(f"model output has {len(structure)} items; output index {index!r} "
                            "is out of range")
         return structure[index]
+    if output is not None and output not in (0, -1):
+        raise BadModel(f"the spec names output {output!r}, but the model has a single output tensor")
     return structure
 
 
@@ -441,7 +443,6 @@ class KerasBackend:
         self._functions: dict[tuple, Any] = {}
         self._starts: dict[str | None, list[int]] = {}
         self._deciders: dict[int, Callable] = {}        # call id -> objective decider (capture)
-        self._decider_errors: dict[int, BaseException] = {}   # call id -> what the decider raised
         self._call_ids = itertools.count(1)
         try:   # builds now: layers(), warnings and errors come early
             plain = self._graph(None)
@@ -745,13 +746,8 @@ class KerasBackend:
         seg = self.task == "segmentation"
 
         def decide(cid, logits):
-            key = int(cid.numpy())
-            try:
-                objective = self._deciders[key](logits.numpy()[0])
-                tensors = self._objective_tensors(objective)
-            except Exception as exc:   # the caller's error: `capture` raises it as is
-                self._decider_errors[key] = exc
-                raise
+            objective = self._deciders[int(cid.numpy())](logits.numpy()[0])
+            tensors = self._objective_tensors(objective)
             return tensors if seg else [tensors[0], tf.zeros([0, 0], tf.float32)]
 
         weights, mask = tf.py_function(decide, [call_id, _channels_first(z)], [tf.float32, tf.float32])
@@ -868,9 +864,19 @@ class KerasBackend:
         sizes = [d for i, t in enumerate(graph.model.outputs[1:])        # whole or empty
                  for d in ((1, *t.shape[1:]) if i in wanted else (0,) * len(t.shape))]
         start = self._capture_start(rule, sorted(wanted), input_grad)
+        errors: list[BaseException] = []   # what the decider raised inside the traced pass
         if callable(objective):   # decided from this very forward pass (no second forward)
             call_id = next(self._call_ids)
-            self._deciders[call_id] = objective
+            decide = objective
+
+            def deciding(logits: np.ndarray) -> Objective:
+                try:
+                    return decide(logits)
+                except BaseException as exc:   # re-raised below, outside TensorFlow
+                    errors.append(exc)
+                    raise
+
+            self._deciders[call_id] = deciding
             tail = [tf.constant(call_id, tf.int64)]
             fn = self._function("capture_deferred", rule, start=start)
         else:
@@ -878,17 +884,16 @@ class KerasBackend:
             fn = self._function("capture", rule, start=start)
         try:
             with tf.device(self.device):
-                z, y, x_grad, outputs, grads, means = _guarded(
-                    "capture", fn, self._batch(x, single=True), tf.constant(sizes, tf.int32), *tail)
-        except NeuroscopeError:
-            caller = self._decider_errors.pop(call_id, None) if callable(objective) else None
-            if caller is not None:
-                raise caller from None
-            raise
+                try:
+                    z, y, x_grad, outputs, grads, means = _guarded(
+                        "capture", fn, self._batch(x, single=True), tf.constant(sizes, tf.int32), *tail)
+                except NeuroscopeError:
+                    if errors:   # our own decider raised inside the traced pass: that error, as itself
+                        raise errors[0] from None
+                    raise
         finally:
             if callable(objective):
                 self._deciders.pop(call_id, None)
-                self._decider_errors.pop(call_id, None)
         capture = Capture(output=z.numpy()[0], score=float(y.numpy()[0]),
                           input_grad=x_grad.numpy()[0] if input_grad else None)
         for name, index in indices.items():   # views, not copies (see _to_numpy_channels_first)

@@ -106,12 +106,14 @@ def _select_output(out, selector):
             raise BadModel(f"model output has no key {selector!r}; keys: {sorted(map(str, out))}")
         return out[selector]
     if isinstance(out, (tuple, list)):
-        idx = 0 if selector is None else int(selector)
-        if not -len(out) <= idx < len(out):
+        idx = 0 if selector is None else selector
+        if isinstance(idx, bool) or not isinstance(idx, int) or not -len(out) <= idx < len(out):
             raise BadModel(f"model output has {len(out)} items; output index {idx} is out of range")
         return out[idx]
     if not isinstance(out, torch.Tensor):
         raise BadModel(f"model returned {type(out).__name__}; expected a tensor, a dict or a tuple of tensors")
+    if selector is not None and selector not in (0, -1):
+        raise BadModel(f"the spec names output {selector!r}, but the model returns a single tensor")
     return out
 
 
