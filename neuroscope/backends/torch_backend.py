@@ -20,8 +20,8 @@ from ..errors import BadModel, BadParameter, Cancelled
 from ..propagation.composites import Composite, composite_for
 from ..propagation.rules import ActSpec
 from .base import OPTIONAL_RULES, RULES, Capture, LayerInfo, Objective
-from .torch_model import (OUTPUT_KINDS, RELU_LIKE, FunctionalRules, HeadMode, InplaceWatch, guarded, head_kind,
-                          is_activation_module, model_error, private_copy)
+from .torch_model import (OUTPUT_KINDS, RELU_LIKE, CallerError, FunctionalRules, HeadMode, InplaceWatch, guarded,
+                          head_kind, is_activation_module, model_error, private_copy)
 from .torch_rules import RulePlan, _Elementwise, apply_entry, build_plan, residual_mode
 
 
@@ -512,7 +512,10 @@ class TorchBackend:
         with grad_mode, self._hooks(want, rule, records, grad_from_want=not input_grad):
             z = self._logits(self._run(xt), tuple(xt.shape[-2:]), 1)
             if callable(objective):  # decided from this very forward pass (no second forward)
-                objective = objective(z[0].detach().float().cpu().numpy())
+                try:
+                    objective = objective(z[0].detach().float().cpu().numpy())
+                except Exception as exc:  # noqa: BLE001 -- the caller's, not the model's: raised as is
+                    raise CallerError(exc) from exc
             y = self._objective(z, objective, "logit")
         missing = want - set(records)
         if missing:
