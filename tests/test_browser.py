@@ -190,5 +190,14 @@ def test_click_a_car_and_compare_two_methods(chromium_path, server):
             expect(channel).not_to_have_value(first, timeout=TIMEOUT_MS)
             wait_idle(page)
             page.screenshot(path=str(ARTIFACTS / "layers.png"))
+
+            # the Concepts page: the relevant filters of the class with their atlas crops
+            page.locator('[data-testid="stSidebarNav"]').get_by_text("Concepts", exact=True).click()
+            if server["model"] == "drivescene-seg":   # the bundled interpretation
+                expect(page.locator(".st-key-concepts_atlas [data-testid='stImage']").first).to_be_visible(
+                    timeout=TIMEOUT_MS)
+            wait_idle(page)
+            assert page.locator('[data-testid="stException"]').count() == 0
+            page.screenshot(path=str(ARTIFACTS / "concepts.png"))
         finally:
             browser.close()
