@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--set", dest="eval_set")
     v.add_argument("--methods", required=True)
     v.add_argument("--sanity", action="store_true")
+    v.add_argument("--dataset", help="a folder (glob, list) of images: metrics through the batch machinery")
+    v.add_argument("--labels", help="with --dataset: folder of label PNGs (<stem>_labels.png): model IoU, confusion")
+    from .batch.cli import add_engine_arguments
+    add_engine_arguments(v)
     _target_args(v, explain=False)
     from .batch.cli import add_arguments as batch_arguments
     batch_arguments(command("batch", "explain every image of a folder, glob, list or video", model=True))
@@ -186,6 +190,8 @@ def cmd_explain(args):
                    ["method", "layer", "class", "region", "shape", "min", "max", "time_ms"])
     if args.out:
         table += f"\nwrote {args.out}"
+    for warning in res.meta.get("warnings", ()):
+        table += f"\nwarning: {warning}"
     return data, table
 
 

@@ -6,9 +6,11 @@ nothing here imports Streamlit.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import threading
 
 from .methods import registry
 from .methods.registry import MethodInfo
@@ -163,3 +165,183 @@ def prefetch_layers(explainer, image, target, image_key: str) -> bool:
     switches, the Layers page and the sweep then need no model pass)."""
     key = ("layers", id(explainer), image_key, None if target is None else target.key())
     return PREFETCH.submit(key, lambda: explainer.capture(image, target))
+
+
+# ------------------------------------------------------------------------- cost of a method
+#: Seconds a method may take to run without asking (NEUROSCOPE_INTERACTIVE_BUDGET_S).
+DEFAULT_BUDGET_S = 2.0
+#: Lighter settings a segmentation model gets by default in an interactive front end (the
+#: registry defaults are the full-quality run): occlusion with 4x the window and stride
+#: (~16x fewer windows), RISE with a fifth of the masks.
+INTERACTIVE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "segmentation": {"occlusion": {"window": 64, "stride": 32}, "rise": {"masks": 100}},
+}
+#: A forward+backward costs about this many batched forwards of one image (a backward is
+#: ~2 forwards; batching a chunk saves a little). Refined by measured runs (`record_run`).
+GRADIENT_PASS_FACTOR = 2.5
+#: Methods of at most this many passes always run at once (and need no pass-time measurement).
+ALWAYS_PASSES = 2
+
+
+def budget_s() -> float:
+    import os
+    try:
+        return max(0.0, float(os.environ.get("NEUROSCOPE_INTERACTIVE_BUDGET_S", DEFAULT_BUDGET_S)))
+    except ValueError:
+        return DEFAULT_BUDGET_S
+
+
+def interactive_params(task: str, method: str) -> dict[str, Any]:
+    """The lighter defaults of `method` on a `task` model ({} when it has none)."""
+    return dict(INTERACTIVE_DEFAULTS.get(task, {}).get(method, {}))
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What running a method would cost: passes (limits.estimate_passes) x seconds per pass."""
+
+    passes: int
+    seconds: float
+    gradient: bool                  # passes are forward+backward (else batched forwards)
+    measured: bool                  # seconds per pass from earlier runs of this method on this model
+
+    def over(self, budget: float | None = None) -> bool:
+        """Above the interactive budget. A method of one or two passes never is: nothing
+        can answer faster, and asking first would only add a click."""
+        return self.passes > ALWAYS_PASSES and self.seconds > (budget_s() if budget is None else budget)
+
+    def text(self) -> str:
+        kind = "forward+backward" if self.gradient else "forward"
+        return f"≈ {self.passes:,} {kind} passes × {1000 * self.seconds / self.passes:.0f} ms ≈ {duration(self.seconds)}"
+
+
+def duration(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 90:
+        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
+    return f"{seconds / 60:.0f} min"
+
+
+_PASS_LOCK = threading.Lock()
+_forward_s: "weakref.WeakKeyDictionary | None" = None      # explainer -> seconds of one batched forward per image
+_per_pass: dict = {}                                 # (id(explainer), method) -> measured seconds per pass
+
+
+def forward_seconds(explainer) -> float:
+    """Seconds of one forward of one image in a batch of the chunk size: measured once per
+    model (a warm-up call, then the median of two) on a blank input."""
+    import time
+    import weakref
+    from .methods.chunks import MAX_CHUNK, PIXELS_PER_CHUNK
+    global _forward_s
+    with _PASS_LOCK:
+        if _forward_s is None:
+            _forward_s = weakref.WeakKeyDictionary()
+        hit = _forward_s.get(explainer)
+    if hit is not None:
+        return hit
+    h, w = explainer.spec.input_size
+    n = max(1, min(MAX_CHUNK, PIXELS_PER_CHUNK // max(1, h * w)))
+    x = np.repeat(explainer.prepare(np.zeros((h, w, 3), np.uint8)).x, n, axis=0)
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        explainer.backend.forward(x)
+        times.append(time.perf_counter() - t0)
+    value = float(np.median(times[1:])) / n
+    with _PASS_LOCK:
+        _forward_s[explainer] = value
+    return value
+
+
+def record_run(explainer, method: str, passes: int, seconds: float) -> None:
+    """Remember how long a run took per pass (the next estimate of this method uses it)."""
+    if passes >= 4 and seconds > 0:
+        with _PASS_LOCK:
+            old = _per_pass.get((id(explainer), method))
+            per = seconds / passes
+            _per_pass[(id(explainer), method)] = per if old is None else 0.5 * (old + per)
+
+
+def cost(explainer, method: str, params: dict | None = None, layer: str | None = None) -> Cost:
+    """Estimated cost of `explainer.explain(..., method, params, layer)` before running it."""
+    from . import limits
+    from .methods.registry import get_method
+    info, _ = get_method(method)
+    passes = limits.estimate_passes(method, params, explainer=explainer, layer=layer)
+    smooth = int((params or {}).get("smooth", 0) or 0)
+    gradient = info.batched_gradient or info.family == "gradient" or smooth > 0 or (
+        info.family in ("cam", "activation") and not info.slow)
+    with _PASS_LOCK:
+        measured = _per_pass.get((id(explainer), method))
+        known = None if _forward_s is None else _forward_s.get(explainer)
+    if measured is not None:
+        return Cost(passes, passes * measured, gradient, True)
+    if passes <= ALWAYS_PASSES and known is None:   # runs anyway: do not spend passes measuring
+        return Cost(passes, 0.0, gradient, False)
+    per = forward_seconds(explainer) * (GRADIENT_PASS_FACTOR if gradient else 1.0)
+    return Cost(passes, passes * per, gradient, False)
+
+
+# ------------------------------------------------------------------------- background jobs
+class Job:
+    """One explanation computed in a background thread, with progress and a Cancel.
+
+    `fn(progress)` gets a progress callback for the engine (`explain(progress=...)`); the
+    callback records the fraction and returns False once `cancel()` was called, so the
+    engine raises `Cancelled` at its next chunk (well within a second).
+    """
+
+    def __init__(self, fn, label: str = ""):
+        import threading
+        import time
+        self.label = label
+        self.fraction, self.message = 0.0, "starting"
+        self.result = None
+        self.error: BaseException | None = None
+        self.started = time.monotonic()
+        self.finished: float | None = None
+        self._cancel = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(fn,), name=f"neuroscope-job-{label}", daemon=True)
+        self._thread.start()
+
+    def _progress(self, fraction: float, message: str) -> bool:
+        self.fraction, self.message = float(fraction), message
+        return not self._cancel.is_set()
+
+    def _run(self, fn) -> None:
+        import time
+        try:
+            self.result = fn(self._progress)
+        except BaseException as exc:  # noqa: BLE001 -- reported to the page (Cancelled included)
+            self.error = exc
+        finally:
+            self.finished = time.monotonic()
+            self._done.set()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+    @property
+    def elapsed(self) -> float:
+        import time
+        return (self.finished or time.monotonic()) - self.started
+
+    def time_left(self) -> float | None:
+        """Seconds left, extrapolated from the progress so far (None before any)."""
+        if self.fraction <= 0.01:
+            return None
+        return self.elapsed * (1.0 - self.fraction) / self.fraction

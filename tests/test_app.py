@@ -238,6 +238,8 @@ def test_display_changes_run_no_model_pass():
         now = shown(at, "overlays")
         changed = [m for m in now if not np.array_equal(now[m], before[m])]
         assert changed, f"{key} did not change any overlay"
+        if key == "disp_sign":           # the sign filter is for signed maps: Grad-CAM stays whole
+            assert changed == ["saliency"]
         before = dict(now)
     assert ex.stats == stats, f"display changes ran the model: {ex.stats - stats}"
     after_maps = maps(at)
@@ -266,12 +268,12 @@ def test_downloads_hold_the_maps_the_overlays_and_the_parameters(monkeypatch):
 # ----------------------------------------------------------------------------- parameters and bad input
 def test_method_parameters_come_from_the_registry_and_bad_values_are_reported():
     at = start(CLASSIFIER, gallery="cat.jpg", methods=["integrated-gradients"],
-               **{"param::integrated-gradients::steps": 4})
+               **{"param::classification::integrated-gradients::steps": 4})
     ig = shown(at, "maps")["integrated-gradients"]
     assert np.isfinite(ig).all() and np.ptp(ig) > 0
-    assert at.number_input(key="param::integrated-gradients::smooth").value == 0   # SmoothGrad, from the registry
+    assert at.number_input(key="param::classification::integrated-gradients::smooth").value == 0   # SmoothGrad, from the registry
 
-    at.text_input(key="param::integrated-gradients::baseline").set_value("purple").run()
+    at.text_input(key="param::classification::integrated-gradients::baseline").set_value("purple").run()
     assert not at.exception
     assert any("baseline" in e.value and "purple" in e.value for e in at.error)
     assert "integrated-gradients" not in shown(at, "maps")
@@ -370,3 +372,35 @@ def test_the_parameters_export_records_this_sessions_target_not_a_cached_one(mon
     doc = json.loads(exports.parameters_json("m", "img", labels.shape, rb.as_json(), res_b))
     assert doc["target"]["region"] == f"{b[0]},{b[1]}"
     assert doc["methods"]["grad-cam"]["target"]["region"] == f"{b[0]},{b[1]}"
+
+
+# ----------------------------------------------------------------------------- slow work on request
+def test_a_slow_method_waits_for_compute_and_cancel_stops_it(monkeypatch):
+    import time
+    from neuroscope import interactive, limits
+    from neuroscope.errors import Cancelled
+    monkeypatch.setenv("NEUROSCOPE_INTERACTIVE_BUDGET_S", "0.001")    # everything above 2 passes asks first
+    at = start(CLASSIFIER, gallery="cat.jpg", methods=["grad-cam", "occlusion"])
+    ex = selection(at).explainer
+    assert set(shown(at, "maps")) == {"grad-cam"}                       # one pass: computed at once
+    compute = [b for b in at.button if b.label == "Compute occlusion"]
+    assert len(compute) == 1 and ex.stats["explain"] >= 1
+    estimate = interactive.cost(ex, "occlusion", {})
+    assert estimate.passes == limits.estimate_passes("occlusion", {}, explainer=ex) > 2
+    assert any(f"{estimate.passes:,} forward passes" in m.value for m in at.markdown)
+
+    before = ex.stats["explain"]
+    clean(at.sidebar.selectbox(key=f"layer::{CLASSIFIER}").set_value(
+        [l.name for l in ex.spatial_layers()][-3]).run())                 # other choices never start it
+    assert not session(at).kept.get("jobs") and "occlusion" not in shown(at, "maps")
+    compute[0].click().run()
+    (job,) = session(at).kept["jobs"].values()
+    assert not job.done and any(b.label == "Cancel" for b in at.button)
+    assert not job.wait(0.5)                                            # hundreds of passes: still running
+    t0 = time.monotonic()
+    next(b for b in at.button if b.label == "Cancel").click().run()
+    assert job.done and isinstance(job.error, Cancelled)
+    assert job.finished - t0 < 2.0, job.finished - t0                   # stops at the next chunk
+    assert "occlusion" not in shown(at, "maps")
+    assert any("Cancelled after" in w.value for w in at.warning)
+    assert ex.stats["explain"] - before <= 2                           # grad-cam at the new layer (+ occlusion)

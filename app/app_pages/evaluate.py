@@ -113,7 +113,7 @@ def curves(report) -> None:
 
 def thumbnail(m: np.ndarray, signed: bool) -> np.ndarray:
     sign = "both" if signed else "positive"
-    return render.colorize(render.scale_map(m, sign=sign, clip_percentile=99.5), "RdBu_r" if signed else "jet")
+    return render.colorize(render.scale_map(m, sign=sign, clip_percentile=99.5), "RdBu_r" if signed else "inferno")
 
 
 def sanity_strip(report, infos: dict[str, MethodInfo]) -> None:

@@ -82,7 +82,7 @@ def layer_sweep(sel: state.Selection, names: list[str]) -> None:
         return
     state.session().shown["sweep"] = maps
     picture = views.shown(sel.image, SWEEP_THUMB)
-    display = views.Display("jet", 0.5, "both", 99.5)
+    display = views.Display("inferno", 0.5, "both", 99.5)
     thumbs = [display.overlay(picture, maps[n], signed=False) for n in chosen]
     st.caption(f"Grad-CAM of {sel.resolved.class_name} at {len(chosen)} layers from one capture, "
                "input side first.")
