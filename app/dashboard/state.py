@@ -34,6 +34,7 @@ from . import truth
 IMAGES = ASSETS / "images"
 EXTRA_SPECS_ENV = "NEUROSCOPE_EXTRA_SPECS"   # os.pathsep-separated local spec paths (operator-provided)
 UPLOAD_MODEL = "__upload__"
+OPENED = "Batch result"                       # image source of a row opened on the Results page
 REGIONS = {"predicted": "Predicted mask of the class", "all": "All pixels",
            "clicked": "Clicked object", "box": "Box (two clicks)"}
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp"]
@@ -130,6 +131,8 @@ class Session:
     shown: dict[str, Any] = field(default_factory=dict)
     #: results a page keeps between runs (e.g. the last evaluation report), by name
     kept: dict[str, Any] = field(default_factory=dict)
+    #: an image opened from the Results page: {"path", "name"} (a local file of a batch run)
+    opened: dict | None = None
 
 
 def session() -> Session:
@@ -336,7 +339,16 @@ def generated_scene(seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _pick_image(sb, task: str) -> tuple[np.ndarray, str, str, np.ndarray | None] | None:
     sources = ["Gallery", "Generated scene", "Upload"] if scene_generator() else ["Gallery", "Upload"]
+    opened = session().opened
+    if opened is not None:
+        sources.append(OPENED)
     source = sb.radio("Image", sources, key=Keys.IMAGE_SOURCE, horizontal=True, **KEEP)
+    if source == OPENED and opened is not None:
+        try:
+            return load_image(opened["path"]), f"batch:{opened['path']}", opened["name"], None
+        except BadImage as exc:
+            st.error(f"{exc}")
+            return None
     if source == "Gallery":
         names = gallery_names(task)
         name = sb.selectbox("Bundled image", names, key=Keys.gallery(task), **KEEP)
