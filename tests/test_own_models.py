@@ -482,3 +482,18 @@ def test_segmentation_softmax_heads_in_both_frameworks():
         np.testing.assert_allclose(ex.predict(image).probs, p, rtol=1e-4, atol=1e-6)
         res = ex.explain(image, "grad-cam", target=Target.segmentation(int(p.mean(axis=(1, 2)).argmax()), "all"))
         assert res.meta["score"] == "logit" and np.isfinite(res.map).all()
+
+
+@pytest.mark.parametrize("framework", ["torch", "keras"])
+def test_an_error_of_the_callers_objective_is_raised_as_is(framework):
+    """Only the model's own failures become BadModel; a target decided mid-pass that fails
+    (e.g. an empty region) raises its own error."""
+    from neuroscope.errors import BadTarget
+    model = zoo.SmallNet(num_classes=3) if framework == "torch" else zoo.keras_head_model("logits", classes=3)
+    m = load_model(model, input_size=(SIZE, SIZE), task="classification", num_classes=3)
+
+    def decide(logits):
+        raise BadTarget("no such class here")
+
+    with pytest.raises(BadTarget, match="no such class here"):
+        m.backend.capture(np.zeros((1, SIZE, SIZE, 3), np.float32), decide, [])

@@ -127,6 +127,7 @@ class Session:
     model_failures: dict[str, str] = field(default_factory=dict)   # spec path -> message
     upload_digest: tuple | None = None                        # (file ids, sha256) of the uploaded model
     uploaded_truth: dict[str, np.ndarray] = field(default_factory=dict)   # image key -> label map
+    task: str = "classification"                              # the last model's task (image picker order)
     #: what each page last showed, by name (tests read it; pages own their entries)
     shown: dict[str, Any] = field(default_factory=dict)
     #: results a page keeps between runs (e.g. the last evaluation report), by name
@@ -337,7 +338,9 @@ def generated_scene(seed: int) -> tuple[np.ndarray, np.ndarray]:
     return scene.image, scene.labels
 
 
-def _pick_image(sb, task: str) -> tuple[np.ndarray, str, str, np.ndarray | None] | None:
+def _pick_image(sb, task: str, quiet: bool = False) -> tuple[np.ndarray, str, str, np.ndarray | None] | None:
+    """The image the sidebar picks; `quiet`: only draw the widgets (no messages, nothing read),
+    so that their values, an uploaded file included, survive a run without a model."""
     sources = ["Gallery", "Generated scene", "Upload"] if scene_generator() else ["Gallery", "Upload"]
     opened = session().opened
     if opened is not None:
@@ -352,6 +355,8 @@ def _pick_image(sb, task: str) -> tuple[np.ndarray, str, str, np.ndarray | None]
     if source == "Gallery":
         names = gallery_names(task)
         name = sb.selectbox("Bundled image", names, key=Keys.gallery(task), **KEEP)
+        if quiet:
+            return None
         with sb.expander("Gallery"):
             st.image(thumbnails(tuple(names)), caption=names)
         try:
@@ -362,6 +367,8 @@ def _pick_image(sb, task: str) -> tuple[np.ndarray, str, str, np.ndarray | None]
     if source == "Generated scene":
         seed = int(sb.number_input("Scene seed", min_value=0, max_value=1_000_000, step=1, key=Keys.SCENE_SEED,
                                    **KEEP))
+        if quiet:
+            return None
         try:
             with st.spinner("Generating a driving scene…"):
                 image, labels = generated_scene(seed)
@@ -370,6 +377,8 @@ def _pick_image(sb, task: str) -> tuple[np.ndarray, str, str, np.ndarray | None]
             return None
         return image, f"scene:{seed}", f"generated scene {seed}", labels
     up = sb.file_uploader("Upload an image", type=IMAGE_TYPES, key=Keys.IMAGE_UPLOAD)
+    if quiet:
+        return None
     if up is None:
         st.info("Upload an image in the sidebar (PNG or JPEG).")
         return None
@@ -502,7 +511,11 @@ def sidebar() -> Selection | None:
         entry = by_key[choice_]
         model_key, model_label, ex = entry.key, entry.name, _load_entry(entry)
     if ex is None:
+        # keep drawing the image picker: a widget left out of a run loses its value, and the
+        # uploaded image would be gone once the model upload is done
+        _pick_image(sb, s.task, quiet=True)
         return None
+    s.task = ex.task
 
     picked = _pick_image(sb, ex.task)
     if picked is None:
