@@ -30,6 +30,7 @@ PAGES = [
     ("app_pages/model.py", "Model", ":material/account_tree:"),
     ("app_pages/evaluate.py", "Evaluate", ":material/speed:"),
     ("app_pages/results.py", "Results", ":material/table_view:"),
+    ("app_pages/concepts.py", "Concepts", ":material/category:"),
 ]
 
 st.set_page_config(page_title="Neuroscope", page_icon=":material/visibility:", layout="wide")

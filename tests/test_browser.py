@@ -340,7 +340,7 @@ def test_results_page_opens_a_row_in_explain(page, server):
     go(page, "Results")
     expect(page.locator('[data-testid="stDataFrame"]')).to_have_count(1, timeout=TIMEOUT_MS)
     expect(page.get_by_text("3 of 3 rows")).to_be_visible(timeout=TIMEOUT_MS)
-    expect(page.locator('[data-testid="stImage"]')).to_have_count(2, timeout=TIMEOUT_MS)    # the gallery
+    expect(page.locator(".st-key-results_gallery img")).to_have_count(2, timeout=TIMEOUT_MS)
     status = page.get_by_role("radiogroup", name="Status")
     status.get_by_text("failed", exact=True).click()
     expect(page.get_by_text("1 of 3 rows")).to_be_visible(timeout=TIMEOUT_MS)
@@ -357,3 +357,14 @@ def test_results_page_opens_a_row_in_explain(page, server):
         "grad-cam", timeout=TIMEOUT_MS)
     wait_idle(page)
     no_errors(page)
+
+
+def test_concepts_page_shows_the_relevant_filters_of_the_class_with_atlas_crops(page, server):
+    from playwright.sync_api import expect
+    go(page, "Concepts")
+    if server["model"] == "drivescene-seg":   # its bundled interpretation
+        expect(page.locator(".st-key-concepts_atlas [data-testid='stImage']").first).to_be_visible(timeout=TIMEOUT_MS)
+        expect(page.get_by_text(re.compile(r"relevant filters of"))).to_be_visible()
+    wait_idle(page)
+    no_errors(page)
+    page.screenshot(path=str(ARTIFACTS / "concepts.png"))

@@ -121,7 +121,8 @@ def page() -> None:
                          else render.colorize(render.scale_map(m)))
         captions.append(f"{r['image']} · {r['method']}")
     if tiles:
-        st.image([views.shown(t) for t in tiles], caption=captions, width=220)
+        with st.container(key="results_gallery"):
+            st.image([views.shown(t) for t in tiles], caption=captions, width=220)
     state.session().shown["results:gallery"] = len(tiles)
 
 
