@@ -38,8 +38,10 @@ def target_picture(sel: state.Selection, bound: tuple[int, int] = MAX_DISPLAY) -
     pic = shown(sel.image, bound)
     if sel.resolved is not None and sel.resolved.mask is not None and not sel.resolved.mask.all():
         pic = render.outline(pic, resize_labels(sel.resolved.mask, pic.shape[:2]), colour=(255, 255, 0), width=2)
-    if sel.clicks:
-        pic = render.mark_points(pic, to_display(sel.clicks, sel.image.shape[:2], pic.shape[:2]), colour=(255, 0, 255))
+    mode = state.choice(state.Keys.REGION_MODE)
+    points = sel.clicks[-1:] if mode == "clicked" else sel.clicks[-2:] if mode == "box" else []
+    if points:   # only the clicks the region uses
+        pic = render.mark_points(pic, to_display(points, sel.image.shape[:2], pic.shape[:2]), colour=(255, 0, 255))
     return pic
 
 
