@@ -90,6 +90,17 @@ def reference_pass_ms(repeats: int = 5) -> float:
     return statistics.median(times[1:])
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of the server process (Linux)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
 def wait_idle(page, timeout_ms: int = 300_000) -> None:
     page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms)
 
@@ -143,6 +154,7 @@ def main() -> None:
             seed.press("Enter")
             expect(summary).to_contain_text(f"generated scene {SEED}", timeout=300_000)
             wait_idle(page)
+            rss_start = rss_mb(proc.pid)
 
             for i, (x, y) in enumerate(points):
                 picture = page.frame_locator('iframe[title*="streamlit_image_coordinates"]').first.locator("#image")
@@ -178,6 +190,7 @@ def main() -> None:
                 rows["first page"].append(time.perf_counter() - t0)
                 tab.close()
             browser.close()
+            rss_end = rss_mb(proc.pid)
     finally:
         proc.terminate()
         try:
@@ -195,6 +208,7 @@ def main() -> None:
           f"click -> map = {1000 * statistics.median(rows['click -> map']) / ref:.1f}x that (rendering, "
           "the browser round trip and the page's own work included).")
     print("First page: the model was already loaded by the server (the first tab of the run loaded it).")
+    print(f"Server RSS: {rss_start:.0f} MB after the set-up, {rss_end:.0f} MB at the end.")
 
 
 if __name__ == "__main__":
