@@ -188,6 +188,52 @@ class InplaceWatch(TorchFunctionMode):
         return out
 
 
+def _functional_relu(name: str, args: tuple, kwargs: dict) -> tuple[tuple[float, float], bool] | None:
+    """((negative slope, upper cut-off), in place) of a functional ReLU-like call, else None."""
+    def arg(i: int, key: str, default):
+        return kwargs.get(key, args[i] if len(args) > i else default)
+
+    if name == "relu":
+        return (0.0, float("inf")), bool(arg(1, "inplace", False))
+    if name == "relu6":
+        return (0.0, 6.0), bool(arg(1, "inplace", False))
+    if name == "leaky_relu":
+        return (float(arg(1, "negative_slope", 0.01)), float("inf")), bool(arg(2, "inplace", False))
+    if name == "hardtanh" and float(arg(1, "min_val", -1.0)) == 0.0:
+        return (0.0, float(arg(2, "max_val", 1.0))), bool(arg(3, "inplace", False))
+    return None
+
+
+class FunctionalRules(TorchFunctionMode):
+    """For one rule pass (thread-local, like every torch-function mode): a functional
+    ReLU-like call (F.relu, torch.relu, x.relu_(), F.relu6, F.leaky_relu, F.hardtanh(0, m))
+    returns its own values carrying the rule's backward, `apply(x, out, (slope, upper))`.
+    An in-place call still changes its input in place (the caller may rely on it); the
+    rule then starts from a copy of the input taken before. A call inside an nn.ReLU
+    module is replaced again by the module's own rule hook (the same backward)."""
+
+    def __init__(self, apply: Callable) -> None:
+        super().__init__()
+        self.apply = apply
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = FUNCTIONAL_ACTIVATIONS.get(getattr(func, "__name__", ""))
+        x = args[0] if args else None
+        if name not in RELU_LIKE or not isinstance(x, torch.Tensor) or not x.requires_grad \
+                or not torch.is_grad_enabled():
+            return func(*args, **kwargs)
+        found = _functional_relu(name, args, kwargs)
+        if found is None:
+            return func(*args, **kwargs)
+        params, inplace = found
+        if inplace or getattr(func, "__name__", "").endswith("_"):
+            before = x.clone()
+            out = func(*args, **kwargs)
+            return self.apply(before, out, params)
+        return self.apply(x, func(*args, **kwargs), params)
+
+
 # ------------------------------------------------------------------ errors
 
 def _first_line(exc: BaseException) -> str:
@@ -211,10 +257,21 @@ def model_error(exc: BaseException, call: str, names: dict[int, str]) -> Neurosc
     return BadModel(f"the model failed {place} ({call}): {type(exc).__name__}: {_first_line(exc)}")
 
 
+class CallerError(Exception):
+    """An exception of the caller's own code run inside a pass (an objective decider):
+    `guarded` re-raises the original, unwrapped."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(str(exc))
+        self.exc = exc
+
+
 def guarded(call: str, names: dict[int, str], fn: Callable, *args, **kwargs):
     """fn(*args, **kwargs) with framework errors turned into `model_error`."""
     try:
         return fn(*args, **kwargs)
+    except CallerError as wrapped:
+        raise wrapped.exc from None
     except NeuroscopeError:
         raise
     except Exception as exc:  # noqa: BLE001 -- any framework error of a model pass

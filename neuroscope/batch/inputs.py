@@ -1,6 +1,7 @@
 """What `neuroscope batch` reads: the images of INPUT and the per-image targets of `--targets`.
 
-INPUT is a folder (searched recursively), a glob pattern, a text file of paths (one per
+INPUT is a folder (searched recursively; label, instance and part images named
+``<stem>_labels.png`` etc. beside their images are skipped), a glob pattern, a text file of paths (one per
 line, relative to the file, `#` comments), or a video file whose every K-th frame is
 written once as a PNG under OUT/frames/ (PyAV decodes it). Every image becomes a record:
 ``{"image": id, "path": file}`` plus its target fields; the id is the path relative to
@@ -16,6 +17,8 @@ from pathlib import Path
 
 from ..cli_args import CliError
 
+#: companions of an image that are not images to explain (labels, instances, parts: DATA.md)
+AUX_SUFFIXES = ("_labels", "_instances", "_parts")
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 LIST_EXTS = {".txt", ".lst"}
@@ -30,7 +33,7 @@ def collect(source: str, out: str | os.PathLike, every: int = 1) -> list[dict]:
         raise CliError(f"--every must be >= 1, got {every}")
     path = Path(source)
     if path.is_dir():
-        files = [p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file()]
+        files = [p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file() and not _aux(p)]
         records = [{"image": p.relative_to(path).as_posix(), "path": str(p.resolve())} for p in files]
     elif path.is_file() and path.suffix.lower() in VIDEO_EXTS:
         records = video_frames(path, Path(out) / "frames", every)
@@ -45,7 +48,7 @@ def collect(source: str, out: str | os.PathLike, every: int = 1) -> list[dict]:
         records = [{"image": path.name, "path": str(path.resolve())}]
     elif any(ch in source for ch in "*?["):
         root = _glob_root(source)
-        files = [Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file()]
+        files = [Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file() and not _aux(Path(p))]
         records = [{"image": _rel(p, root), "path": str(p.resolve())} for p in files]
     elif not path.exists():
         raise CliError(f"INPUT not found: {source}")
@@ -62,6 +65,10 @@ def collect(source: str, out: str | os.PathLike, every: int = 1) -> list[dict]:
         dup = next(i for i in ids if ids.count(i) > 1)
         raise CliError(f"INPUT names {dup} twice")
     return sorted(records, key=lambda r: r["image"])
+
+
+def _aux(p: Path) -> bool:
+    return p.stem.endswith(AUX_SUFFIXES)
 
 
 def _glob_root(pattern: str) -> Path:

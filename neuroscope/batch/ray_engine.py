@@ -9,6 +9,7 @@ so both engines give the same rows and maps.
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Iterator
 
@@ -28,9 +29,10 @@ class ExplainActor:
 
     def __call__(self, batch):
         import pyarrow as pa
-        records = [{k: v for k, v in r.items() if v is not None} for r in batch.to_pylist()]
-        rows = run_chunk(self.ex, records, self.settings)
-        self.ex.clear_caches()
+        rows = []
+        for item in batch.to_pylist():          # one item = one chunk, as the local engine cuts them
+            rows += run_chunk(self.ex, json.loads(item["records"]), self.settings)
+            self.ex.clear_caches()
         return pa.Table.from_pylist([{c: r.get(c) for c in COLUMNS} for r in rows], schema=schema())
 
 
@@ -57,12 +59,12 @@ def run_ray(settings: Settings, records: list[dict], *, workers: int = 1, addres
         ctx.verbose_progress = False
         gpus = ray.cluster_resources().get("GPU", 0)
         per_actor = {"num_gpus": min(1.0, gpus / max(workers, 1))} if gpus else {}
-        items = [{k: r.get(k) for k in RECORD_KEYS} for r in records]
-        for it in items:
-            for k in ("class", "region", "contrast", "todo"):
-                it[k] = None if it[k] is None else str(it[k])
-        ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // chunk)))
-        ds = ds.map_batches(ExplainActor, fn_constructor_args=(settings,), batch_size=chunk, batch_format="pyarrow",
+        # Whole chunks travel as items: a worker batches exactly the images the local
+        # engine would (the same model batches, so the same floats).
+        chunks = [json.dumps([{k: r[k] for k in RECORD_KEYS if r.get(k) is not None} for r in records[i:i + chunk]])
+                  for i in range(0, len(records), chunk)]
+        ds = ray.data.from_items([{"records": c} for c in chunks], override_num_blocks=len(chunks))
+        ds = ds.map_batches(ExplainActor, fn_constructor_args=(settings,), batch_size=1, batch_format="pyarrow",
                             compute=ray.data.ActorPoolStrategy(size=max(1, workers)), num_cpus=1, **per_actor)
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
             yield [{c: r.get(c) for c in COLUMNS} for r in batch.to_pylist()]

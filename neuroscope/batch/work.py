@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,7 +92,7 @@ def run_chunk(ex, records: list[dict], settings: Settings) -> list[dict]:
     """Rows for `records` x `settings.methods` (records in order, methods in order); a
     record's ``todo`` (comma list) narrows its methods (a resumed run)."""
     from ..methods.registry import get_method
-    from .batched import explain_many
+    from .batched import explain_many, prefill
     rows: dict[tuple[str, str], dict] = {}
     ready = []                                       # (record, prep, target)
     for rec in records:
@@ -104,24 +105,38 @@ def run_chunk(ex, records: list[dict], settings: Settings) -> list[dict]:
         except (NeuroscopeError, OSError) as exc:
             for m in _wanted(rec, settings):
                 rows[rec["image"], m] = _row(rec, m, status=FAILED, error=_message(exc))
-    for method in settings.methods:
-        info = get_method(method)[0]
-        layer = settings.layer if info.needs_layer else None
-        # same-size images together (one shape per model batch)
-        groups: dict[tuple, list] = {}
-        for item in ready:
-            if method not in _wanted(item[0], settings):
-                continue
-            groups.setdefault(item[1].x.shape, []).append(item)
-        for group in groups.values():
-            results = explain_many(ex, [p for _, p, _ in group], method, [t for _, _, t in group], layer=layer,
-                                   params=settings.params.get(method), batch=settings.model_batch)
-            for (rec, prep, _), res in zip(group, results):
+    # same-size images together (one model input shape per batched pass)
+    groups: dict[tuple, list] = {}
+    for item in ready:
+        groups.setdefault(item[1].x.shape, []).append(item)
+    for group in groups.values():
+        wanted = [m for m in settings.methods if any(m in _wanted(rec, settings) for rec, _, _ in group)]
+        shared = {}                  # method -> its share (ms) of the batched pass per image
+        if settings.model_batch:
+            t0 = time.perf_counter()
+            try:
+                served = prefill(ex, [p for _, p, _ in group], [t for _, _, t in group], wanted,
+                                 layer=settings.layer, params=settings.params)
+            except Cancelled:
+                raise
+            except NeuroscopeError:
+                served = []  # each image then runs (and fails, with its own message) on its own
+            if served:
+                share = (time.perf_counter() - t0) * 1000.0 / (len(group) * len(served))
+                shared = dict.fromkeys(served, share)
+        for method in wanted:
+            info = get_method(method)[0]
+            layer = settings.layer if info.needs_layer else None
+            todo = [item for item in group if method in _wanted(item[0], settings)]
+            results = explain_many(ex, [p for _, p, _ in todo], method, [t for _, _, t in todo], layer=layer,
+                                   params=settings.params.get(method))
+            for (rec, prep, _), res in zip(todo, results):
                 if isinstance(res, Exception):
                     rows[rec["image"], method] = _row(rec, method, status=FAILED, error=_message(res))
                     continue
                 try:
-                    rows[rec["image"], method] = _done_row(ex, rec, prep, method, res, settings)
+                    rows[rec["image"], method] = _done_row(ex, rec, prep, method, res, settings,
+                                                           shared.get(method, 0.0))
                 except Cancelled:
                     raise
                 except (NeuroscopeError, OSError) as exc:
@@ -139,13 +154,14 @@ def _message(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def _done_row(ex, rec: dict, prep, method: str, res, settings: Settings) -> dict:
+def _done_row(ex, rec: dict, prep, method: str, res, settings: Settings, shared_ms: float = 0.0) -> dict:
+    """`shared_ms`: this map's share of a batched model pass (added to its time_ms)."""
     m = res.map
     t = res.meta["target"]
     row = _row(rec, method, status=DONE, class_id=int(t["class_id"]), class_name=t["class_name"],
                region=t.get("region"), layer=res.meta["layer"],
                params=json.dumps(res.meta["params"], sort_keys=True, default=str),
-               time_ms=float(res.meta["time_ms"]), height=int(m.shape[0]), width=int(m.shape[1]),
+               time_ms=float(res.meta["time_ms"]) + shared_ms, height=int(m.shape[0]), width=int(m.shape[1]),
                map_min=float(m.min()), map_max=float(m.max()), map_mean=float(m.mean()),
                map_abs_mean=float(np.abs(m).mean()))
     if settings.metrics:
