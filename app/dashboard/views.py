@@ -65,7 +65,7 @@ UNITS = {
     "cam": "class activation (relative units)",
     "activation": "activation",
     "gradient": "gradient of the target score",
-    "perturbation": "change of the target score",
+    "perturbation": "drop of the target score",
     "feature": "feature relevance (relative units)",
     "segmentation": "relevance for the region (relative units)",
     "evidence": "evidence for the target (score units)",
@@ -116,13 +116,13 @@ class Display:
         lo, hi, symmetric = render.scale_range(m, sign, self.percentile)
         unit = UNITS.get(family, "relevance")
         if symmetric:
-            label = f"{unit}: red raises the target score, blue lowers it"
+            label = f"{unit}: red raises it, blue lowers it"
         elif signed and sign != "both":
             label = f"{unit}, {'positive' if sign == 'positive' else 'negative (as magnitude)'} part only"
         else:
             label = unit
         if self.percentile < 100:
-            label += f"; clipped at the {self.percentile:g}th percentile"
+            label += f" (clip {self.percentile:g}%)"
         return state.memo("legend", (self, signed, family, width), lambda: render.colorbar(
             self.colormap(signed), lo, hi, width=width, label=label, symmetric=symmetric), refs=(m,), size=24)
 
