@@ -30,6 +30,7 @@ PAGES = [
     ("app_pages/model.py", "Model", ":material/account_tree:"),
     ("app_pages/evaluate.py", "Evaluate", ":material/speed:"),
     ("app_pages/results.py", "Results", ":material/table_view:"),
+    ("app_pages/concepts.py", "Concepts", ":material/category:"),
 ]
 
 # a local file: a ":material/..." page icon makes the browser fetch the favicon from a font CDN

@@ -358,3 +358,14 @@ def test_results_page_opens_a_row_in_explain(page, server):
         "grad-cam", timeout=TIMEOUT_MS)
     wait_idle(page)
     no_errors(page)
+
+
+def test_concepts_page_shows_the_relevant_filters_of_the_class_with_atlas_crops(page, server):
+    from playwright.sync_api import expect
+    go(page, "Concepts")
+    if server["model"] == "drivescene-seg":   # its bundled interpretation
+        expect(page.locator(".st-key-concepts_atlas [data-testid='stImage']").first).to_be_visible(timeout=TIMEOUT_MS)
+        expect(page.get_by_text(re.compile(r"relevant filters of"))).to_be_visible()
+    wait_idle(page)
+    no_errors(page)
+    page.screenshot(path=str(ARTIFACTS / "concepts.png"))
