@@ -33,7 +33,8 @@ PAGES = [
     ("app_pages/concepts.py", "Concepts", ":material/category:"),
 ]
 
-st.set_page_config(page_title="Neuroscope", page_icon=":material/visibility:", layout="wide")
+# a local file: a ":material/..." page icon makes the browser fetch the favicon from a font CDN
+st.set_page_config(page_title="Neuroscope", page_icon=str(Path(APP_DIR) / "assets" / "favicon.png"), layout="wide")
 navigation = st.navigation([st.Page(path, title=title, icon=icon, default=i == 0)
                             for i, (path, title, icon) in enumerate(PAGES)])
 st.sidebar.title("Neuroscope")

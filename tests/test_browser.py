@@ -310,8 +310,9 @@ def test_a_detour_through_upload_keeps_the_choices(page):
     assert summary.inner_text() == before                       # same image, same clicked region
     assert sidebar.get_by_label("Scene seed").input_value() == str(SCENE_SEED)
     assert layer.inner_text() == chosen
-    assert [c.split(" · ")[0] for c in page.locator(
-        '.st-key-overlays [data-testid="stImageCaption"]').all_inner_texts()] == ["grad-cam", "saliency"]
+    captions = page.locator('.st-key-overlays [data-testid="stImageCaption"]')
+    expect(captions).to_have_count(2, timeout=TIMEOUT_MS)
+    assert [c.split(" · ")[0] for c in captions.all_inner_texts()] == ["grad-cam", "saliency"]
     no_errors(page)
 
 

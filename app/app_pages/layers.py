@@ -40,7 +40,7 @@ def filter_grid(sel: state.Selection, acts: np.ndarray, order: np.ndarray, mean_
                                   key=Keys.scoped("layers_page", sel.model_key, sel.layer, per_page), **KEEP))
     cmap = c3.selectbox("Tile colormap", ["viridis", "inferno", "gray", "jet"], key="layers_cmap", **KEEP)
     shown = order[(page_no - 1) * per_page: page_no * per_page]
-    grid = render.filter_grid(acts, shown, cols=GRID_COLS, tile=96, cmap=cmap)
+    grid = render.filter_grid(acts, shown, cols=GRID_COLS, tile=96, cmap=cmap, numbers=True)
     rows = -(-len(shown) // GRID_COLS)
     key = channel_key(sel)
 
