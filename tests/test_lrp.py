@@ -219,14 +219,16 @@ def test_a_call_that_raises_leaves_no_hook_and_no_changed_weight():
 keras = pytest.importorskip("keras")
 
 
-@pytest.mark.parametrize("model, size, target", [
-    ("mobilenet_v2-imagenet", None, Target.classification(281)),
-    ("drivescene-seg", (128, 256), Target.segmentation(13, (880, 450))),   # a clicked car, decoder included
+@pytest.mark.parametrize("model, size, target, names", [
+    ("mobilenet_v2-imagenet", None, Target.classification(281), ("epsilon-plus-flat",)),
+    # a clicked car, decoder included; gamma-box: five passes per convolution, the most
+    # sensitive to a BatchNorm merged differently (the small parity net covers the rest)
+    ("drivescene-seg", (128, 256), Target.segmentation(13, (880, 450)), ("epsilon-gamma-box",)),
 ])
-def test_keras_maps_match_torch_on_the_bundled_models(model, size, target):
+def test_keras_maps_match_torch_on_the_bundled_models(model, size, target, names):
     image = IMAGES / "dashcam-highway-cars.jpg"
     explainers = [Explainer(load_model(spec, input_size=size)) for spec in (model, f"{model}-keras")]
-    for name in ("epsilon-plus-flat", "epsilon-gamma-box"):
+    for name in names:
         maps = [ex.explain(image, "lrp", target=target, params={"composite": name}) for ex in explainers]
         r = pearson(maps[0].map_model, maps[1].map_model)
         assert r >= 0.99, f"{model} {name}: r = {r:.4f}"
