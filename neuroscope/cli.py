@@ -9,12 +9,10 @@ import sys
 import time
 from typing import Any, Sequence
 
+from .cli_args import CliError, explainer_from_args as _explainer, target_from_args as _target  # noqa: F401
+
 ORIGINAL_SET = ("activation", "saliency", "guided-backprop", "grad-cam", "grad-cam++", "guided-grad-cam")
 SEGMENTATION_SET = ("score-map", "fusion-map")
-
-
-class CliError(Exception):
-    """A usage error: one line on stderr, exit 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -105,32 +103,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # ------------------------------------------------------------------ helpers
-def _explainer(args):
-    from .engine import Explainer
-    return Explainer(args.model, input_size=getattr(args, "input_size", None))
-
-
-def _target(args, task: str):
-    from .targets import Target, parse_region
-    region = getattr(args, "region", None)
-    if task == "classification" and region is not None:
-        raise CliError("--region applies to segmentation models only")
-    return Target(class_id=args.class_id, region=parse_region(region) if region else None,
-                  within_class=getattr(args, "within_class", False), contrast=getattr(args, "contrast", None),
-                  task=task)
-
-
 def _table(rows: list[dict], columns: Sequence[str]) -> str:
-    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells])
+    from .evaluation.reports import text_table
+    return text_table(rows, columns)
 
 
 def _markdown(rows: list[dict], columns: Sequence[str]) -> str:
-    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    out += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return "\n".join(out)
+    from .evaluation.reports import markdown_table
+    return markdown_table(rows, columns)
 
 
 # ------------------------------------------------------------------ commands
@@ -284,10 +264,7 @@ def cmd_bench(args):
 
 
 def cmd_evaluate(args):
-    try:
-        from .evaluate import run_cli
-    except ModuleNotFoundError:
-        raise CliError("evaluate is not available in this build") from None
+    from .evaluation.cli import run_cli
     return run_cli(args)
 
 

@@ -11,9 +11,10 @@ import numpy as np
 
 from .backends.base import Capture, LayerInfo
 from .errors import BadModel, BadParameter, Cancelled
+from .limits import check_passes
 from .images import (ImageLike, blur, image_hash, load_image, normalize, normalize_scale, resize_labels, resize_map,
                      resize_maps, resize_rgb)
-from .methods.registry import MethodInfo, check_params, get_method
+from .methods.registry import MethodInfo, check_fits, check_params, get_method
 from .targets import ResolvedTarget, Target, resolve_target
 from .zoo import Model, default_palette, load_model
 
@@ -391,12 +392,10 @@ class Explainer:
         """One map, float32 at original resolution, with metadata (CONTRACT.md §5)."""
         t0 = time.perf_counter()
         info, fn = get_method(method)
-        if self.task not in info.tasks:
-            raise BadParameter(f"{method} is for {' and '.join(info.tasks)} models; {self.spec.name} is {self.task}")
-        if self.backend.framework not in info.frameworks:
-            raise BadParameter(f"{method} is not available for {self.backend.framework} models")
+        check_fits(info, self.task, self.backend.framework, self.spec.name)
         params = check_params(info, params)
         layer = self.check_layer(layer, info)
+        check_passes(method, params, explainer=self, layer=layer)   # before any pass (limits.py)
         prep = self.prepare(image)
         if info.family in ("cam", "activation") and not info.batched_gradient and layer is not None:
             self._prefetch(prep, target, (layer,), False, info.layer_gradients)

@@ -52,7 +52,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from neuroscope import Explainer, load_model  # noqa: E402
 from neuroscope.images import load_image, resize_map, resize_rgb  # noqa: E402
-from neuroscope.methods.registry import list_methods  # noqa: E402
+from neuroscope.methods.registry import list_methods, misfit  # noqa: E402
 from neuroscope.zoo import bundled_specs  # noqa: E402
 
 PHOTO = ROOT / "assets" / "images" / "coffee.jpg"
@@ -92,7 +92,7 @@ def time_methods(ex: Explainer, image: np.ndarray, repeats: int, slow_repeats: i
     out["forward+backward"] = {"ms": fb}
     log(f"  forward {fwd:.1f} ms, bare forward+backward {fb:.1f} ms")
     for info in list_methods():
-        if ex.task not in info.tasks or ex.backend.framework not in info.frameworks or info.name in skip:
+        if misfit(info, ex.task, ex.backend.framework) is not None or info.name in skip:
             continue
 
         def run(name=info.name):

@@ -221,7 +221,7 @@ GRID_PARAMS = {"integrated-gradients": {"steps": 16}, "score-cam": {"top": 64}, 
 
 def picture_grid(path: str, model: str = SEGMENTER, image: Path = SCENE) -> None:
     """Every registered method's map on one scene (default target), as overlays in one PNG."""
-    from neuroscope.methods.registry import list_methods
+    from neuroscope.methods.registry import list_methods, misfit
     from neuroscope.render import label_overlay, montage, overlay
     ex = Explainer(load_model(model))
     prep = ex.prepare(image)
@@ -232,7 +232,7 @@ def picture_grid(path: str, model: str = SEGMENTER, image: Path = SCENE) -> None
         tiles.append(label_overlay(prep.image, pred.labels, ex.palette))
         labels.append("prediction")
     for info in list_methods():
-        if ex.task not in info.tasks:
+        if misfit(info, ex.task, ex.backend.framework) is not None:
             continue
         params = GRID_PARAMS.get(info.name, {})
         t0 = time.perf_counter()

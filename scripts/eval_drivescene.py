@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from neuroscope.archs.drivescene import drivescene_seg  # noqa: E402
 from neuroscope.images import load_image, normalize, resize_labels, resize_rgb  # noqa: E402
+from neuroscope.evaluation import reports as scores  # noqa: E402
 from neuroscope.render import label_overlay  # noqa: E402
 from neuroscope.synth import CLASS_NAMES, PALETTE, generate_scene, save_scene  # noqa: E402
 
@@ -71,17 +72,13 @@ class KerasPredictor:
 
 
 def confusion(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    keep = gt != 255
-    return np.bincount(gt[keep].astype(np.int64) * N + pred[keep], minlength=N * N).reshape(N, N)
+    return scores.confusion(pred, gt, N)
 
 
 def iou_table(conf: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
     """Per-class IoU (nan when absent), pixel share, mIoU over classes >= 1%, mIoU over present."""
-    tp = np.diag(conf).astype(np.float64)
-    union = conf.sum(0) + conf.sum(1) - tp
-    iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
-    share = conf.sum(1) / max(conf.sum(), 1)
-    return iou, share, float(np.nanmean(iou[share >= MIN_SHARE])), float(np.nanmean(iou[share > 0]))
+    iou, share = scores.iou(conf), scores.pixel_share(conf)
+    return iou, share, scores.mean_iou(conf, MIN_SHARE), float(np.nanmean(iou[share > 0]))
 
 
 def evaluate(predict, scenes, batch: int = 4) -> np.ndarray:

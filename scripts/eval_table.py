@@ -1,6 +1,6 @@
 """The evaluation table of the README: every method on a fixed evaluation set -> docs/evaluation.md.
 
-Runs `neuroscope.evaluate.evaluate` with every registered method that fits the model (default
+Runs `neuroscope.evaluation.evaluate` with every registered method that fits the model (default
 parameters, the CONTRACT's default layer), a random-map reference row, and the cascading
 sanity check on the set's first item; writes the Markdown table (methods that do not beat a
 random map on the pointing game are flagged; sanity failures listed) and a JSON file with the
@@ -43,7 +43,7 @@ def worker(task: tuple) -> tuple:
     import torch
     torch.set_num_threads(threads)
     from neuroscope import Explainer, load_model
-    from neuroscope.evaluate import _resolve_item, evaluate, get_eval_set, sanity_per_method
+    from neuroscope.evaluation import evaluate, get_eval_set, resolve_item, sanity_per_method
     ex = Explainer(load_model(model))
     items = get_eval_set(set_name).build()
     last = [0.0]
@@ -60,7 +60,7 @@ def worker(task: tuple) -> tuple:
         out = evaluate(ex, items, methods, steps=steps, with_random=with_random, params=table_params,
                        progress=progress, strict=False)
     else:
-        prep, _, rt = _resolve_item(ex, items[0])
+        prep, _, rt = resolve_item(ex, items[0])
         params = {n: {**table_params.get(n, {}), **SANITY_PARAMS.get(n, {})} for n in methods}
         results, errors = sanity_per_method(ex, prep, rt, methods, max_steps=sanity_steps, params=params,
                                             progress=progress)
@@ -96,8 +96,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from neuroscope.errors import NeuroscopeError
-    from neuroscope.evaluate import EVAL_SETS, Report, markdown, sanity_markdown
-    from neuroscope.methods.registry import list_methods
+    from neuroscope.evaluation import EVAL_SETS, Report, markdown, methods_for, sanity_markdown
     from neuroscope.zoo import bundled_specs, read_spec
     specs = bundled_specs()
     if args.model not in specs and not args.model.endswith(".toml"):
@@ -109,7 +108,7 @@ def main() -> int:
         print(f"set {args.eval_set} does not fit {spec.name} ({spec.task})", file=sys.stderr)
         return 2
     if args.methods == "all":
-        methods = [m.name for m in list_methods() if spec.task in m.tasks and spec.framework in m.frameworks]
+        methods = [m.name for m in methods_for(spec.task, spec.framework)]
     else:
         methods = [m for m in args.methods.split(",") if m]
     jobs = max(1, args.jobs)

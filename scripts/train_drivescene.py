@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from neuroscope.archs.drivescene import drivescene_seg, load_imagenet_backbone  # noqa: E402
 from neuroscope.synth import generate_scene  # noqa: E402
+from neuroscope.evaluation import reports as scores  # noqa: E402
 
 H, W = 256, 512
 NUM_CLASSES = 19
@@ -117,18 +118,12 @@ def augment(images: np.ndarray, labels: np.ndarray, crop: tuple[int, int], rng: 
 
 
 def confusion(pred: np.ndarray, gt: np.ndarray, n: int = NUM_CLASSES) -> np.ndarray:
-    keep = gt != 255
-    return np.bincount(gt[keep].astype(np.int64) * n + pred[keep], minlength=n * n).reshape(n, n)
+    return scores.confusion(pred, gt, n)
 
 
 def iou_report(conf: np.ndarray, min_share: float = 0.01) -> tuple[np.ndarray, np.ndarray, float]:
     """Per-class IoU, pixel share, and the mIoU over classes with share >= min_share."""
-    tp = np.diag(conf).astype(np.float64)
-    union = conf.sum(0) + conf.sum(1) - tp
-    iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
-    share = conf.sum(1) / max(conf.sum(), 1)
-    sel = share >= min_share
-    return iou, share, float(np.nanmean(iou[sel]))
+    return scores.iou(conf), scores.pixel_share(conf), scores.mean_iou(conf, min_share)
 
 
 @torch.no_grad()

@@ -1,6 +1,6 @@
 """Evaluate: how faithful and how well localised each method's maps are (METHODS.md §9).
 
-Runs `neuroscope.evaluate.evaluate` on the current image (and target) or on a fixed
+Runs `neuroscope.evaluation.evaluate` on the current image (and target) or on a fixed
 evaluation set, with a progress bar; shows deletion/insertion curves per method, a table
 ranking the methods by any metric, and the model-randomisation sanity strip.
 """
@@ -14,8 +14,8 @@ import streamlit as st
 from dashboard import state
 from neuroscope import render
 from neuroscope.errors import NeuroscopeError
-from neuroscope.evaluate import EVAL_SETS, RANDOM, EvalItem, evaluate
-from neuroscope.methods.registry import MethodInfo, list_methods
+from neuroscope.evaluation import EVAL_SETS, RANDOM, EvalItem, evaluate, methods_for
+from neuroscope.methods.registry import MethodInfo
 
 REPORT = "ns_eval_report"        # (settings, Report) of the last run (tests read it)
 DEFAULT_METHODS = ("grad-cam", "saliency")
@@ -33,7 +33,7 @@ METRICS = {
 
 
 def available(ex) -> dict[str, MethodInfo]:
-    return {m.name: m for m in list_methods() if ex.task in m.tasks and ex.backend.framework in m.frameworks}
+    return {m.name: m for m in methods_for(ex.task, ex.backend.framework)}
 
 
 def evidence_mask(sel: state.Selection) -> np.ndarray | None:

@@ -5,7 +5,7 @@ import streamlit as st
 
 from dashboard import charts, exports, state, views
 from neuroscope.errors import NeuroscopeError
-from neuroscope.methods.registry import MethodInfo, list_methods
+from neuroscope.methods.registry import MethodInfo, methods_for
 
 MAPS = "ns_maps"           # method -> map float32 [H, W] of the last run (tests compare them)
 RESULTS = "ns_results"     # method -> Explanation of the last run
@@ -15,8 +15,7 @@ DEFAULT_METHODS = ("grad-cam",)
 
 def available_methods(ex) -> dict[str, MethodInfo]:
     """Every registered method that fits the model's task and framework (new ones appear here)."""
-    return {m.name: m for m in list_methods()
-            if ex.task in m.tasks and ex.backend.framework in m.frameworks}
+    return {m.name: m for m in methods_for(ex.task, ex.backend.framework)}
 
 
 def pick_methods(infos: dict[str, MethodInfo], task: str) -> list[str]:

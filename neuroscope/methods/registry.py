@@ -1,6 +1,7 @@
 """The method registry: metadata the CLI and the app read, and the parameter parser."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -82,6 +83,30 @@ def list_methods() -> list[MethodInfo]:
     return [info for info, _ in _REGISTRY.values()]
 
 
+def misfit(info: MethodInfo, task: str, framework: str, model: str = "this model") -> str | None:
+    """Why the method cannot explain a `task` model of `framework` (None when it fits).
+
+    The one answer to "does this method fit this model" for the engine, the evaluation,
+    the batch runner, the app pages and the scripts."""
+    if task not in info.tasks:
+        return f"{info.name} is for {' and '.join(info.tasks)} models; {model} is {task}"
+    if framework not in info.frameworks:
+        return f"{info.name} is not available for {framework} models"
+    return None
+
+
+def check_fits(info: MethodInfo, task: str, framework: str, model: str = "this model") -> None:
+    """`misfit` as a `BadParameter`."""
+    reason = misfit(info, task, framework, model)
+    if reason is not None:
+        raise BadParameter(reason)
+
+
+def methods_for(task: str, framework: str) -> list[MethodInfo]:
+    """Every registered method that fits a `task` model of `framework`, in registry order."""
+    return [m for m in list_methods() if misfit(m, task, framework) is None]
+
+
 def parse_value(text: str) -> Any:
     """CLI text -> int, float, bool or a comma list (CONTRACT.md §3)."""
     t = text.strip()
@@ -108,7 +133,29 @@ def check_params(info: MethodInfo, given: dict[str, Any] | None) -> dict[str, An
         if isinstance(value, str) and not isinstance(defaults[key], str):
             value = parse_value(value)
         out[key] = _coerce(info.name, key, value, defaults[key])
+        _check_range(info.name, key, out[key])
     return out
+
+
+#: Allowed values of numeric parameters, by name, for every method that has one:
+#: (low, high, low excluded). A method with another range checks it itself.
+RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    "steps": (1, None, False), "smooth": (0, None, False), "window": (1, None, False),
+    "stride": (1, None, False), "masks": (1, None, False), "cells": (1, 64, False), "p": (0.0, 1.0, True),
+    "samples": (1, None, False), "top": (0, None, False), "seed": (0, 2**63 - 1, False),
+    "channel": (-1, None, False),
+}
+
+
+def _check_range(method: str, key: str, value: Any) -> None:
+    if key not in RANGES or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    lo, hi, open_lo = RANGES[key]
+    if (lo is not None and (value <= lo if open_lo else value < lo)) or (hi is not None and value > hi):
+        what = (f"> {lo}" if open_lo else f">= {lo}") if lo is not None else ""
+        what += (" and " if what and hi is not None else "") + (f"<= {hi}" if hi is not None else "")
+        extra = " (-1 = the channel mean)" if key == "channel" else " (0 = off)" if key == "smooth" else ""
+        raise BadParameter(f"parameter {key} of {method} must be {what}{extra}, got {value!r}")
 
 
 def _coerce(method: str, key: str, value: Any, default: Any) -> Any:
@@ -123,7 +170,7 @@ def _coerce(method: str, key: str, value: Any, default: Any) -> Any:
             raise bad
         return value
     if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise bad
         return float(value)
     if isinstance(default, (list, tuple)):
