@@ -78,6 +78,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--backbone", default=str(ROOT / "assets" / "weights" / "drivescene-seg.pth"))
     ap.add_argument("--out", default=str(ROOT / "assets" / "weights" / "drivescene-parts.pth"))
+    ap.add_argument("--init", help="continue from a decoder state dict (a warm restart of the schedule)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -96,7 +97,7 @@ def main() -> None:
     print(f"generated {args.scenes} scenes in {time.time() - t0:.0f} s; part weights "
           + ", ".join(f"{n} {w:.2f}" for n, w in zip(PART_NAMES, weight)), flush=True)
 
-    model = drivescene_parts(args.backbone)
+    model = drivescene_parts(args.backbone, args.init)
     model.train()
     params = [p for p in model.decoder.parameters()]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
