@@ -1,10 +1,11 @@
 """Neuroscope dashboard: `streamlit run app/streamlit_app.py` (or `make run`).
 
 A thin UI over the engine (CONTRACT.md §5): the shared sidebar picks model, image,
-layer and target; each page renders what the engine returns. To add a page, put its
-script in app_pages/ and append (file, title, icon) to PAGES. The folder must not be
-called `pages`: a `pages/` folder beside this file switches Streamlit to its legacy
-multipage mode, which runs page files without this script (no shared sidebar).
+layer and target (`dashboard.state`); each page is a function of that selection that
+calls the engine and draws what it returns. To add a page: one file in app_pages/
+ending with `state.show(page)`, and one line in PAGES (docs/architecture.md). The
+folder must not be called `pages`: a `pages/` folder beside this file switches Streamlit
+to its legacy multipage mode, which runs page files without this script (no sidebar).
 """
 from __future__ import annotations
 
@@ -31,7 +32,6 @@ PAGES = [
 ]
 
 st.set_page_config(page_title="Neuroscope", page_icon=":material/visibility:", layout="wide")
-state.keep_page_state()
 navigation = st.navigation([st.Page(path, title=title, icon=icon, default=i == 0)
                             for i, (path, title, icon) in enumerate(PAGES)])
 st.sidebar.title("Neuroscope")

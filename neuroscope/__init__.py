@@ -13,7 +13,9 @@ import os
 # set before TensorFlow is imported, which neuroscope does lazily.
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
-from .runtime import limit_blas_threads, tune_allocator  # noqa: E402
+from .runtime import configure_threads, limit_blas_threads, tune_allocator  # noqa: E402
+
+configure_threads()   # OpenMP workers sleep instead of spinning: a busy shared machine does not collapse
 
 tune_allocator()      # the same for numpy and torch buffers (see runtime.py)
 limit_blas_threads()  # numpy's OpenBLAS must not spin on the cores the model passes use

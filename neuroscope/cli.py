@@ -66,7 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--sanity", action="store_true")
     v.add_argument("--parts", action="store_true", help="Harada's validity check of part contributions")
     v.add_argument("--objects", type=int, default=100, help="--parts: generated objects to evaluate")
+    v.add_argument("--dataset", help="a folder (glob, list) of images: metrics through the batch machinery")
+    v.add_argument("--labels", help="with --dataset: folder of label PNGs (<stem>_labels.png): model IoU, confusion")
+    from .batch.cli import add_engine_arguments
+    add_engine_arguments(v)
     _target_args(v, explain=False)
+    from .batch.cli import add_arguments as batch_arguments
+    batch_arguments(command("batch", "explain every image of a folder, glob, list or video", model=True))
+    from .interpret.cli import add_arguments as interpret_arguments
+    interpret_arguments(command("interpret", "find the relevant filters of each class (Oramas et al.)", model=True))
     y = command("synth", "write generated street scenes with labels, instances and parts")
     y.add_argument("--seed", type=int, required=True)
     y.add_argument("--count", type=int, required=True)
@@ -293,8 +301,19 @@ def cmd_parts(args):
     return run_cli(args)
 
 
-COMMANDS = {"models": cmd_models, "layers": cmd_layers, "methods": cmd_methods, "predict": cmd_predict,
-            "explain": cmd_explain, "bench": cmd_bench, "evaluate": cmd_evaluate,
+def cmd_batch(args):
+    from .batch.cli import run_cli
+    return run_cli(args)
+
+
+def cmd_interpret(args):
+    from .interpret.cli import run_cli
+    data, head, rows = run_cli(args, _explainer(args))
+    return data, head + "\n" + _table(rows, ["class", "samples", "filters", "top"])
+
+
+COMMANDS = {"batch": cmd_batch, "models": cmd_models, "layers": cmd_layers, "methods": cmd_methods, "predict": cmd_predict,
+            "explain": cmd_explain, "bench": cmd_bench, "evaluate": cmd_evaluate, "interpret": cmd_interpret,
             "synth": cmd_synth, "parts": cmd_parts}
 
 

@@ -11,9 +11,9 @@ import numpy as np
 
 from .backends.base import Capture, LayerInfo
 from .errors import BadModel, BadParameter, Cancelled
+from .images import (ImageLike, blur, channels_to_rgb, image_hash, load_image, normalize, normalize_scale,
+                     resize_labels, resize_map, resize_maps, resize_rgb, to_channels)
 from .limits import check_passes
-from .images import (ImageLike, blur, image_hash, load_image, normalize, normalize_scale, resize_labels, resize_map,
-                     resize_maps, resize_rgb)
 from .methods.registry import MethodInfo, check_fits, check_params, get_method
 from .targets import ResolvedTarget, Target, resolve_target
 from .zoo import Model, default_palette, load_model
@@ -21,13 +21,19 @@ from .zoo import Model, default_palette, load_model
 Progress = Callable[[float, str], bool]
 
 
-def default_layer(layers: Sequence[LayerInfo]) -> str | None:
-    """Among spatial layers with the largest stride, the last in execution order (CONTRACT.md §3)."""
+def default_layer(layers: Sequence[LayerInfo], num_classes: int | None = None) -> str | None:
+    """Among spatial layers with the largest stride, the last in execution order (CONTRACT.md §3).
+    With `num_classes`, a layer with one channel per class there (a segmentation head's
+    class scores, DeepLab / FCN `classifier`) is passed over when a feature layer is there too."""
     spatial = [l for l in layers if l.spatial]
     if not spatial:
         return None
     top = max(l.stride for l in spatial)
-    return [l for l in spatial if l.stride == top][-1].name
+    candidates = [l for l in spatial if l.stride == top]
+    if num_classes:
+        features = [l for l in candidates if not (l.shape and l.shape[0] == num_classes)]
+        candidates = features or candidates
+    return candidates[-1].name
 
 
 @dataclass
@@ -53,8 +59,9 @@ class Prediction:
     """
 
     def __init__(self, task: str, classes: list[str], shape: tuple[int, int], logits: np.ndarray,
-                 label_map: np.ndarray | None = None):
+                 label_map: np.ndarray | None = None, multilabel: bool = False):
         self.task, self.classes, self.shape = task, classes, shape
+        self.multilabel = multilabel             # sigmoid outputs: probs are per label
         self.logits = logits                     # [C] or [C, h, w]
         self.label_map = label_map               # argmax at model resolution [h, w] (segmentation)
         self._probs: np.ndarray | None = None
@@ -63,8 +70,10 @@ class Prediction:
 
     @property
     def probs(self) -> np.ndarray:
-        """Softmax over classes; [C] or [C, h, w]."""
+        """Softmax over classes (sigmoid per label for multi-label models); [C] or [C, h, w]."""
         with self._lock:
+            if self._probs is None and self.multilabel:
+                self._probs = (0.5 * (1.0 + np.tanh(0.5 * self.logits))).astype(np.float32)   # stable sigmoid
             if self._probs is None:
                 z = self.logits - self.logits.max(axis=0, keepdims=True)
                 p = np.exp(z)
@@ -109,7 +118,9 @@ class Explanation:
         m = self.map
         return {"method": self.meta["method"], "layer": self.meta["layer"], "target": self.meta["target"],
                 "shape": list(m.shape), "min": float(m.min()), "max": float(m.max()),
-                "time_ms": self.meta["time_ms"], "meta": {"params": self.meta["params"], **self.meta["extra"]}}
+                "time_ms": self.meta["time_ms"],
+                "meta": {"params": self.meta["params"], **self.meta["extra"],
+                         **{k: self.meta[k] for k in ("output_kind", "score", "notes", "warnings") if k in self.meta}}}
 
 
 class _LRU:
@@ -158,6 +169,13 @@ class MethodContext:
         self.info = info
         self._progress = progress
         self.extra: dict[str, Any] = {}
+        self.rules: list = []                     # backward rules the method used (rule warnings)
+        self.warnings: list[str] = []             # meta["warnings"]: what could not be done as asked
+
+    def note_rule(self, rule) -> None:
+        """The method runs a backward with `rule` (the engine warns about activations it misses)."""
+        if rule is not None and rule not in self.rules:
+            self.rules.append(rule)
 
     @property
     def backend(self):
@@ -189,6 +207,7 @@ class MethodContext:
         `gradient_means` are read (see `Backend.capture`)."""
         if gradients is None:
             gradients = self.info.layer_gradients
+        self.note_rule(rule)
         return self.explainer._capture(self.prep, self.target, tuple(layers), input_grad, rule, gradients)
 
     def preprocess(self, rgb: np.ndarray) -> np.ndarray:
@@ -233,6 +252,8 @@ class Explainer:
         self.classes = model.spec.classes
         self.palette = model.spec.palette or default_palette(len(self.classes))
         self.device = getattr(self.backend, "device", "cpu")
+        self.channels = int(getattr(self.backend, "channels", 3))
+        self.multilabel = getattr(self.backend, "output_kind", "logits") == "sigmoid"
         self.stats: Counter = Counter()          # model passes by kind (tests count them)
         self._stats_lock = threading.Lock()
         self._prepared = _LRU(32)
@@ -253,11 +274,13 @@ class Explainer:
         return [l for l in self.layers() if l.spatial]
 
     def default_layer(self) -> str | None:
-        return default_layer(self.layers())
+        return default_layer(self.layers(), len(self.classes))
 
     def preprocess_rgb(self, rgb: np.ndarray) -> np.ndarray:
+        """uint8-range RGB [..., 3] -> model input [..., C] (C = the model's input channels)."""
         s = self.spec
-        return normalize(np.asarray(rgb, np.float32), s.value_range, s.mean, s.std)
+        rgb = to_channels(np.asarray(rgb, np.float32), self.channels)
+        return normalize(rgb, s.value_range, s.mean, s.std)
 
     def prepare(self, image: ImageLike | Prepared) -> Prepared:
         if isinstance(image, Prepared):
@@ -278,7 +301,7 @@ class Explainer:
             return blur(prep.rgb).astype(np.float32)
         if kind == "mean":
             lo, hi = self.spec.value_range
-            colour = (np.asarray(self.spec.mean, np.float32) - lo) * 255.0 / (hi - lo)
+            colour = channels_to_rgb((np.asarray(self.spec.mean, np.float32) - lo) * 255.0 / (hi - lo))
             return np.broadcast_to(colour, prep.rgb.shape).astype(np.float32)
         raise BadParameter(f"unknown baseline {kind!r}; expected black, blur or mean")
 
@@ -299,8 +322,9 @@ class Explainer:
         if logits.shape[0] != len(self.classes):
             raise BadModel(f"the model outputs {logits.shape[0]} classes but its spec names {len(self.classes)}")
         if self.task == "classification":
-            return Prediction(self.task, self.classes, prep.size, logits)
-        return Prediction(self.task, self.classes, prep.size, logits, _argmax_classes(logits))
+            return Prediction(self.task, self.classes, prep.size, logits, multilabel=self.multilabel)
+        return Prediction(self.task, self.classes, prep.size, logits, _argmax_classes(logits),
+                          multilabel=self.multilabel)
 
     def _prefetch(self, prep: Prepared, target: Target | None, layers: tuple[str, ...], input_grad: bool,
                   gradients: bool = True) -> None:
@@ -419,11 +443,56 @@ class Explainer:
         full = resize_map(m, prep.size)
         elapsed = (time.perf_counter() - t0) * 1000.0
         meta = {"method": method, "layer": layer, "target": rt.as_json(), "params": params,
-                "time_ms": round(elapsed, 3), "signed": info.signed, "extra": ctx.extra}
+                "time_ms": round(elapsed, 3), "signed": info.signed, "extra": ctx.extra,
+                **self.model_meta()}
+        warnings = ctx.warnings + [w for rule in ctx.rules for w in self.rule_warnings(method, rule)]
+        if warnings:
+            meta["warnings"] = warnings
         res = Explanation(full, meta, m)
         self._results.put(key, res)
         ctx.tick(1.0, "done")
         return res
+
+    def rule_warnings(self, method: str, rule) -> list[str]:
+        """One line when activations of the model get no `rule` (e.g. SiLU under guided
+        backprop): there the map is the plain gradient (README "Your own model")."""
+        backend = self.backend
+        missing: dict[str, int] = {}
+        unapplied = getattr(backend, "unapplied", None)
+        if unapplied is not None:
+            missing.update(unapplied(rule) or {})
+        else:   # a backend without rule objects: activation modules the ReLU rules do not know
+            for info in self.layers():
+                if "#" not in info.name and info.type in _NO_RELU_RULE:
+                    missing[info.type] = missing.get(info.type, 0) + 1
+        covered = getattr(backend, "functional_rule_kinds", ())   # F.relu & co. get the rule
+        for name, n in getattr(backend, "functional_activations", {}).items():
+            if name not in covered:
+                missing[f"functional {name}"] = missing.get(f"functional {name}", 0) + n
+        if not missing:
+            return []
+        label = {"guided": "guided", "deconvnet": "deconvnet", "deconvnet-fixed": "deconvnet"}.get(
+            rule, getattr(rule, "name", str(rule)))
+        parts = [f"{n} {kind}" for kind, n in missing.items()]
+        total = sum(missing.values())
+        what = " and ".join([", ".join(parts[:-1]), parts[-1]] if len(parts) > 1 else parts)
+        verb = "activation has" if total == 1 else "activations have"
+        return [f"{method}: {what} {verb} no {label} rule; the map equals the gradient there"]
+
+    def model_meta(self) -> dict:
+        """What every explanation's meta says about the model: its output kind, what the
+        explained scalar is ("logit" or "log-probability"), and notes (e.g. one image
+        per pass)."""
+        backend = self.backend
+        out = {"output_kind": getattr(backend, "output_kind", "logits"),
+               "score": getattr(backend, "score_kind", "logit")}
+        notes = []
+        if getattr(backend, "max_batch", None) == 1:
+            notes.append("the model takes one image per pass (it failed on a batch of 2): "
+                         "batched passes ran one image at a time")
+        if notes:
+            out["notes"] = notes
+        return out
 
     def sweep(self, image: ImageLike | Prepared, target: Target | None = None, method: str = "grad-cam",
               layers: Sequence[str] | None = None) -> dict[str, np.ndarray]:
@@ -457,6 +526,12 @@ class Explainer:
         if not keep_predictions:
             self._predictions.clear()
             self._resolved.clear()
+
+
+#: Activation layer types with no ReLU rule (they keep their gradient under guided
+#: backprop / deconvnet), for backends that do not count them themselves.
+_NO_RELU_RULE = frozenset({"SiLU", "GELU", "Mish", "Hardswish", "ELU", "SELU", "CELU", "Softplus", "Tanh",
+                           "Hardsigmoid", "PReLU", "RReLU"})
 
 
 def _target_key(prep: Prepared, target: Target | None) -> tuple:
@@ -545,7 +620,7 @@ def _run_gradient(fn: Callable, ctx: MethodContext) -> np.ndarray:
     total = np.zeros(ctx.model_size, np.float64)
     chunk = 4
     for start in range(0, n, chunk):
-        batch = np.empty((min(chunk, n - start), *ctx.rgb.shape), np.float32)   # memory bounded by the chunk
+        batch = np.empty((min(chunk, n - start), *ctx.x.shape[1:]), np.float32)   # memory bounded by the chunk
         for i in range(len(batch)):   # x + scale * noise
             standard_normal_f32(streams[start + i], batch[i].reshape(-1), scale, ctx.x[0].reshape(-1))
         total += fn(ctx, batch).sum(axis=0)

@@ -115,8 +115,37 @@ def normalize(rgb: np.ndarray, value_range: tuple[float, float], mean, std) -> n
     return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
 
 
+#: ITU-R 601-2 luma weights (Pillow's "L" conversion), for 1- and 2-channel models.
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def to_channels(rgb: np.ndarray, channels: int) -> np.ndarray:
+    """uint8-range RGB [..., 3] (float) -> the model's `channels`: 1 gray (luma), 2 gray +
+    opaque alpha, 3 RGB, 4 RGB + opaque alpha (255). Linear, so a perturbation of the RGB
+    image maps to the same perturbation of the model's channels."""
+    if channels == 3:
+        return rgb
+    rgb = np.asarray(rgb, np.float32)
+    if channels in (1, 2):
+        gray = rgb @ LUMA
+        parts = [gray] if channels == 1 else [gray, np.full_like(gray, 255.0)]
+        return np.stack(parts, axis=-1)
+    if channels == 4:
+        return np.concatenate([rgb, np.full_like(rgb[..., :1], 255.0)], axis=-1)
+    raise BadImage(f"cannot feed an image to a model with {channels} input channels (1 to 4 are supported)")
+
+
+def channels_to_rgb(colour: np.ndarray) -> np.ndarray:
+    """A colour in the model's channels -> the RGB colour `to_channels` maps to it (gray:
+    equal RGB; the alpha channel dropped)."""
+    colour = np.asarray(colour, np.float32)
+    if len(colour) in (1, 2):
+        return np.repeat(colour[:1], 3)
+    return colour[:3]
+
+
 def normalize_scale(value_range: tuple[float, float], std) -> np.ndarray:
-    """How much `normalize` scales each colour channel ([3], float32): it is affine, so a
+    """How much `normalize` scales each input channel ([C], float32): it is affine, so a
     change d of a uint8-range RGB value changes the model input by d * scale_c."""
     lo, hi = value_range
     return np.float32((hi - lo) / 255.0) / np.asarray(std, np.float32)

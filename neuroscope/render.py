@@ -16,7 +16,12 @@ SIGNS = ("both", "positive", "negative")
 @lru_cache(maxsize=32)
 def colormap_lut(name: str) -> np.ndarray:
     """256 x 3 uint8 lookup table of a matplotlib colormap."""
-    from matplotlib import colormaps
+    try:
+        from matplotlib import colormaps
+    except ImportError:
+        from .errors import BadParameter
+        raise BadParameter("colour maps need matplotlib, which is not installed: "
+                           "pip install matplotlib (a dependency of neuroscope)") from None
     try:
         cmap = colormaps[name]
     except KeyError:
@@ -24,13 +29,13 @@ def colormap_lut(name: str) -> np.ndarray:
     return (cmap(np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
 
 
-def scale_map(m: np.ndarray, sign: str = "both", clip_percentile: float = 100.0,
-              symmetric: bool | None = None) -> np.ndarray:
-    """Map -> [0, 1] for display.
+def scale_range(m: np.ndarray, sign: str = "both", clip_percentile: float = 100.0,
+                symmetric: bool | None = None) -> tuple[float, float, bool]:
+    """The map values shown at the two ends of the colour scale: (lo, hi, symmetric).
 
-    sign "positive"/"negative" keeps one side (as magnitudes); "both" keeps the sign,
-    mapped symmetrically around 0.5 when the map has both signs. Values above the
-    `clip_percentile` of |m| saturate.
+    With sign "positive"/"negative" the scale runs over magnitudes of that side, from 0;
+    "both" is symmetric around 0 (-top .. top) when the map has both signs, else min .. the
+    percentile. `top` is the `clip_percentile` of |m| (values beyond it saturate).
     """
     m = np.nan_to_num(np.asarray(m, np.float32))
     if sign == "positive":
@@ -44,10 +49,31 @@ def scale_map(m: np.ndarray, sign: str = "both", clip_percentile: float = 100.0,
     mag = np.abs(m)
     top = float(np.percentile(mag, clip_percentile)) if clip_percentile < 100 else float(mag.max())
     if symmetric:
-        return np.clip(0.5 + 0.5 * m / top, 0.0, 1.0) if top > 0 else np.full_like(m, 0.5)
-    lo = float(m.min()) if sign == "both" else 0.0
-    hi = lo + top if sign != "both" else (float(np.percentile(m, clip_percentile)) if clip_percentile < 100 else float(m.max()))
+        return -top, top, True
+    if sign != "both":
+        return 0.0, top, False
+    hi = float(np.percentile(m, clip_percentile)) if clip_percentile < 100 else float(m.max())
+    return float(m.min()), hi, False
+
+
+def scale_map(m: np.ndarray, sign: str = "both", clip_percentile: float = 100.0,
+              symmetric: bool | None = None) -> np.ndarray:
+    """Map -> [0, 1] for display, over the range of `scale_range` (same arguments)."""
+    lo, hi, symmetric = scale_range(m, sign, clip_percentile, symmetric)
+    m = np.nan_to_num(np.asarray(m, np.float32))
+    if sign == "positive":
+        m = np.maximum(m, 0.0)
+    elif sign == "negative":
+        m = np.maximum(-m, 0.0)
+    if symmetric:
+        return np.clip(0.5 + 0.5 * m / hi, 0.0, 1.0) if hi > 0 else np.full_like(m, 0.5)
     return np.clip((m - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(m)
+
+
+def empty_after_sign(m: np.ndarray, sign: str) -> bool:
+    """True when the sign filter leaves nothing of the map (e.g. "+ only" on a map <= 0)."""
+    m = np.asarray(m)
+    return bool((sign == "positive" and not (m > 0).any()) or (sign == "negative" and not (m < 0).any()))
 
 
 def colorize(scaled: np.ndarray, cmap: str = "jet") -> np.ndarray:
@@ -57,13 +83,49 @@ def colorize(scaled: np.ndarray, cmap: str = "jet") -> np.ndarray:
 
 
 def overlay(image: np.ndarray, m: np.ndarray, cmap: str = "jet", alpha: float = 0.5, sign: str = "both",
-            clip_percentile: float = 99.5) -> np.ndarray:
-    """Heatmap of `m` blended over `image` (uint8 RGB); `m` is resized to the image if needed."""
+            clip_percentile: float = 99.5, by_magnitude: bool = False) -> np.ndarray:
+    """Heatmap of `m` blended over `image` (uint8 RGB); `m` is resized to the image if needed.
+
+    `by_magnitude`: each pixel's opacity grows with |value| (up to `alpha`), so a signed
+    map's near-zero pixels leave the photo visible instead of a grey wash.
+    """
     if m.shape != image.shape[:2]:
         m = resize_map(m, image.shape[:2])
-    heat = colorize(scale_map(m, sign, clip_percentile), cmap).astype(np.float32)
-    out = (1.0 - alpha) * image.astype(np.float32) + alpha * heat
+    scaled = scale_map(m, sign, clip_percentile)
+    heat = colorize(scaled, cmap).astype(np.float32)
+    if by_magnitude:
+        lo, hi, symmetric = scale_range(m, sign, clip_percentile)
+        strength = np.abs(2.0 * scaled - 1.0) if symmetric else scaled
+        a = (alpha * np.sqrt(strength))[..., None]
+    else:
+        a = alpha
+    out = (1.0 - a) * image.astype(np.float32) + a * heat
     return np.clip(out, 0, 255).round().astype(np.uint8)
+
+
+def colorbar(cmap: str, lo: float, hi: float, width: int = 320, height: int = 12, label: str = "",
+             symmetric: bool = False) -> np.ndarray:
+    """A horizontal colour bar (RGB uint8 on white) with its end values, 0 in the middle of
+    a symmetric scale, and a label (units / meaning of the sign)."""
+    from PIL import ImageDraw
+    bar = colorize(np.tile(np.linspace(0.0, 1.0, width, dtype=np.float32), (height, 1)), cmap)
+    text_h = 14
+    canvas = Image.new("RGB", (width, height + text_h * (2 if label else 1) + 2), "white")
+    canvas.paste(Image.fromarray(bar), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    y = height + 1
+
+    def fmt(v: float) -> str:
+        return f"{v:+.3g}" if symmetric else f"{v:.3g}"
+    draw.text((0, y), fmt(lo), fill=(0, 0, 0))
+    right = fmt(hi)
+    draw.text((width - 6 * len(right) - 1, y), right, fill=(0, 0, 0))
+    if symmetric:
+        draw.line([(width // 2, 0), (width // 2, height)], fill=(0, 0, 0))
+        draw.text((width // 2 - 3, y), "0", fill=(0, 0, 0))
+    if label:
+        draw.text((0, y + text_h), label, fill=(60, 60, 60))
+    return np.asarray(canvas)
 
 
 def colorize_labels(labels: np.ndarray, palette) -> np.ndarray:

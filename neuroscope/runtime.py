@@ -18,6 +18,16 @@ matmul took 189-224 ms instead of 120-173 ms; RISE and Score-CAM ran their passe
 slower than the same passes alone. Neuroscope's own products are small (map resizes, CAM
 weights); the frameworks keep their own thread pools. Opt out: NEUROSCOPE_BLAS_THREADS=0,
 or set another count.
+
+Framework threads on a shared, busy machine (`configure_threads`): torch's OpenMP workers
+spin-wait between parallel regions by default; when other processes hold the cores, a
+spinning worker is descheduled while the others wait for it at every barrier, and a forward
+of drivescene-seg took ~1.0 s instead of ~0.14 s (2 cores under load, scripts/bench_threads.py;
+docs/benchmark.md). OMP_WAIT_POLICY=PASSIVE (workers sleep at barriers) removes the
+collapse and costs little on an idle machine; it is set before torch is imported unless
+the environment already sets it (opt out: NEUROSCOPE_OMP_WAIT_POLICY=ACTIVE). Thread
+counts stay the frameworks' defaults (one per core) unless NEUROSCOPE_THREADS=N, which
+sets torch's intra-op threads and TensorFlow's intra- and inter-op threads to N.
 """
 from __future__ import annotations
 
@@ -96,3 +106,23 @@ def limit_blas_threads() -> int:
                     _blas_limited += 1
                     break
     return _blas_limited
+
+
+_threads_configured = False
+
+
+def configure_threads() -> dict[str, str]:
+    """Set the OpenMP wait policy (and NEUROSCOPE_THREADS counts) before the frameworks
+    load; returns the settings in effect. Idempotent."""
+    global _threads_configured
+    policy = os.environ.get("NEUROSCOPE_OMP_WAIT_POLICY", "PASSIVE").strip().upper() or "PASSIVE"
+    if not _threads_configured:
+        _threads_configured = True
+        os.environ.setdefault("OMP_WAIT_POLICY", policy)
+        n = os.environ.get("NEUROSCOPE_THREADS", "").strip()
+        if n.isdigit() and int(n) > 0:
+            for var in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+                os.environ.setdefault(var, n)
+            if "torch" in sys.modules:   # imported before neuroscope: set the pool directly
+                sys.modules["torch"].set_num_threads(int(n))
+    return {k: os.environ.get(k, "") for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")}

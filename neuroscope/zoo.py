@@ -3,12 +3,17 @@ from __future__ import annotations
 
 import importlib
 import os
+
+import numpy as np
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .errors import BadModel
+
+#: How a model's output relates to class logits (CONTRACT.md §6 `output_kind`).
+OUTPUT_KINDS = ("logits", "probabilities", "log-probabilities", "sigmoid")
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BUNDLED_SPECS = ASSETS / "models"
@@ -28,16 +33,18 @@ class ModelSpec:
     classes: list[str]
     fully_convolutional: bool = False
     value_range: tuple[float, float] = (0.0, 1.0)
-    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    mean: tuple[float, ...] | None = None      # None: 0 per input channel (resolved at load)
+    std: tuple[float, ...] | None = None       # None: 1 per input channel
     palette: list[tuple[int, int, int]] | None = None
     weights: Path | None = None
     architecture: str | None = None
     output: str | int | None = None
-    output_kind: str = "logits"
+    output_kind: str | None = None             # None: detected from the model at load
     description: str = ""
     path: Path | None = None
     extra: dict = field(default_factory=dict)
+    channels: int | None = None                # input channels; None: taken from the model at load
+    factory_kwargs: dict = field(default_factory=dict)   # keyword arguments of `architecture`
 
     @property
     def num_classes(self) -> int:
@@ -126,22 +133,37 @@ def spec_from_dict(raw: dict, base: Path | None = None, allow_code: bool = True,
     architecture = raw.get("architecture")
     if architecture is not None and not allow_code:
         raise BadModel("a spec that imports code ('architecture') is accepted only from the local file system")
-    output_kind = raw.get("output_kind", "logits")
-    if output_kind not in ("logits", "probabilities"):
-        raise BadModel(f"output_kind must be 'logits' or 'probabilities', got {output_kind!r}")
+    output_kind = raw.get("output_kind")
+    if output_kind is not None and output_kind not in OUTPUT_KINDS:
+        raise BadModel(f"output_kind must be one of {', '.join(OUTPUT_KINDS)} (or absent: detected), "
+                       f"got {output_kind!r}")
+    channels = raw.get("channels")
+    if channels is not None and not (isinstance(channels, int) and 1 <= channels <= 4):
+        raise BadModel(f"spec channels must be 1, 2, 3 or 4, got {channels!r}")
+    factory_kwargs = raw.get("factory_kwargs", {})
+    if not isinstance(factory_kwargs, dict):
+        raise BadModel("spec factory_kwargs must be a table of keyword arguments")
+    # TOML has no null: the string "None" passes Python's None (e.g. weights_backbone = "None")
+    factory_kwargs = {str(k): (None if v == "None" else v) for k, v in factory_kwargs.items()}
+    for key in ("mean", "std"):
+        if key in raw and not (isinstance(raw[key], (list, tuple)) and raw[key]
+                               and all(isinstance(v, (int, float)) for v in raw[key])):
+            raise BadModel(f"spec {key} must be a list of numbers, one per input channel")
     weights = raw.get("weights")
     known = {"name", "framework", "task", "input_size", "classes", "fully_convolutional", "value_range", "mean",
-             "std", "palette", "weights", "architecture", "output", "output_kind", "description"}
+             "std", "palette", "weights", "architecture", "output", "output_kind", "description", "channels",
+             "factory_kwargs", "num_classes"}
     return ModelSpec(
         name=str(raw.get("name", path.stem if path else "model")), framework=framework, task=task,
         input_size=(size[0], size[1]), classes=list(classes),
         fully_convolutional=bool(raw.get("fully_convolutional", False)),
         value_range=tuple(raw.get("value_range", (0.0, 1.0))),
-        mean=tuple(raw.get("mean", (0.0, 0.0, 0.0))), std=tuple(raw.get("std", (1.0, 1.0, 1.0))),
+        mean=tuple(raw["mean"]) if "mean" in raw else None, std=tuple(raw["std"]) if "std" in raw else None,
         palette=[tuple(c) for c in raw["palette"]] if raw.get("palette") else None,
         weights=(base / weights) if weights else None, architecture=architecture,
         output=raw.get("output"), output_kind=output_kind, description=str(raw.get("description", "")),
-        path=path, extra={k: v for k, v in raw.items() if k not in known})
+        path=path, extra={k: v for k, v in raw.items() if k not in known},
+        channels=channels, factory_kwargs=factory_kwargs)
 
 
 def default_palette(n: int) -> list[tuple[int, int, int]]:
@@ -154,12 +176,19 @@ def load_model(source: Any, *, trusted: bool = False, input_size: tuple[int, int
                device: str | None = None, allow_code: bool = True, **spec_fields) -> Model:
     """Load a model from a bundled name, a spec path, a model file, an nn.Module or a keras.Model.
 
-    `trusted=True` permits unpickling a whole torch model (a pickle can run code).
-    `spec_fields` (task, classes, input_size, mean, std, ...) describe in-memory models
-    and model files that have no spec. `allow_code=False` is for uploads.
+    `trusted=True` permits unpickling a whole torch model or loading a TorchScript file
+    (both can run code). `spec_fields` (task, classes or num_classes, input_size, mean,
+    std, output_kind, channels, ...) describe in-memory models and model files that have no
+    spec; what is not given is read from the model (README "Your own model"). A user's
+    model object is never changed (torch: a private copy sharing its parameters).
+    `allow_code=False` is for uploads.
     """
     spec: ModelSpec | None = None
     obj = None
+    owned = True            # the module was built here, not handed to us
+    fields = dict(spec_fields)
+    if input_size is not None:
+        fields["input_size"] = [int(input_size[0]), int(input_size[1])]
     if isinstance(source, ModelSpec):
         spec = source
     elif isinstance(source, (str, os.PathLike)):
@@ -170,15 +199,13 @@ def load_model(source: Any, *, trusted: bool = False, input_size: tuple[int, int
         elif text.endswith(".toml"):
             spec = read_spec(text, allow_code=allow_code)
         elif os.path.exists(text):
-            spec = _spec_for_file(Path(text), spec_fields)
+            spec, obj = _spec_for_file(Path(text), fields, trusted)
         else:
             names = ", ".join(bundled) or "none"
             raise BadModel(f"unknown model {text!r}: not a bundled model ({names}), a spec (.toml) or a model file")
     else:
-        obj = source
-        if input_size is not None:
-            spec_fields = {**spec_fields, "input_size": list(input_size)}
-        spec = _spec_for_object(obj, spec_fields)
+        obj, owned = source, False
+        spec = _spec_for_object(obj, fields, device)
     if input_size is not None:
         if not spec.fully_convolutional and tuple(input_size) != tuple(spec.input_size):
             raise BadModel(f"--input-size needs a fully convolutional model; {spec.name} runs at "
@@ -186,13 +213,35 @@ def load_model(source: Any, *, trusted: bool = False, input_size: tuple[int, int
         spec = replace(spec, input_size=(int(input_size[0]), int(input_size[1])))
     if obj is None:
         obj = _build(spec, trusted=trusted)
-    return Model(spec, _backend(obj, spec, device))
+    backend = _backend(obj, spec, device, own=owned)
+    return Model(_resolved(spec, backend), backend)
 
 
-def _backend(obj, spec: ModelSpec, device: str | None):
+def _resolved(spec: ModelSpec, backend) -> ModelSpec:
+    """The spec with what the backend read from the model: input channels (mean / std of
+    matching length) and the output kind."""
+    channels = int(getattr(backend, "channels", 3))
+
+    def fit(values, default: float, what: str) -> tuple[float, ...]:
+        if values is None:
+            return (default,) * channels
+        values = tuple(float(v) for v in values)
+        if len(values) == channels:
+            return values
+        if len(values) == 1:
+            return values * channels
+        raise BadModel(f"{spec.name}: {what} has {len(values)} values but the model takes {channels} input "
+                       f"channel(s); give {channels} (or one)")
+
+    return replace(spec, channels=channels, mean=fit(spec.mean, 0.0, "mean"), std=fit(spec.std, 1.0, "std"),
+                   output_kind=getattr(backend, "output_kind", spec.output_kind or "logits"))
+
+
+def _backend(obj, spec: ModelSpec, device: str | None, own: bool = True):
     if spec.framework == "torch":
         from .backends.torch_backend import TorchBackend
-        return TorchBackend(obj, spec.input_size, spec.task, spec.output, spec.output_kind, device=device)
+        return TorchBackend(obj, spec.input_size, spec.task, spec.output, spec.output_kind, device=device,
+                            own=own, channels=spec.channels)
     from .backends.keras_backend import KerasBackend
     return KerasBackend(obj, spec.input_size, spec.task, spec.output, spec.output_kind)
 
@@ -206,47 +255,129 @@ def _framework_of(obj) -> str:
     raise BadModel(f"cannot use a {type(obj).__name__}: expected a torch.nn.Module or a keras.Model")
 
 
-def _spec_for_object(obj, fields: dict) -> ModelSpec:
+def _spec_for_object(obj, fields: dict, device: str | None = None) -> ModelSpec:
+    """A spec for an in-memory model: `fields` as given, the rest read from the model
+    (Keras: input size, task and classes from its input and output shapes; torch: task
+    and classes from the output of one forward at `input_size`, on our private copy)."""
     framework = _framework_of(obj)
     fields = dict(fields)
     if "input_size" not in fields and framework == "keras":
         shape = getattr(obj, "input_shape", None)
         if shape and len(shape) == 4 and shape[1] and shape[2]:
             fields["input_size"] = [int(shape[1]), int(shape[2])]
-    for key in ("task", "input_size"):
-        if key not in fields:
-            raise BadModel(f"describe the in-memory model: pass {key}=... to load_model")
-    if "classes" not in fields:
-        fields["classes"] = [f"class {i}" for i in range(int(fields.pop("num_classes", 0)) or _count_classes(obj, fields))]
+    if "input_size" not in fields:
+        raise BadModel("describe the in-memory model: pass input_size=(H, W) to load_model")
     if isinstance(fields.get("input_size"), tuple):
         fields["input_size"] = list(fields["input_size"])
+    if "classes" in fields and "num_classes" in fields:
+        fields.pop("num_classes")
+    if "task" not in fields or ("classes" not in fields and "num_classes" not in fields):
+        shape = _output_shape(obj, framework, fields, device)
+        if shape is not None:
+            fields.setdefault("task", "segmentation" if len(shape) == 4 else "classification")
+            if "classes" not in fields and "num_classes" not in fields:
+                fields["num_classes"] = int(shape[1])
+    if "task" not in fields:
+        raise BadModel("describe the in-memory model: pass task='classification' or 'segmentation' to load_model")
+    if "classes" not in fields:
+        n = int(fields.pop("num_classes", 0) or 0)
+        if n < 1:
+            raise BadModel("describe the in-memory model: pass classes=[...] or num_classes=N to load_model")
+        fields["classes"] = [f"class {i}" for i in range(n)]
+    fields.pop("num_classes", None)
     raw = {"name": fields.pop("name", type(obj).__name__), "framework": framework, **fields}
     return spec_from_dict(raw)
 
 
-def _count_classes(obj, fields) -> int:
-    raise BadModel("describe the in-memory model: pass classes=[...] or num_classes=N to load_model")
+def _output_shape(obj, framework: str, fields: dict, device: str | None) -> tuple | None:
+    """The selected output's shape channels-first ([N, C] or [N, C, h, w]), or None when it
+    cannot be read (then the caller asks for task / classes)."""
+    if framework == "keras":
+        try:
+            outputs = obj.outputs
+        except (AttributeError, ValueError):
+            return None
+        if not outputs:
+            return None
+        from .backends.keras_backend import _select_output as select
+        tensor = select(obj._outputs_struct if hasattr(obj, "_outputs_struct") else outputs[0],
+                        fields.get("output"))
+        shape = tuple(getattr(tensor, "shape", ()))
+        if len(shape) == 4:
+            return (shape[0], shape[3], shape[1], shape[2])
+        return shape if len(shape) == 2 else None
+    import torch
+    from .backends.torch_backend import TorchBackend, _select_output
+    # a throw-away backend: our private copy, eval mode, the model's input channels
+    probe = TorchBackend(obj, fields["input_size"], "classification", fields.get("output"), "logits",
+                         device=device, channels=fields.get("channels"))
+    H, W = probe.input_size
+    x = probe._to_tensor(np.zeros((1, H, W, probe.channels), np.float32))
+    try:
+        with torch.inference_mode():
+            out = _select_output(probe.module(x), fields.get("output"))
+    except Exception as exc:  # noqa: BLE001
+        from .backends.torch_model import model_error
+        raise BadModel(f"cannot run the model at {H}x{W} to read its output: {model_error(exc, 'forward', probe._names)}"
+                       ) from None
+    return tuple(out.shape) if out.dim() in (2, 4) else None
 
 
-def _spec_for_file(path: Path, fields: dict) -> ModelSpec:
+def _spec_for_file(path: Path, fields: dict, trusted: bool = False) -> tuple[ModelSpec, Any]:
+    """(spec, the loaded model or None) for a model file without a spec."""
     suffix = path.suffix.lower()
     if suffix in (".keras", ".h5"):
-        raw = {"name": path.stem, "framework": "keras", "weights": str(path.resolve()), **fields}
-        if "input_size" not in raw or "task" not in raw:
-            model = _load_keras(path)
-            shape = model.input_shape
-            raw.setdefault("input_size", [int(shape[1] or 224), int(shape[2] or 224)])
-            out = model.output_shape
-            raw.setdefault("task", "segmentation" if isinstance(out, tuple) and len(out) == 4 else "classification")
-            raw.setdefault("classes", [f"class {i}" for i in range(int(out[-1]))])
-        return spec_from_dict(raw)
-    if suffix in (".pt", ".pth", ".ckpt", ".bin"):
-        if "architecture" not in fields:
+        model = _load_keras(path)
+        shape = getattr(model, "input_shape", None)
+        if "input_size" not in fields and not (shape and len(shape) == 4 and shape[1] and shape[2]):
+            fields = {**fields, "input_size": [224, 224]}   # any size: a fully convolutional input
+        spec = _spec_for_object(model, {"name": path.stem, **fields})
+        return replace(spec, weights=path.resolve()), model
+    if suffix in (".pt", ".pth", ".ckpt", ".bin", ".jit", ".torchscript", ".ts"):
+        if "architecture" in fields:
+            raw = {"name": path.stem, "framework": "torch", "weights": str(path.resolve()), **fields}
+            return spec_from_dict(raw), None
+        if not trusted:
             raise BadModel(f"{path.name} is a PyTorch file: give a spec (.toml) with architecture = 'module:factory' "
-                           f"for a state dict (or mark a whole-model pickle as trusted)")
-        raw = {"name": path.stem, "framework": "torch", "weights": str(path.resolve()), **fields}
-        return spec_from_dict(raw)
+                           f"for a state dict, or pass trusted=True (CLI: a spec) to load a whole-model pickle or "
+                           f"TorchScript file you trust (loading one can run code)")
+        model = _load_torch_object(path)
+        spec = _spec_for_object(model, {"name": path.stem, **fields})
+        return replace(spec, weights=path.resolve()), model
     raise BadModel(f"{path.name}: unknown model format; expected .toml spec, .keras/.h5 (Keras) or .pt/.pth (PyTorch)")
+
+
+def _is_torchscript(path: Path) -> bool:
+    import zipfile
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(n.endswith("constants.pkl") or "/code/" in n for n in archive.namelist())
+
+
+def _load_torch_object(path: Path):
+    """A whole model from a trusted file: TorchScript, else a pickled nn.Module."""
+    import torch
+    if not path.is_file():
+        raise BadModel(f"model file not found: {path}")
+    if path.stat().st_size > MAX_MODEL_BYTES:
+        raise BadModel(f"model file too large ({path.stat().st_size >> 20} MB)")
+    if _is_torchscript(path):
+        try:
+            return torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:  # noqa: BLE001
+            raise BadModel(f"cannot load TorchScript {path.name}: {type(exc).__name__}: "
+                           f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from None
+    try:
+        model = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001
+        raise BadModel(f"cannot unpickle {path.name}: {type(exc).__name__}: "
+                       f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from None
+    if not isinstance(model, torch.nn.Module):
+        kind = "a state dict: give a spec with architecture = 'module:factory'" if isinstance(model, dict) \
+            else f"a {type(model).__name__}"
+        raise BadModel(f"{path.name} holds {kind}, not an nn.Module")
+    return model
 
 
 def _load_keras(path: Path):
@@ -274,20 +405,32 @@ def _build(spec: ModelSpec, trusted: bool = False):
     if spec.architecture is None:
         if weights is None or not trusted:
             raise BadModel("a PyTorch model needs architecture = 'module:factory' in its spec; "
-                           "whole-model pickles load only when marked trusted")
-        try:
-            model = torch.load(weights, map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise BadModel(f"cannot unpickle {weights.name}: {type(exc).__name__}: {exc}") from None
-        if not isinstance(model, torch.nn.Module):
-            raise BadModel(f"{weights.name} holds a {type(model).__name__}, not an nn.Module")
-        return model
+                           "whole-model pickles and TorchScript files load only when marked trusted")
+        return _load_torch_object(weights)
     module_name, _, factory_name = spec.architecture.partition(":")
     try:
         factory = getattr(importlib.import_module(module_name), factory_name)
     except (ImportError, AttributeError, ValueError) as exc:
         raise BadModel(f"cannot import architecture {spec.architecture!r}: {exc}") from None
-    model = factory(num_classes=spec.num_classes) if _accepts(factory, "num_classes") else factory()
+    kwargs = dict(spec.factory_kwargs)
+    implicit = "num_classes" not in kwargs and (_accepts(factory, "num_classes") or _accepts_any(factory))
+    if implicit:
+        kwargs["num_classes"] = spec.num_classes
+    try:
+        try:
+            model = factory(**kwargs)
+        except TypeError as exc:
+            if not (implicit and "num_classes" in str(exc)):
+                raise
+            kwargs.pop("num_classes")        # **kwargs that do not take it after all
+            model = factory(**kwargs)
+    except Exception as exc:  # noqa: BLE001 -- the user's factory
+        args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        raise BadModel(f"architecture {spec.architecture}({args}) failed: {type(exc).__name__}: "
+                       f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''} "
+                       f"(spec factory_kwargs are passed to it)") from None
+    if not isinstance(model, torch.nn.Module):
+        raise BadModel(f"architecture {spec.architecture} returned a {type(model).__name__}, not an nn.Module")
     if weights is not None:
         try:
             state = torch.load(weights, map_location="cpu", weights_only=True)  # never unpickles code
@@ -306,6 +449,15 @@ def _build(spec: ModelSpec, trusted: bool = False):
             raise BadModel(f"{weights.name} does not fit architecture {spec.architecture}: "
                            f"{' '.join(first[:2])[:300]}") from None
     return model
+
+
+def _accepts_any(fn) -> bool:
+    """Whether `fn` takes **kwargs."""
+    import inspect
+    try:
+        return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
 
 
 def _accepts(fn, name: str) -> bool:

@@ -36,6 +36,9 @@ def _extra_specs(monkeypatch):
 
 
 def clean(at: AppTest) -> AppTest:
+    """No exception, no error, and the background prefetch (layer captures) finished."""
+    from neuroscope.interactive import PREFETCH
+    assert PREFETCH.wait(timeout=TIMEOUT)
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
     return at
@@ -60,12 +63,20 @@ def start(model: str, *, scene: int | None = None, gallery: str | None = None, m
     return clean(at.run())
 
 
+def session(at: AppTest):
+    return at.session_state["ns_session"]
+
+
 def selection(at: AppTest):
-    return at.session_state["ns_selection"]
+    return session(at).selection
+
+
+def shown(at: AppTest, name: str):
+    return session(at).shown[name]
 
 
 def maps(at: AppTest) -> dict[str, np.ndarray]:
-    return {k: v.copy() for k, v in at.session_state["ns_maps"].items()}
+    return {k: v.copy() for k, v in shown(at, "maps").items()}
 
 
 def corr(a: np.ndarray, b: np.ndarray) -> float:
@@ -99,7 +110,7 @@ def test_every_page_renders_on_a_bundled_model(model):
     at = start(model, scene=SCENE_SEED) if seg else start(model, gallery="cat.jpg")
     sel = selection(at)
     h, w = sel.image.shape[:2]
-    m = at.session_state["ns_maps"]["grad-cam"]
+    m = shown(at, "maps")["grad-cam"]
     assert m.shape == (h, w) and np.isfinite(m).all() and np.ptp(m) > 0
     if not seg:
         assert sel.prediction.top(1)[0]["name"] in ("Egyptian cat", "tabby", "tiger cat")
@@ -108,28 +119,28 @@ def test_every_page_renders_on_a_bundled_model(model):
 
     clean(at.switch_page("app_pages/layers.py").run())
     acts = sel.explainer.capture(sel.image, sel.target).activations[sel.layer]
-    assert 0 <= at.session_state["layers_channel"] < acts.shape[0]
-    sweep = at.session_state["ns_sweep"]          # Grad-CAM at every block, from the same capture
+    assert 0 <= at.session_state[f"layers_channel::{sel.model_key}::{sel.layer}"] < acts.shape[0]
+    sweep = shown(at, "sweep")          # Grad-CAM at every block, from the same capture
     assert len(sweep) >= 4 and sel.layer in [l.name for l in sel.explainer.spatial_layers()]
     assert len({round(float(np.ptp(m)), 6) for m in sweep.values()}) > 1
     assert len(at.get("image")) >= 2              # the enlarged channel and the sweep strip
 
     clean(at.switch_page("app_pages/ground_truth.py").run())
     if seg:   # a generated scene comes with its labels
-        confusion, used = at.session_state["ns_confusion"], at.session_state["ns_confusion_images"]
+        confusion, used = shown(at, "confusion"), shown(at, "confusion_images")
         images = ROOT / "assets" / "images"
         truths = {p.name: images / f"{p.stem}_labels.png" for p in images.iterdir()
                   if p.suffix in (".png", ".jpg") and (images / f"{p.stem}_labels.png").is_file()}
         assert sorted(used) == sorted([*truths, sel.image_name])
         valid = int((sel.truth < 19).sum()) + sum(int((np.asarray(Image.open(t)) < 19).sum()) for t in truths.values())
         assert confusion.sum() == valid > 0
-        iou = at.session_state["ns_iou"]
+        iou = shown(at, "iou")
         assert np.nanmax(iou) <= 1.0 and np.isfinite(iou).any()
     else:
         assert any("segmentation" in i.value for i in at.info)
 
     clean(at.switch_page("app_pages/model.py").run())
-    arch = at.session_state["ns_architecture"]
+    arch = shown(at, "architecture")
     assert len(arch) == len(sel.explainer.layers())
     assert arch["parameters"].max() > 0
 
@@ -138,7 +149,7 @@ def test_every_page_renders_on_a_bundled_model(model):
 
     clean(at.switch_page("app_pages/explain.py").run())   # the method choice survived the other pages
     assert at.sidebar.multiselect(key=f"methods::{task}").value == ["grad-cam", "saliency"]
-    assert set(at.session_state["ns_maps"]) == {"grad-cam", "saliency"}
+    assert set(shown(at, "maps")) == {"grad-cam", "saliency"}
 
 
 # ----------------------------------------------------------------------------- controls
@@ -193,7 +204,7 @@ def test_clicks_select_the_object_under_them_and_boxes():
     y, x = np.unravel_index(np.argmax(ndimage.distance_transform_edt(comp == biggest)), labels.shape)
     first_map = maps(at)["grad-cam"]
 
-    at.session_state["ns_clicks"] = [[int(x), int(y)]]
+    session(at).clicks = [[int(x), int(y)]]
     at.session_state["region_mode"] = "clicked"
     clean(at.run())
     picked = selection(at).resolved
@@ -205,7 +216,7 @@ def test_clicks_select_the_object_under_them_and_boxes():
     assert picked.pixels != before.pixels
     assert not np.array_equal(maps(at)["grad-cam"], first_map)
 
-    at.session_state["ns_clicks"] = [[40, 30], [200, 120]]
+    session(at).clicks = [[40, 30], [200, 120]]
     at.session_state["region_mode"] = "box"
     clean(at.run())
     box = selection(at).resolved
@@ -218,15 +229,17 @@ def test_display_changes_run_no_model_pass():
     at = start(CLASSIFIER, gallery="cat.jpg", methods=["grad-cam", "saliency"])
     ex = selection(at).explainer
     stats = Counter(ex.stats)
-    before_maps, before = maps(at), dict(at.session_state["ns_overlays"])
+    before_maps, before = maps(at), dict(shown(at, "overlays"))
     changes = [("disp_cmap", "selectbox", "viridis"), ("disp_alpha", "slider", 0.8),
                ("disp_sign", "radio", "positive"), ("disp_pct", "slider", 95.0)]
     for key, kind, value in changes:
         getattr(at, kind)(key=key).set_value(value).run()
         clean(at)
-        now = at.session_state["ns_overlays"]
+        now = shown(at, "overlays")
         changed = [m for m in now if not np.array_equal(now[m], before[m])]
         assert changed, f"{key} did not change any overlay"
+        if key == "disp_sign":           # the sign filter is for signed maps: Grad-CAM stays whole
+            assert changed == ["saliency"]
         before = dict(now)
     assert ex.stats == stats, f"display changes ran the model: {ex.stats - stats}"
     after_maps = maps(at)
@@ -239,8 +252,8 @@ def test_downloads_hold_the_maps_the_overlays_and_the_parameters(monkeypatch):
     monkeypatch.syspath_prepend(str(APP.parent))
     from dashboard import exports
     at = start(CLASSIFIER, gallery="cat.jpg", methods=["grad-cam", "saliency"])
-    sel, results = selection(at), at.session_state["ns_results"]
-    overlays = at.session_state["ns_overlays"]
+    sel, results = selection(at), shown(at, "results")
+    overlays = shown(at, "overlays")
     with np.load(io.BytesIO(exports.maps_npz(results))) as npz:
         assert sorted(npz.files) == ["grad-cam", "saliency"]
         assert all(np.array_equal(npz[m], results[m].map) for m in npz.files)
@@ -255,15 +268,15 @@ def test_downloads_hold_the_maps_the_overlays_and_the_parameters(monkeypatch):
 # ----------------------------------------------------------------------------- parameters and bad input
 def test_method_parameters_come_from_the_registry_and_bad_values_are_reported():
     at = start(CLASSIFIER, gallery="cat.jpg", methods=["integrated-gradients"],
-               **{"param::integrated-gradients::steps": 4})
-    ig = at.session_state["ns_maps"]["integrated-gradients"]
+               **{"param::classification::integrated-gradients::steps": 4})
+    ig = shown(at, "maps")["integrated-gradients"]
     assert np.isfinite(ig).all() and np.ptp(ig) > 0
-    assert at.number_input(key="param::integrated-gradients::smooth").value == 0   # SmoothGrad, from the registry
+    assert at.number_input(key="param::classification::integrated-gradients::smooth").value == 0   # SmoothGrad, from the registry
 
-    at.text_input(key="param::integrated-gradients::baseline").set_value("purple").run()
+    at.text_input(key="param::classification::integrated-gradients::baseline").set_value("purple").run()
     assert not at.exception
     assert any("baseline" in e.value and "purple" in e.value for e in at.error)
-    assert "integrated-gradients" not in at.session_state["ns_maps"]
+    assert "integrated-gradients" not in shown(at, "maps")
 
 
 def test_bad_uploads_and_broken_models_get_a_message_not_a_traceback(tmp_path, monkeypatch):
@@ -276,7 +289,7 @@ def test_bad_uploads_and_broken_models_get_a_message_not_a_traceback(tmp_path, m
     at.run()
     assert not at.exception
     assert len(at.error) == 1 and "no_such_module" in at.error[0].value
-    assert at.session_state["ns_selection"] is None
+    assert selection(at) is None
     at.run()                                    # remembered: the same message, no reload attempt
     assert not at.exception and len(at.error) == 1 and "no_such_module" in at.error[0].value
     at.sidebar.button(key="retry_model").click().run()
@@ -299,3 +312,95 @@ def test_bad_uploads_and_broken_models_get_a_message_not_a_traceback(tmp_path, m
     at.run()
     assert not at.exception
     assert len(at.error) == 1 and "Keras" in at.error[0].value and "neuroscope-upload" not in at.error[0].value
+
+
+# ----------------------------------------------------------------------------- state across pages
+def test_choices_survive_other_pages_and_a_detour_through_upload():
+    at = start(CLASSIFIER, gallery="cat.jpg", methods=["grad-cam", "saliency"])
+    ex = selection(at).explainer
+    shallower = [l.name for l in ex.spatial_layers() if l.stride == 16][-1]
+    runner_up = selection(at).prediction.top(2)[1]["class_id"]
+    clean(at.sidebar.selectbox(key=f"layer::{CLASSIFIER}").set_value(shallower).run())
+    clean(at.sidebar.selectbox(key=f"class::{CLASSIFIER}::gallery:cat.jpg").set_value(runner_up).run())
+    clean(at.selectbox(key="disp_cmap").set_value("viridis").run())
+    clean(at.switch_page("app_pages/model.py").run())
+    at.sidebar.radio(key="image_source").set_value("Upload").run()     # no file chosen: no selection
+    assert selection(at) is None and any("Upload an image" in i.value for i in at.info)
+    clean(at.sidebar.radio(key="image_source").set_value("Gallery").run())
+    clean(at.switch_page("app_pages/explain.py").run())
+    sel = selection(at)
+    assert (sel.image_name, sel.layer, sel.resolved.class_id) == ("cat.jpg", shallower, runner_up)
+    assert at.sidebar.multiselect(key="methods::classification").value == ["grad-cam", "saliency"]
+    assert at.selectbox(key="disp_cmap").value == "viridis"
+
+
+def test_evaluate_runs_from_its_button_and_keeps_the_report():
+    at = start(CLASSIFIER, gallery="cat.jpg")
+    clean(at.switch_page("app_pages/evaluate.py").run())
+    clean(at.select_slider(key="eval_steps").set_value(10).run())     # a setting change is no error either
+    clean(at.multiselect(key="eval_methods::classification").set_value(["grad-cam"]).run())
+    clean(at.button(key="eval_run").click().run())
+    settings, report = session(at).kept["eval_report"]
+    row = {r["method"]: r for r in report.rows(with_random=True)}
+    assert set(row) == {"grad-cam", "random"}
+    assert 0.0 <= row["grad-cam"]["deletion_auc"] <= 1.0 and 0.0 <= row["grad-cam"]["insertion_auc"] <= 1.0
+    assert any(b.label == "Run evaluation" for b in at.button)        # the button is still there
+    clean(at.run())                                                   # a rerun keeps the report on screen
+    assert at.dataframe and session(at).kept["eval_report"][1] is report
+
+
+def test_the_parameters_export_records_this_sessions_target_not_a_cached_one(monkeypatch):
+    import json
+    monkeypatch.syspath_prepend(str(APP.parent))
+    from dashboard import exports
+    at = start(seg_model(), scene=SCENE_SEED)
+    sel = selection(at)
+    from scipy import ndimage
+    labels = sel.prediction.labels
+    comp, _ = ndimage.label(labels == labels[labels.shape[0] // 2, labels.shape[1] // 2], structure=np.ones((3, 3)))
+    ys, xs = np.nonzero(comp == comp[labels.shape[0] // 2, labels.shape[1] // 2])   # two pixels of one object
+    a, b = (int(xs[0]), int(ys[0])), (int(xs[-1]), int(ys[-1]))
+    results = {}
+    for point in (a, b):          # another "session" clicks elsewhere in the same region first
+        session(at).clicks = [list(point)]
+        at.session_state["region_mode"] = "clicked"
+        clean(at.run())
+        results[point] = (selection(at).resolved, shown(at, "results"))
+    (ra, res_a), (rb, res_b) = results[a], results[b]
+    assert ra.key() == rb.key() and res_b["grad-cam"] is res_a["grad-cam"]   # the engine shares the cached map
+    assert res_b["grad-cam"].meta["target"]["region"] != f"{b[0]},{b[1]}"     # ... with an earlier request's target
+    doc = json.loads(exports.parameters_json("m", "img", labels.shape, rb.as_json(), res_b))
+    assert doc["target"]["region"] == f"{b[0]},{b[1]}"
+    assert doc["methods"]["grad-cam"]["target"]["region"] == f"{b[0]},{b[1]}"
+
+
+# ----------------------------------------------------------------------------- slow work on request
+def test_a_slow_method_waits_for_compute_and_cancel_stops_it(monkeypatch):
+    import time
+    from neuroscope import interactive, limits
+    from neuroscope.errors import Cancelled
+    monkeypatch.setenv("NEUROSCOPE_INTERACTIVE_BUDGET_S", "0.001")    # everything above 2 passes asks first
+    at = start(CLASSIFIER, gallery="cat.jpg", methods=["grad-cam", "occlusion"])
+    ex = selection(at).explainer
+    assert set(shown(at, "maps")) == {"grad-cam"}                       # one pass: computed at once
+    compute = [b for b in at.button if b.label == "Compute occlusion"]
+    assert len(compute) == 1 and ex.stats["explain"] >= 1
+    estimate = interactive.cost(ex, "occlusion", {})
+    assert estimate.passes == limits.estimate_passes("occlusion", {}, explainer=ex) > 2
+    assert any(f"{estimate.passes:,} forward passes" in m.value for m in at.markdown)
+
+    before = ex.stats["explain"]
+    clean(at.sidebar.selectbox(key=f"layer::{CLASSIFIER}").set_value(
+        [l.name for l in ex.spatial_layers()][-3]).run())                 # other choices never start it
+    assert not session(at).kept.get("jobs") and "occlusion" not in shown(at, "maps")
+    compute[0].click().run()
+    (job,) = session(at).kept["jobs"].values()
+    assert not job.done and any(b.label == "Cancel" for b in at.button)
+    assert not job.wait(0.5)                                            # hundreds of passes: still running
+    t0 = time.monotonic()
+    next(b for b in at.button if b.label == "Cancel").click().run()
+    assert job.done and isinstance(job.error, Cancelled)
+    assert job.finished - t0 < 2.0, job.finished - t0                   # stops at the next chunk
+    assert "occlusion" not in shown(at, "maps")
+    assert any("Cancelled after" in w.value for w in at.warning)
+    assert ex.stats["explain"] - before <= 2                           # grad-cam at the new layer (+ occlusion)

@@ -1,6 +1,8 @@
 """The dashboard in a real browser: `streamlit run` on localhost, driven by Playwright in
-Debian's headless Chromium. Picks a segmentation model, clicks a car in a generated
-street scene, adds a second method, and checks that two overlays appear."""
+Debian's headless Chromium. One server and one browser page for the module; the tests run
+in order as one user would: click a car and compare two methods, download the results,
+use every page's main action (Evaluate's Run included), take a detour through Upload, and
+start and cancel a slow method."""
 from __future__ import annotations
 
 import os
@@ -65,7 +67,7 @@ def car_pixel(seed: int) -> tuple[np.ndarray, tuple[int, int]]:
     return scene.image, (int(x), int(y))
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def chromium_path() -> str:
     if not CHROMIUM.exists():
         if os.environ.get("CI") == "true":
@@ -74,13 +76,14 @@ def chromium_path() -> str:
     return str(CHROMIUM)
 
 
-@pytest.fixture
-def server(tmp_path):
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
     """`streamlit run` on a free localhost port; the bundled segmenter when present."""
     from neuroscope.zoo import bundled_specs
     bundled = "drivescene-seg" in bundled_specs()
     port = free_port()
-    env = dict(os.environ, NEUROSCOPE_EXTRA_SPECS=str(TINY_SEG),
+    tmp_path = tmp_path_factory.mktemp("streamlit")
+    env = dict(os.environ, NEUROSCOPE_EXTRA_SPECS=str(TINY_SEG), NEUROSCOPE_INTERACTIVE_BUDGET_S="0.5",
                PYTHONPATH=os.pathsep.join(filter(None, [str(FIXTURES), os.environ.get("PYTHONPATH")])))
     log = tmp_path / "streamlit.log"
     with open(log, "w") as out:
@@ -108,87 +111,197 @@ def wait_idle(page) -> None:
     page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=TIMEOUT_MS)
 
 
-def test_click_a_car_and_compare_two_methods(chromium_path, server):
-    from playwright.sync_api import expect, sync_playwright
+@pytest.fixture(scope="module")
+def page(chromium_path, server):
+    from playwright.sync_api import sync_playwright
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1440, "height": 1180}, accept_downloads=True)
+            pg = context.new_page()
+            pg.goto(server["url"])
+            yield pg
+        finally:
+            browser.close()
+
+
+def no_errors(page) -> None:
+    assert page.locator('[data-testid="stException"]').count() == 0
+    errors = page.locator('[data-testid="stAlertContentError"]')
+    assert errors.count() == 0, errors.all_inner_texts()
+
+
+def go(page, title: str) -> None:
+    page.locator('[data-testid="stSidebarNav"]').get_by_text(title, exact=True).click()
+    wait_idle(page)
+
+
+def pick_method(page, name: str) -> None:
+    field = page.locator('[data-testid="stSidebar"] [data-testid="stMultiSelect"] input').first
+    field.click()                     # the text field, not a chip's remove button
+    field.fill(name)                  # the option list is virtualised: filter it first
+    page.get_by_role("option", name=name, exact=True).click()
+    page.keyboard.press("Escape")
+
+
+def test_click_a_car_and_compare_two_methods(page, server):
+    from playwright.sync_api import expect
     from neuroscope import Explainer, load_model
     from neuroscope.zoo import read_spec
 
     image, (cx, cy) = car_pixel(SCENE_SEED)
     H, W = image.shape[:2]
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1440, "height": 1180})
-            page.goto(server["url"])
-            sidebar = page.locator('[data-testid="stSidebar"]')
-            summary = page.locator(".st-key-target_summary")
-            expect(summary).to_be_visible(timeout=TIMEOUT_MS)
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    summary = page.locator(".st-key-target_summary")
+    expect(summary).to_be_visible(timeout=TIMEOUT_MS)
 
-            # a segmentation model
-            sidebar.locator('[data-testid="stSelectbox"]').filter(has_text="Model").click()
-            page.get_by_role("option").filter(has_text=server["model"]).first.click()
-            expect(summary).to_contain_text(server["model"], timeout=TIMEOUT_MS)
+    # a segmentation model
+    sidebar.locator('[data-testid="stSelectbox"]').filter(has_text="Model").click()
+    page.get_by_role("option").filter(has_text=server["model"]).first.click()
+    expect(summary).to_contain_text(server["model"], timeout=TIMEOUT_MS)
 
-            # a generated street scene
-            sidebar.get_by_text("Generated scene", exact=True).click()
-            seed = sidebar.get_by_label("Scene seed")
-            expect(seed).to_be_visible(timeout=TIMEOUT_MS)
-            seed.fill(str(SCENE_SEED))
-            seed.press("Enter")
-            expect(summary).to_contain_text(f"generated scene {SCENE_SEED}", timeout=TIMEOUT_MS)
-            wait_idle(page)
+    # a generated street scene
+    sidebar.get_by_text("Generated scene", exact=True).click()
+    seed = sidebar.get_by_label("Scene seed")
+    expect(seed).to_be_visible(timeout=TIMEOUT_MS)
+    seed.fill(str(SCENE_SEED))
+    seed.press("Enter")
+    expect(summary).to_contain_text(f"generated scene {SCENE_SEED}", timeout=TIMEOUT_MS)
+    wait_idle(page)
 
-            # click the car (the component renders in an iframe; clicks are in displayed pixels)
-            picture = page.frame_locator('iframe[title*="streamlit_image_coordinates"]').first.locator("#image")
-            expect(picture).to_be_visible(timeout=TIMEOUT_MS)
-            box = picture.bounding_box()
-            picture.click(position={"x": (cx + 0.5) * box["width"] / W, "y": (cy + 0.5) * box["height"] / H})
-            expect(summary).to_contain_text(re.compile(r"region \d+,\d+ "), timeout=TIMEOUT_MS)
-            wait_idle(page)
-            text = summary.inner_text()
-            x, y = map(int, re.search(r"region (\d+),(\d+) ", text).groups())
-            assert abs(x - cx) <= 2 and abs(y - cy) <= 2, (text, (cx, cy))
-            engine = Explainer(load_model(read_spec(server["spec"])))
-            expected = engine.classes[int(engine.predict(image).labels[y, x])]
-            assert f"target {expected}" in text, (text, expected)
+    # click the car (the component renders in an iframe; clicks are in displayed pixels)
+    picture = page.frame_locator('iframe[title*="streamlit_image_coordinates"]').first.locator("#image")
+    expect(picture).to_be_visible(timeout=TIMEOUT_MS)
+    box = picture.bounding_box()
+    picture.click(position={"x": (cx + 0.5) * box["width"] / W, "y": (cy + 0.5) * box["height"] / H})
+    expect(summary).to_contain_text(re.compile(r"region \d+,\d+ "), timeout=TIMEOUT_MS)
+    wait_idle(page)
+    text = summary.inner_text()
+    x, y = map(int, re.search(r"region (\d+),(\d+) ", text).groups())
+    assert abs(x - cx) <= 2 and abs(y - cy) <= 2, (text, (cx, cy))
+    engine = Explainer(load_model(read_spec(server["spec"])))
+    expected = engine.classes[int(engine.predict(image).labels[y, x])]
+    assert f"target {expected}" in text, (text, expected)
 
-            # add a second method; two overlays appear side by side
-            sidebar.locator('[data-testid="stMultiSelect"]').click()
-            page.get_by_role("option", name="saliency", exact=True).click()
-            page.keyboard.press("Escape")
-            captions = page.locator('.st-key-overlays [data-testid="stImageCaption"]')
-            expect(captions).to_have_count(2, timeout=TIMEOUT_MS)
-            wait_idle(page)
-            names = [c.split(" · ")[0] for c in captions.all_inner_texts()]
-            assert names == ["grad-cam", "saliency"], names
-            overlays = page.locator('.st-key-overlays [data-testid="stImage"] img')
-            expect(overlays).to_have_count(2)
-            for i in range(2):
-                expect(overlays.nth(i)).to_have_js_property("complete", True, timeout=TIMEOUT_MS)
-                assert overlays.nth(i).evaluate("img => img.naturalWidth") > 0
-            assert page.locator('[data-testid="stException"]').count() == 0
-            assert page.locator('[data-testid="stAlertContentError"]').count() == 0
+    # add a second method; two overlays appear side by side, each with its colour bar
+    pick_method(page, "saliency")
+    captions = page.locator('.st-key-overlays [data-testid="stImageCaption"]')
+    expect(captions).to_have_count(2, timeout=TIMEOUT_MS)
+    wait_idle(page)
+    names = [c.split(" · ")[0] for c in captions.all_inner_texts()]
+    assert names == ["grad-cam", "saliency"], names
+    pictures = page.locator('.st-key-overlays [data-testid="stImage"] img')
+    expect(pictures).to_have_count(4)                     # two overlays and two colour bars
+    for i in range(4):
+        expect(pictures.nth(i)).to_have_js_property("complete", True, timeout=TIMEOUT_MS)
+        assert pictures.nth(i).evaluate("img => img.naturalWidth") > 0
+    no_errors(page)
 
-            shot = ARTIFACTS / "explain.png"
-            page.screenshot(path=str(shot))
-            if os.environ.get("NEUROSCOPE_UPDATE_SCREENSHOT"):  # refresh the README picture on demand
-                shutil.copyfile(shot, SCREENSHOT)
+    shot = ARTIFACTS / "explain.png"
+    page.screenshot(path=str(shot))
+    if os.environ.get("NEUROSCOPE_UPDATE_SCREENSHOT"):  # refresh the README picture on demand
+        shutil.copyfile(shot, SCREENSHOT)
 
-            # the Layers page shows the same target's filter grid
-            page.locator('[data-testid="stSidebarNav"]').get_by_text("Layers", exact=True).click()
-            expect(page.locator('iframe[title*="streamlit_image_coordinates"]')).to_have_count(1, timeout=TIMEOUT_MS)
-            expect(page.locator(".st-key-sweep [data-testid='stImage']").first).to_be_visible(timeout=TIMEOUT_MS)
-            wait_idle(page)
-            assert page.locator('[data-testid="stException"]').count() == 0
-            # clicking the second tile of the filter grid selects another channel
-            channel = page.get_by_label("Channel", exact=True)
-            first = channel.input_value()
-            grid = page.frame_locator('iframe[title*="streamlit_image_coordinates"]').first.locator("#image")
-            gbox = grid.bounding_box()
-            grid.click(position={"x": 1.5 * gbox["width"] / 8, "y": 10})
-            expect(channel).not_to_have_value(first, timeout=TIMEOUT_MS)
-            wait_idle(page)
-            page.screenshot(path=str(ARTIFACTS / "layers.png"))
-        finally:
-            browser.close()
+
+def test_downloads_arrive_with_the_maps_and_this_sessions_target(page, tmp_path):
+    import io
+    import json
+    files = {}
+    for label in ("Raw maps (.npz)", "Parameters (JSON)", "Overlays (PNG)"):
+        with page.expect_download(timeout=TIMEOUT_MS) as info:
+            page.get_by_role("button", name=label).click()
+        path = tmp_path / info.value.suggested_filename
+        info.value.save_as(path)
+        files[label] = path.read_bytes()
+    with np.load(io.BytesIO(files["Raw maps (.npz)"])) as npz:
+        assert sorted(npz.files) == ["grad-cam", "saliency"]
+        assert npz["grad-cam"].ndim == 2 and np.ptp(npz["grad-cam"]) > 0
+    doc = json.loads(files["Parameters (JSON)"])
+    region = re.search(r"region (\d+,\d+) ", page.locator(".st-key-target_summary").inner_text()).group(1)
+    assert doc["target"]["region"] == region and doc["methods"]["grad-cam"]["target"]["region"] == region
+    assert files["Overlays (PNG)"][:8] == b"\x89PNG\r\n\x1a\n"
+    wait_idle(page)
+    no_errors(page)
+
+
+def test_every_page_runs_its_main_action(page):
+    from playwright.sync_api import expect
+    # Layers: clicking the second tile of the filter grid selects another channel
+    go(page, "Layers")
+    expect(page.locator(".st-key-sweep [data-testid='stImage']").first).to_be_visible(timeout=TIMEOUT_MS)
+    channel = page.get_by_label("Channel", exact=True)
+    first = channel.input_value()
+    grid = page.frame_locator('iframe[title*="streamlit_image_coordinates"]').first.locator("#image")
+    expect(grid).to_be_visible(timeout=TIMEOUT_MS)
+    gbox = grid.bounding_box()
+    grid.click(position={"x": 1.5 * gbox["width"] / 8, "y": 10})
+    expect(channel).not_to_have_value(first, timeout=TIMEOUT_MS)
+    wait_idle(page)
+    no_errors(page)
+    page.screenshot(path=str(ARTIFACTS / "layers.png"))
+
+    go(page, "Ground truth")      # a generated scene has labels: scores and the confusion matrix
+    expect(page.get_by_text("Mean IoU (this image)")).to_be_visible(timeout=TIMEOUT_MS)
+    expect(page.locator('[data-testid="stVegaLiteChart"]').first).to_be_visible(timeout=TIMEOUT_MS)
+    no_errors(page)
+
+    go(page, "Model")
+    expect(page.get_by_text("Architecture", exact=True)).to_be_visible(timeout=TIMEOUT_MS)
+    no_errors(page)
+
+    go(page, "Evaluate")
+    page.get_by_label("Deletion/insertion steps").focus()
+    run = page.get_by_role("button", name="Run evaluation")
+    expect(run).to_be_visible(timeout=TIMEOUT_MS)
+    run.click()
+    expect(page.get_by_text("Deletion curves (mean over items)")).to_be_visible(timeout=TIMEOUT_MS)
+    expect(page.locator('[data-testid="stDataFrame"]')).to_have_count(1, timeout=TIMEOUT_MS)
+    expect(run).to_be_visible()
+    wait_idle(page)
+    no_errors(page)
+    page.screenshot(path=str(ARTIFACTS / "evaluate.png"))
+
+
+def test_a_detour_through_upload_keeps_the_choices(page):
+    from playwright.sync_api import expect
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    go(page, "Explain")
+    summary = page.locator(".st-key-target_summary")
+    before = summary.inner_text()
+    layer = sidebar.locator('[data-testid="stSelectbox"]').filter(has_text="Layer")
+    layer.click()
+    options = page.get_by_role("option")
+    expect(options.first).to_be_visible(timeout=TIMEOUT_MS)
+    options.nth(3).click()
+    wait_idle(page)
+    chosen = layer.inner_text()
+    sidebar.get_by_text("Upload", exact=True).click()
+    expect(page.get_by_text("Upload an image in the sidebar")).to_be_visible(timeout=TIMEOUT_MS)
+    sidebar.get_by_text("Generated scene", exact=True).click()
+    expect(summary).to_be_visible(timeout=TIMEOUT_MS)
+    wait_idle(page)
+    assert summary.inner_text() == before                       # same image, same clicked region
+    assert sidebar.get_by_label("Scene seed").input_value() == str(SCENE_SEED)
+    assert layer.inner_text() == chosen
+    assert [c.split(" · ")[0] for c in page.locator(
+        '.st-key-overlays [data-testid="stImageCaption"]').all_inner_texts()] == ["grad-cam", "saliency"]
+    no_errors(page)
+
+
+def test_a_slow_method_waits_for_compute_and_cancel_stops_it(page):
+    from playwright.sync_api import expect
+    pick_method(page, "occlusion")
+    compute = page.get_by_role("button", name="Compute occlusion")
+    expect(compute).to_be_visible(timeout=TIMEOUT_MS)
+    expect(page.get_by_text(re.compile(r"not computed yet.*forward passes × \d+ ms"))).to_be_visible()
+    expect(page.get_by_text(re.compile(r"Interactive settings: window 64, stride 32"))).to_be_visible()
+    wait_idle(page)
+    compute.click()
+    cancel = page.get_by_role("button", name="Cancel")
+    expect(cancel).to_be_visible(timeout=TIMEOUT_MS)
+    expect(page.get_by_text(re.compile(r"occlusion: .*so far"))).to_be_visible(timeout=TIMEOUT_MS)
+    cancel.click()
+    expect(page.get_by_text(re.compile(r"Cancelled after"))).to_be_visible(timeout=30_000)
+    expect(compute).to_be_visible()
+    no_errors(page)

@@ -6,18 +6,19 @@ ranking the methods by any metric, and the model-randomisation sanity strip.
 """
 from __future__ import annotations
 
-import altair as alt
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import state
+from dashboard import charts, state
+from dashboard.state import KEEP, Keys
 from neuroscope import render
 from neuroscope.errors import NeuroscopeError
-from neuroscope.evaluation import EVAL_SETS, RANDOM, EvalItem, evaluate, methods_for
+from neuroscope.evaluation import EVAL_SETS, RANDOM, EvalItem, evaluate
+from neuroscope.interactive import evidence_mask, methods_for
 from neuroscope.methods.registry import MethodInfo
 
-REPORT = "ns_eval_report"        # (settings, Report) of the last run (tests read it)
+REPORT = "eval_report"        # Session.kept: (settings, Report) of the last run (tests read it)
 DEFAULT_METHODS = ("grad-cam", "saliency")
 THIS_IMAGE = "This image and target"
 #: metric -> (label, higher is better)
@@ -32,39 +33,21 @@ METRICS = {
 }
 
 
-def available(ex) -> dict[str, MethodInfo]:
-    return {m.name: m for m in methods_for(ex.task, ex.backend.framework)}
-
-
-def evidence_mask(sel: state.Selection) -> np.ndarray | None:
-    """Ground-truth pixels of the target class inside the target region's bounding box, when
-    the image has labels (generated scenes, bundled scenes, uploaded label images)."""
-    if sel.task != "segmentation" or sel.truth is None or sel.resolved is None:
-        return None
-    mask = sel.truth == sel.resolved.class_id
-    region = sel.resolved.mask
-    if region is not None and not region.all():
-        ys, xs = np.nonzero(region)
-        box = np.zeros_like(mask)
-        box[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = True
-        mask &= box
-    return mask if mask.any() else None
-
-
 def controls(sel: state.Selection, infos: dict[str, MethodInfo]):
-    key = f"methods::evaluate::{sel.task}"
-    st.session_state[key] = [m for m in st.session_state.get(key, DEFAULT_METHODS) if m in infos]
     c1, c2 = st.columns([3, 2])
-    chosen = c1.multiselect("Methods to evaluate", list(infos), key=key, placeholder="Choose methods",
+    chosen = c1.multiselect("Methods to evaluate", list(infos), default=[m for m in DEFAULT_METHODS if m in infos],
+                            key=Keys.scoped("eval_methods", sel.task), placeholder="Choose methods", **KEEP,
                             help="Slow methods (perturbation, evidence analysis) take minutes on a set.")
     sets = [name for name, s in EVAL_SETS.items() if s.task == sel.task]
-    scope = c2.radio("Evaluate on", [THIS_IMAGE, *sets], key=state.init(f"eval_scope::{sel.task}", THIS_IMAGE),
+    scope = c2.radio("Evaluate on", [THIS_IMAGE, *sets], key=Keys.scoped("eval_scope", sel.task), **KEEP,
                      format_func=lambda s: s if s == THIS_IMAGE else f"set {s} — {EVAL_SETS[s].description}")
     c3, c4, c5 = st.columns(3)
-    steps = int(c3.select_slider("Deletion/insertion steps", [10, 20, 30, 50], key=state.init("eval_steps", 50)))
-    sanity = c4.checkbox("Sanity check (model randomisation)", key=state.init("eval_sanity", False),
+    steps = int(c3.select_slider("Deletion/insertion steps", [10, 20, 30, 50], value=50, key="eval_steps",
+                                 **KEEP))
+    sanity = c4.checkbox("Sanity check (model randomisation)", key="eval_sanity", **KEEP,
                          help="Randomises a copy of the model from the top layer down; the shared model is untouched.")
-    sanity_steps = int(c5.number_input("Randomisation steps", 2, 16, key=state.init("eval_sanity_steps", 6)))
+    sanity_steps = int(c5.number_input("Randomisation steps", 2, 16, value=6, key="eval_sanity_steps",
+                                       **KEEP))
     return chosen, scope, steps, sanity, sanity_steps
 
 
@@ -73,7 +56,7 @@ def run(sel: state.Selection, chosen: list[str], scope: str, steps: int, sanity:
         if sel.resolved is None:
             st.warning("The target is not complete: see the sidebar.")
             return None
-        items = [EvalItem(sel.image_name, sel.image, sel.target, evidence_mask(sel))]
+        items = [EvalItem(sel.image_name, sel.image, sel.target, evidence_mask(sel.truth, sel.resolved))]
     else:
         with st.spinner(f"Building the evaluation set {scope}…"):
             items = EVAL_SETS[scope].build()
@@ -100,7 +83,7 @@ def ranking(report) -> None:
     df = pd.DataFrame(rows).set_index("method")
     metrics_here = [m for m in METRICS if m in df.columns]
     by = st.selectbox("Rank by", metrics_here, format_func=lambda m: METRICS[m][0],
-                      key=state.init("eval_rank_by", "deletion_auc"))
+                      key="eval_rank_by", **KEEP)
     methods = df.drop(index=RANDOM, errors="ignore")
     order = methods[by].sort_values(ascending=not METRICS[by][1], na_position="last")
     table = df.loc[list(order.index) + ([RANDOM] if RANDOM in df.index else [])]
@@ -121,35 +104,16 @@ def ranking(report) -> None:
 
 
 def curves(report) -> None:
-    records = []
-    for name, r in [*report.methods.items(), (RANDOM, report.random)]:
-        if r is None:
-            continue
-        for kind in ("deletion", "insertion"):
-            c = r.mean_curve(kind)
-            if c is not None:
-                records += [{"method": name, "curve": kind, "fraction": float(f), "probability": float(p)}
-                            for f, p in zip(*c)]
-    if not records:
+    df = charts.curve_records(report, RANDOM)
+    if df is None:
         return
-    df = pd.DataFrame.from_records(records)
-    cols = st.columns(2)
-    for col, kind in zip(cols, ("deletion", "insertion")):
-        part = df[df.curve == kind]
-        chart = alt.Chart(part).mark_line().encode(
-            x=alt.X("fraction:Q", title="fraction of pixels " + ("removed" if kind == "deletion" else "revealed"),
-                    axis=alt.Axis(format="%")),
-            y=alt.Y("probability:Q", title="probability of the target", scale=alt.Scale(domain=[0, 1])),
-            color=alt.Color("method:N"),
-            strokeDash=alt.condition(alt.datum.method == RANDOM, alt.value([4, 3]), alt.value([1, 0])),
-            tooltip=["method", alt.Tooltip("fraction:Q", format=".0%"), alt.Tooltip("probability:Q", format=".3f")],
-        ).properties(title=f"{kind.capitalize()} curves (mean over items)", height=260)
-        col.altair_chart(chart, width="stretch")
+    for col, kind in zip(st.columns(2), ("deletion", "insertion")):
+        col.altair_chart(charts.deletion_insertion(df, kind, RANDOM), width="stretch")
 
 
 def thumbnail(m: np.ndarray, signed: bool) -> np.ndarray:
     sign = "both" if signed else "positive"
-    return render.colorize(render.scale_map(m, sign=sign, clip_percentile=99.5), "RdBu_r" if signed else "jet")
+    return render.colorize(render.scale_map(m, sign=sign, clip_percentile=99.5), "RdBu_r" if signed else "inferno")
 
 
 def sanity_strip(report, infos: dict[str, MethodInfo]) -> None:
@@ -170,22 +134,12 @@ def sanity_strip(report, infos: dict[str, MethodInfo]) -> None:
         for col, layer, rho, m in zip(cols[1:], s.steps, s.rank_corr, s.maps):
             col.image(thumbnail(m, signed), caption=f"→ {layer} · ρ {rho:.2f}", width="stretch")
     if records:
-        chart = alt.Chart(pd.DataFrame.from_records(records)).mark_line(point=True).encode(
-            x=alt.X("step:O", title="randomisation step (top layer first)"),
-            y=alt.Y("rank correlation:Q", scale=alt.Scale(domain=[-1, 1])),
-            color="method:N", tooltip=["method", "layer", alt.Tooltip("rank correlation:Q", format=".3f")],
-        ).properties(height=220)
-        rule = alt.Chart(pd.DataFrame({"y": [0.5]})).mark_rule(strokeDash=[4, 3], color="grey").encode(y="y:Q")
-        st.altair_chart(chart + rule, width="stretch")
+        st.altair_chart(charts.rank_correlation(records), width="stretch")
 
 
-def page() -> None:
-    sel = state.current()
-    if sel is None:
-        st.info("Pick a model and an image in the sidebar.")
-        return
+def page(sel: state.Selection) -> None:
     ex = sel.explainer
-    infos = available(ex)
+    infos = methods_for(ex)
     st.markdown(f"**{sel.model_label}** — faithfulness (deletion / insertion), localisation against ground "
                 "truth (pointing game, IoU) and the sanity check.")
     chosen, scope, steps, sanity, sanity_steps = controls(sel, infos)
@@ -194,14 +148,14 @@ def page() -> None:
     if not chosen:
         st.info("Choose one or more methods to evaluate.")
         return
-    if scope == THIS_IMAGE and evidence_mask(sel) is None:
+    if scope == THIS_IMAGE and evidence_mask(sel.truth, sel.resolved) is None:
         st.caption("This image has no ground-truth evidence for the target: pointing game and IoU need a labelled "
                    "image (a generated scene) or an evaluation set.")
     if st.button("Run evaluation", type="primary", key="eval_run"):
         report = run(sel, chosen, scope, steps, sanity, sanity_steps)
         if report is not None:
-            st.session_state[REPORT] = (settings, report)
-    last = st.session_state.get(REPORT)
+            state.session().kept[REPORT] = (settings, report)
+    last = state.session().kept.get(REPORT)
     if last is None:
         return
     if last[0] != settings:
@@ -213,4 +167,4 @@ def page() -> None:
         sanity_strip(report, infos)
 
 
-page()
+state.show(page)

@@ -1,52 +1,55 @@
 """Explain: the image (clickable), the prediction, and one overlay per method side by side."""
 from __future__ import annotations
 
+import time
+from typing import Callable
+
 import streamlit as st
 
-from dashboard import charts, exports, state, views
+from dashboard import charts, exports, jobs, parts_view, state, views
+from dashboard.state import KEEP, Keys
 from neuroscope.errors import NeuroscopeError
-from neuroscope.methods.registry import MethodInfo, methods_for
+from neuroscope.interactive import cost, duration, interactive_params, methods_for, prefetch_layers, record_run
+from neuroscope.methods.registry import MethodInfo
 
-MAPS = "ns_maps"           # method -> map float32 [H, W] of the last run (tests compare them)
-RESULTS = "ns_results"     # method -> Explanation of the last run
-OVERLAYS = "ns_overlays"   # method -> overlay uint8 as displayed
 DEFAULT_METHODS = ("grad-cam",)
 
 
-def available_methods(ex) -> dict[str, MethodInfo]:
-    """Every registered method that fits the model's task and framework (new ones appear here)."""
-    return {m.name: m for m in methods_for(ex.task, ex.backend.framework)}
-
-
 def pick_methods(infos: dict[str, MethodInfo], task: str) -> list[str]:
-    key = f"methods::{task}"
-    chosen = [m for m in st.session_state.get(key, DEFAULT_METHODS) if m in infos]
-    st.session_state[key] = chosen
-    st.sidebar.multiselect("Methods", list(infos), key=key, placeholder="Choose methods",
-                           help="Each selected method gets its own overlay; all share one colour scale.")
+    chosen = st.sidebar.multiselect(
+        "Methods", list(infos), default=[m for m in DEFAULT_METHODS if m in infos], key=Keys.scoped("methods", task),
+        placeholder="Choose methods", help="Each selected method gets its own overlay.", **KEEP)
     with st.sidebar.expander("What the methods show"):
         st.markdown("\n".join(f"- **{n}** — {i.description or i.family}" + (" *(slow)*" if i.slow else "")
                               for n, i in infos.items()))
-    return list(st.session_state[key])
+    return [m for m in chosen if m in infos]
 
 
-def _param_widget(method: str, name: str, default):
-    key = state.init(f"param::{method}::{name}", ", ".join(map(str, default)) if isinstance(default, list)
-                     else default)
-    label = name
+def param_key(task: str, method: str, name: str) -> str:
+    return Keys.scoped("param", task, method, name)
+
+
+def _param_widget(task: str, method: str, name: str, default):
+    key = param_key(task, method, name)
     if isinstance(default, bool):
-        return st.checkbox(label, key=key)
+        return st.checkbox(name, value=default, key=key, **KEEP)
     if isinstance(default, int):
-        return int(st.number_input(label, step=1, key=key))
+        return int(st.number_input(name, value=default, step=1, key=key, **KEEP))
     if isinstance(default, float):
-        return float(st.number_input(label, step=max(abs(default) / 10, 0.01), format="%.4g", key=key))
+        return float(st.number_input(name, value=default, step=max(abs(default) / 10, 0.01), format="%.4g",
+                                     key=key, **KEEP))
     if isinstance(default, list):
-        text = st.text_input(f"{label} (comma list)", key=key)
+        text = st.text_input(f"{name} (comma list)", value=", ".join(map(str, default)), key=key, **KEEP)
         return text if text.strip() else []
-    return st.text_input(label, key=key)
+    return st.text_input(name, value=str(default), key=key, **KEEP)
 
 
-def method_params(chosen: list[str], infos: dict[str, MethodInfo]) -> dict[str, dict]:
+def defaults(task: str, info: MethodInfo) -> dict:
+    """The registry's defaults, with the lighter interactive ones of this task on top."""
+    return {**info.all_params(), **interactive_params(task, info.name)}
+
+
+def method_params(task: str, chosen: list[str], infos: dict[str, MethodInfo]) -> dict[str, dict]:
     """Editable parameters generated from each method's registry defaults."""
     params = {m: {} for m in chosen}
     with_params = [m for m in chosen if infos[m].all_params()]
@@ -55,24 +58,64 @@ def method_params(chosen: list[str], infos: dict[str, MethodInfo]) -> dict[str, 
     with st.sidebar.expander("Method parameters"):
         for m in with_params:
             st.markdown(f"**{m}**")
-            for name, default in infos[m].all_params().items():
-                params[m][name] = _param_widget(m, name, default)
+            for name, default in defaults(task, infos[m]).items():
+                params[m][name] = _param_widget(task, m, name, default)
     return params
+
+
+def full_quality(sel: state.Selection, info: MethodInfo, params: dict) -> tuple[str, Callable[[], None]] | None:
+    """For a method running with interactive settings: the tile's note, and a button that
+    switches to the registry's (full-quality) settings and starts the run."""
+    light = interactive_params(sel.task, info.name)
+    if not light or any(params.get(k) != v for k, v in light.items()):
+        return None
+    full = {k: info.all_params()[k] for k in light}
+    try:
+        full_cost = cost(sel.explainer, info.name, {**params, **full})
+    except NeuroscopeError:
+        return None
+    say = ", ".join(f"{k} {v}" for k, v in light.items())
+    note = (f"Interactive settings: {say}. Full quality ({', '.join(f'{k} {v}' for k, v in full.items())}): "
+            f"{full_cost.text()}.")
+
+    def switch() -> None:
+        for k, v in full.items():
+            state.set_choice(param_key(sel.task, info.name, k), v)
+        state.session().kept["autostart"] = info.name
+
+    def button() -> None:
+        st.button(f"Full quality ({duration(full_cost.seconds)})", key=f"full::{info.name}", on_click=switch,
+                  icon=":material/high_quality:")
+    return note, button
 
 
 def compute(sel: state.Selection, chosen: list[str], infos: dict[str, MethodInfo],
             params: dict[str, dict], slots: dict) -> tuple[dict, dict]:
     """Run (or fetch from the engine's cache) one explanation per method."""
     ex, results, errors = sel.explainer, {}, {}
-    one_pass = [m for m in chosen if infos[m].needs_layer and not infos[m].slow]
-    if one_pass and sel.layer is not None:
-        try:  # one capture of every spatial layer: later layer switches need no model pass
-            with st.spinner("Capturing activations and gradients of all layers…"):
-                ex.capture(sel.image, sel.target)
-        except NeuroscopeError:
-            pass  # each method reports its own error below
+    autostart = state.session().kept.pop("autostart", None)
     for m in chosen:
         info, slot = infos[m], slots[m]
+        layer = sel.layer if info.needs_layer else None
+        try:
+            c = cost(ex, m, params[m], layer)
+        except NeuroscopeError as exc:
+            errors[m] = str(exc)
+            continue
+        if c.over():   # slow: on request, in the background
+            key = (sel.model_key, sel.image_key, sel.target.key(), m, layer, repr(sorted(params[m].items())))
+
+            def run(progress, m=m, layer=layer, p=params[m], passes=c.passes):
+                t0 = time.perf_counter()
+                res = ex.explain(sel.image, m, target=sel.target, layer=layer, params=p, progress=progress)
+                record_run(ex, m, passes, time.perf_counter() - t0)
+                return res
+            note, button = full_quality(sel, info, params[m]) or ("", None)
+            with slot:
+                job = jobs.tile(key, m, c, run, note=note, extra=button, autostart=autostart == m)
+            if job is not None:
+                results[m] = job.result
+            continue
         bar = {}
 
         def progress(fraction: float, message: str, slot=slot, bar=bar, m=m) -> bool:
@@ -82,28 +125,13 @@ def compute(sel: state.Selection, chosen: list[str], infos: dict[str, MethodInfo
             return True
         try:
             with slot, st.spinner(f"Computing {m}…"):
-                results[m] = ex.explain(sel.image, m, target=sel.target,
-                                        layer=sel.layer if info.needs_layer else None,
-                                        params=params.get(m),
+                results[m] = ex.explain(sel.image, m, target=sel.target, layer=layer, params=params.get(m),
                                         progress=progress if info.slow or params[m].get("smooth") else None)
         except NeuroscopeError as exc:
             errors[m] = str(exc)
         if "bar" in bar:
             bar["bar"].empty()
     return results, errors
-
-
-def downloads(sel: state.Selection, results: dict, overlays: dict) -> None:
-    stem = f"neuroscope-{sel.explainer.spec.name}"
-    target = sel.resolved.as_json() if sel.resolved else None
-    c1, c2, c3 = st.columns(3)
-    c1.download_button("Overlays (PNG)", lambda: exports.overlays_png(results, overlays), f"{stem}-overlays.png",
-                       "image/png", width="stretch")
-    c2.download_button("Raw maps (.npz)", lambda: exports.maps_npz(results), f"{stem}-maps.npz",
-                       "application/octet-stream", width="stretch")
-    c3.download_button("Parameters (JSON)", lambda: exports.parameters_json(
-        sel.explainer.spec.name, sel.image_name, sel.image.shape[:2], target, results),
-        f"{stem}-params.json", "application/json", width="stretch")
 
 
 def target_summary(sel: state.Selection) -> str:
@@ -115,15 +143,11 @@ def target_summary(sel: state.Selection) -> str:
     return f"target **{r.class_name}**{contrast}{where}"
 
 
-def page() -> None:
-    sel = state.current()
-    if sel is None:
-        st.info("Pick a model and an image in the sidebar.")
-        return
+def page(sel: state.Selection) -> None:
     ex = sel.explainer
-    infos = available_methods(ex)
+    infos = methods_for(ex)
     chosen = pick_methods(infos, ex.task)
-    params = method_params(chosen, infos)
+    params = method_params(ex.task, chosen, infos)
 
     with st.container(key="target_summary"):
         st.markdown(f"**{sel.model_label}** · {sel.image_name} · {target_summary(sel)}")
@@ -160,20 +184,36 @@ def page() -> None:
         overlays = {}
         for m in chosen:
             with slots[m]:
+                if m not in results and m not in errors:
+                    continue   # a slow method waiting for Compute or running
                 if m in errors:
                     st.error(f"{m}: {errors[m]}")
                     continue
                 res = results[m]
                 overlays[m] = display.overlay(picture, res.map, res.meta["signed"])
                 layer = res.meta["layer"] or "input"
-                st.image(overlays[m], width="stretch",
-                         caption=f"{m} · {layer} · {res.meta['time_ms']:.0f} ms · "
-                                 f"range {float(res.map.min()):.3g} … {float(res.map.max()):.3g}")
-    st.session_state[RESULTS] = results
-    st.session_state[MAPS] = {m: r.map for m, r in results.items()}
-    st.session_state[OVERLAYS] = overlays
+                caption = f"{m} · {layer} · {res.meta['time_ms']:.0f} ms"
+                if display.raw:
+                    a, b = st.columns(2)
+                    a.image(overlays[m], width="stretch", caption=caption)
+                    b.image(display.raw_map(picture, res.map, res.meta["signed"]), width="stretch",
+                            caption=f"{m}: the map alone")
+                else:
+                    st.image(overlays[m], width="stretch", caption=caption)
+                if display.empties(res.map, res.meta["signed"]):
+                    st.warning(f"{m} has no {views.SIGN_LABELS[display.sign].split()[0]} values: the sign filter "
+                               "leaves an empty map. Choose *both* to see it.")
+                st.image(display.legend(res.map, res.meta["signed"], infos[m].family), width="stretch")
+                for warning in res.meta.get("warnings", ()):   # e.g. activations a rule could not reach
+                    st.warning(warning)
+    if sel.layer is not None and any(infos[m].needs_layer and not infos[m].slow for m in results):
+        prefetch_layers(ex, sel.image, sel.target, sel.image_key)   # later layer switches: no model pass
+    shown = state.session().shown
+    shown["results"], shown["overlays"] = results, overlays
+    shown["maps"] = {m: r.map for m, r in results.items()}
     if results:
-        downloads(sel, results, overlays)
+        exports.download_buttons(sel, results, overlays)
+    parts_view.render(sel)   # the clicked object's parts, their shares and drops (Harada et al.)
 
 
-page()
+state.show(page)

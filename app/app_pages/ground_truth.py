@@ -5,6 +5,7 @@ import numpy as np
 import streamlit as st
 
 from dashboard import charts, state, truth, views
+from dashboard.state import KEEP, Keys
 from neuroscope.errors import NeuroscopeError
 from neuroscope.images import resize_labels
 
@@ -16,7 +17,7 @@ def labelled_gallery() -> list[str]:
 
 def upload_truth(sel: state.Selection) -> None:
     up = st.file_uploader("Label image for this image (PNG, uint8 trainIds, 255 = ignore)", type=["png"],
-                          key=f"truth_upload::{sel.image_key}")
+                          key=Keys.scoped("truth_upload", sel.image_key))
     if up is None:
         return
     try:
@@ -27,7 +28,7 @@ def upload_truth(sel: state.Selection) -> None:
     except NeuroscopeError as exc:
         st.error(f"{exc}")
         return
-    st.session_state.setdefault(state.UPLOADED_TRUTH, {})[sel.image_key] = labels
+    state.session().uploaded_truth[sel.image_key] = labels
     sel.truth = labels
 
 
@@ -44,7 +45,7 @@ def this_image(sel: state.Selection) -> None:
     c1.metric("Mean IoU (this image)", f"{np.nanmean(ious):.3f}" if np.isfinite(ious).any() else "—")
     c2.metric("Pixel accuracy", f"{np.trace(matrix) / max(1, matrix.sum()):.3f}")
     c3.metric("Classes present", int((matrix.sum(axis=1) > 0).sum()))
-    st.session_state["ns_iou"] = ious
+    state.session().shown["iou"] = ious
     left, right = st.columns(2)
     with left:
         st.markdown("**Per-class IoU**")
@@ -52,8 +53,8 @@ def this_image(sel: state.Selection) -> None:
     with right:
         present = [i for i in range(n) if matrix[i].sum() > 0 or matrix[:, i].sum() > 0]
         default = sel.resolved.class_id if sel.resolved is not None and sel.resolved.class_id in present else present[0]
-        key = f"truth_class::{sel.model_key}::{sel.image_key}"
-        cid = st.selectbox("Error map of class", present, index=present.index(default), key=key,
+        cid = st.selectbox("Error map of class", present, index=present.index(default), **KEEP,
+                           key=Keys.scoped("truth_class", sel.model_key, sel.image_key),
                            format_func=lambda i: f"{ex.classes[i]} — IoU {ious[i]:.3f}")
         picture = views.shown(sel.image)
         err = truth.error_map(resize_labels(pred, picture.shape[:2]), resize_labels(sel.truth, picture.shape[:2]), cid)
@@ -95,8 +96,8 @@ def dataset(sel: state.Selection) -> None:
     if bar is not None:
         bar.empty()
     ious = truth.iou(total)
-    st.session_state["ns_confusion"] = total
-    st.session_state["ns_confusion_images"] = used
+    shown = state.session().shown
+    shown["confusion"], shown["confusion_images"] = total, used
     c1, c2 = st.columns(2)
     c1.metric(f"Mean IoU over {len(used)} image{'s' * (len(used) != 1)}",
               f"{np.nanmean(ious):.3f}" if np.isfinite(ious).any() else "—")
@@ -106,11 +107,7 @@ def dataset(sel: state.Selection) -> None:
     st.caption("Rows: true class; columns: predicted class; each row sums to 100%.")
 
 
-def page() -> None:
-    sel = state.current()
-    if sel is None:
-        st.info("Pick a model and an image in the sidebar.")
-        return
+def page(sel: state.Selection) -> None:
     if sel.task != "segmentation":
         st.info("Ground truth applies to segmentation models; pick one in the sidebar.")
         return
@@ -124,4 +121,4 @@ def page() -> None:
     dataset(sel)
 
 
-page()
+state.show(page)

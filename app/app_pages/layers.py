@@ -6,21 +6,19 @@ import streamlit as st
 from streamlit_image_coordinates import streamlit_image_coordinates
 
 from dashboard import charts, state, views
+from dashboard.state import KEEP, Keys
 from neuroscope import render
 from neuroscope.errors import NeuroscopeError
+from neuroscope.interactive import channel_order, channel_stats
 
-CHANNEL = "layers_channel"    # selected channel (tests may set it)
 SORTS = {"importance": "importance for the target", "activation": "mean activation", "index": "channel index"}
 GRID_COLS = 8
 SWEEP_THUMB = (96, 192)
 
 
-def channel_order(kind: str, mean_act: np.ndarray, importance: np.ndarray) -> np.ndarray:
-    if kind == "importance":
-        return np.argsort(-importance, kind="stable")
-    if kind == "activation":
-        return np.argsort(-mean_act, kind="stable")
-    return np.arange(len(mean_act))
+def channel_key(sel: state.Selection) -> str:
+    """The selected channel, per model and layer (tests may set it)."""
+    return Keys.scoped("layers_channel", sel.model_key, sel.layer)
 
 
 def strip_layers(names: list[str]) -> list[str]:
@@ -32,19 +30,18 @@ def strip_layers(names: list[str]) -> list[str]:
 
 
 def filter_grid(sel: state.Selection, acts: np.ndarray, order: np.ndarray, mean_act: np.ndarray,
-                importance: np.ndarray) -> None:
+                importance: np.ndarray, sort: str) -> None:
     k = len(order)
     c1, c2, c3 = st.columns(3)
-    per_page = c1.selectbox("Tiles per page", [16, 32, 64, 128], key=state.init("layers_per_page", 32))
+    per_page = c1.selectbox("Tiles per page", [16, 32, 64, 128], index=1, key="layers_per_page", **KEEP)
     pages = max(1, -(-k // per_page))
-    page_key = state.init("layers_page", 1)
-    if st.session_state[page_key] > pages:
-        st.session_state[page_key] = 1
-    page = int(c2.number_input(f"Page (of {pages})", min_value=1, max_value=pages, step=1, key=page_key))
-    cmap = c3.selectbox("Tile colormap", ["viridis", "inferno", "gray", "jet"], key=state.init("layers_cmap", "viridis"))
-    shown = order[(page - 1) * per_page: page * per_page]
+    page_no = int(c2.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1, step=1,
+                                  key=Keys.scoped("layers_page", sel.model_key, sel.layer, per_page), **KEEP))
+    cmap = c3.selectbox("Tile colormap", ["viridis", "inferno", "gray", "jet"], key="layers_cmap", **KEEP)
+    shown = order[(page_no - 1) * per_page: page_no * per_page]
     grid = render.filter_grid(acts, shown, cols=GRID_COLS, tile=96, cmap=cmap)
     rows = -(-len(shown) // GRID_COLS)
+    key = channel_key(sel)
 
     def on_tile_click() -> None:
         v = st.session_state.get("grid_click")
@@ -54,18 +51,16 @@ def filter_grid(sel: state.Selection, acts: np.ndarray, order: np.ndarray, mean_
         row = int(v["y"] / max(1, v["height"]) * rows)
         i = row * GRID_COLS + min(col, GRID_COLS - 1)
         if 0 <= i < len(shown):
-            st.session_state[CHANNEL] = int(shown[i])
+            state.set_choice(key, int(shown[i]))
     left, right = st.columns([3, 2])
     with left:
-        st.caption(f"Channels {(page - 1) * per_page + 1}–{(page - 1) * per_page + len(shown)} of {k}, "
-                   f"sorted by {SORTS[st.session_state['layers_sort']]}; each tile scaled on its own. "
-                   "Click a tile to enlarge it.")
+        st.caption(f"Channels {(page_no - 1) * per_page + 1}–{(page_no - 1) * per_page + len(shown)} of {k}, "
+                   f"sorted by {SORTS[sort]}; each tile scaled on its own. Click a tile to enlarge it.")
         streamlit_image_coordinates(grid, key="grid_click", width="stretch", on_click=on_tile_click,
                                     cursor="pointer")
     with right:
-        if st.session_state.get(CHANNEL) is None or not 0 <= st.session_state[CHANNEL] < k:
-            st.session_state[CHANNEL] = int(order[0])
-        ch = int(st.number_input("Channel", min_value=0, max_value=k - 1, step=1, key=CHANNEL))
+        ch = int(st.number_input("Channel", min_value=0, max_value=k - 1, value=int(order[0]), step=1, key=key,
+                                 **KEEP))
         display = views.Display("inferno", 0.6, "positive", 99.5)
         picture = views.shown(sel.image, (400, 560))
         st.image(display.overlay(picture, acts[ch], signed=False), width="stretch",
@@ -76,7 +71,7 @@ def filter_grid(sel: state.Selection, acts: np.ndarray, order: np.ndarray, mean_
 
 def layer_sweep(sel: state.Selection, names: list[str]) -> None:
     st.subheader("Layer sweep")
-    every = st.toggle(f"All {len(names)} spatial layers (default: blocks only)", key=state.init("layers_sweep_all", False))
+    every = st.toggle(f"All {len(names)} spatial layers (default: blocks only)", key="layers_sweep_all", **KEEP)
     chosen = names if every else strip_layers(names)
     try:
         with st.spinner("Grad-CAM at every layer…"):
@@ -84,9 +79,9 @@ def layer_sweep(sel: state.Selection, names: list[str]) -> None:
     except NeuroscopeError as exc:
         st.error(f"{exc}")
         return
-    st.session_state["ns_sweep"] = maps
+    state.session().shown["sweep"] = maps
     picture = views.shown(sel.image, SWEEP_THUMB)
-    display = views.Display("jet", 0.5, "both", 99.5)
+    display = views.Display("inferno", 0.5, "both", 99.5)
     thumbs = [display.overlay(picture, maps[n], signed=False) for n in chosen]
     st.caption(f"Grad-CAM of {sel.resolved.class_name} at {len(chosen)} layers from one capture, "
                "input side first.")
@@ -94,11 +89,7 @@ def layer_sweep(sel: state.Selection, names: list[str]) -> None:
         st.image(thumbs, caption=chosen, width=SWEEP_THUMB[1])
 
 
-def page() -> None:
-    sel = state.current()
-    if sel is None:
-        st.info("Pick a model and an image in the sidebar.")
-        return
+def page(sel: state.Selection) -> None:
     if sel.layer is None:
         st.warning("This model has no layer with spatial output, so there is nothing to show here.")
         return
@@ -108,18 +99,15 @@ def page() -> None:
     ex = sel.explainer
     st.markdown(f"**{sel.model_label}** · layer **{sel.layer}** · target **{sel.resolved.class_name}**")
     try:
-        with st.spinner("Capturing activations and gradients of all layers…"):
-            cap = ex.capture(sel.image, sel.target)
+        with st.spinner("Capturing the layer…"):
+            acts, mean_act, importance = channel_stats(ex, sel.image, sel.target, sel.layer)
     except NeuroscopeError as exc:
         st.error(f"{exc}")
         return
-    acts, grads = cap.activations[sel.layer], cap.gradients[sel.layer]
-    mean_act = acts.mean(axis=(1, 2))
-    importance = grads.mean(axis=(1, 2)) * mean_act   # channel's share of the Grad-CAM sum
-    sort = st.radio("Sort channels by", list(SORTS), format_func=SORTS.get, horizontal=True,
-                    key=state.init("layers_sort", "importance"))
-    filter_grid(sel, acts, channel_order(sort, mean_act, importance), mean_act, importance)
+    sort = st.radio("Sort channels by", list(SORTS), format_func=SORTS.get, horizontal=True, key="layers_sort",
+                    **KEEP)
+    filter_grid(sel, acts, channel_order(sort, mean_act, importance), mean_act, importance, sort)
     layer_sweep(sel, [l.name for l in ex.spatial_layers()])
 
 
-page()
+state.show(page)

@@ -5,42 +5,10 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, state
+from neuroscope.interactive import parameter_counts
 
 
-def parameter_counts(ex) -> dict[str, int]:
-    """Parameters per layer name ("" = whole model).
-
-    Uses the backend's `parameter_counts()` when it has one; otherwise asks the
-    wrapped model through duck typing (no framework import here): a torch module's
-    `named_modules()` or a Keras model's nested `layers`.
-    """
-    backend = ex.backend
-    counter = getattr(backend, "parameter_counts", None)
-    if callable(counter):
-        return dict(counter())
-    module = getattr(backend, "module", None)
-    if module is not None and hasattr(module, "named_modules"):
-        return {name: sum(int(p.numel()) for p in m.parameters()) for name, m in module.named_modules()}
-    model = getattr(backend, "model", None)
-    if model is not None and hasattr(model, "layers"):
-        out = {"": int(model.count_params())}
-        stack = list(model.layers)
-        while stack:
-            layer = stack.pop()
-            try:
-                out.setdefault(layer.name, int(layer.count_params()))
-            except Exception:  # an unbuilt layer cannot count
-                pass
-            stack.extend(getattr(layer, "layers", []) or [])
-        return out
-    return {}
-
-
-def page() -> None:
-    sel = state.current()
-    if sel is None:
-        st.info("Pick a model in the sidebar.")
-        return
+def page(sel: state.Selection) -> None:
     ex = sel.explainer
     spec = ex.spec
     counts = parameter_counts(ex)
@@ -85,9 +53,9 @@ def page() -> None:
             "stride": [l.stride if l.spatial else None for l in layers],
             "parameters": [counts.get(l.name) for l in layers],
         })
-        st.session_state["ns_architecture"] = arch
+        state.session().shown["architecture"] = arch
         st.dataframe(arch, hide_index=True, width="stretch", height=560,
                      column_config={"parameters": st.column_config.NumberColumn(format="%d")})
 
 
-page()
+state.show(page, needs="a model")

@@ -83,3 +83,41 @@ def confusion_heatmap(matrix: np.ndarray, names: list[str], counts: np.ndarray) 
         opacity=alt.condition(alt.datum.fraction >= 0.005, alt.value(1), alt.value(0)))
     size = max(240, 26 * len(used))
     return (heat + text).properties(width=size, height=size)
+
+
+def curve_records(report, random_name: str) -> pd.DataFrame | None:
+    """Mean deletion/insertion curves of every method (and the random map) as one long table."""
+    records = []
+    for name, r in [*report.methods.items(), (random_name, report.random)]:
+        if r is None:
+            continue
+        for kind in ("deletion", "insertion"):
+            c = r.mean_curve(kind)
+            if c is not None:
+                records += [{"method": name, "curve": kind, "fraction": float(f), "probability": float(p)}
+                            for f, p in zip(*c)]
+    return pd.DataFrame.from_records(records) if records else None
+
+
+def deletion_insertion(df: pd.DataFrame, kind: str, random_name: str) -> alt.Chart:
+    """One kind of curve per method; the random map dashed."""
+    part = df[df.curve == kind]
+    return alt.Chart(part).mark_line().encode(
+        x=alt.X("fraction:Q", title="fraction of pixels " + ("removed" if kind == "deletion" else "revealed"),
+                axis=alt.Axis(format="%")),
+        y=alt.Y("probability:Q", title="probability of the target", scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("method:N"),
+        strokeDash=alt.condition(alt.datum.method == random_name, alt.value([4, 3]), alt.value([1, 0])),
+        tooltip=["method", alt.Tooltip("fraction:Q", format=".0%"), alt.Tooltip("probability:Q", format=".3f")],
+    ).properties(title=f"{kind.capitalize()} curves (mean over items)", height=260)
+
+
+def rank_correlation(records: list[dict]) -> alt.LayerChart:
+    """Rank correlation with the original map per randomisation step, with the 0.5 pass line."""
+    chart = alt.Chart(pd.DataFrame.from_records(records)).mark_line(point=True).encode(
+        x=alt.X("step:O", title="randomisation step (top layer first)"),
+        y=alt.Y("rank correlation:Q", scale=alt.Scale(domain=[-1, 1])),
+        color="method:N", tooltip=["method", "layer", alt.Tooltip("rank correlation:Q", format=".3f")],
+    ).properties(height=220)
+    rule = alt.Chart(pd.DataFrame({"y": [0.5]})).mark_rule(strokeDash=[4, 3], color="grey").encode(y="y:Q")
+    return chart + rule

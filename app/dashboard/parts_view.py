@@ -2,8 +2,9 @@
 outlined in distinct colours, each part's share of the relevance beside the score drop
 measured when the part is blacked out, and their Spearman rank correlation.
 
-Called from the Explain page with the explainer, the image and the current target; it
-renders nothing for classifiers and explains itself when the target has no parts."""
+Called from the Explain page with the sidebar's selection; it renders nothing for
+classifiers and explains itself when the target has no parts. The result is memoised per
+session (image, target) and shown in `state.session().shown["parts"]` (tests read it)."""
 from __future__ import annotations
 
 import altair as alt
@@ -13,10 +14,10 @@ import streamlit as st
 from PIL import Image
 from scipy import ndimage
 
+from dashboard import state
 from neuroscope.errors import NeuroscopeError
 from neuroscope.synth.parts import PART_PALETTE
 
-RESULT = "ns_parts"       # the last PartsResult (tests read it)
 ZOOM_WIDTH = 420
 
 
@@ -76,8 +77,9 @@ def sentence(result) -> str:
             "(1 = same order, 0 = unrelated, −1 = reversed).")
 
 
-def render(explainer, image: np.ndarray, target, resolved) -> None:
-    """The Parts view for the current target (a clicked object); nothing for classifiers."""
+def render(sel) -> None:
+    """The Parts view for the selection's target (a clicked object); nothing for classifiers."""
+    explainer, image, target, resolved = sel.explainer, sel.image, sel.target, sel.resolved
     if explainer.task != "segmentation" or resolved is None:
         return
     from neuroscope.parts import part_contributions
@@ -88,11 +90,12 @@ def render(explainer, image: np.ndarray, target, resolved) -> None:
             return
         try:
             with st.spinner("Finding the object's parts and measuring their drops…"):
-                result = part_contributions(explainer, image, target)
+                result = state.memo("parts", (sel.model_key, sel.image_key, resolved.key()),
+                                    lambda: part_contributions(explainer, image, target), refs=(explainer, image))
         except NeuroscopeError as exc:
             st.info(str(exc))
             return
-        st.session_state[RESULT] = result
+        state.session().shown["parts"] = result
         left, right = st.columns([2, 3])
         with left:
             st.image(outlined(np.asarray(image), result.part_labels), width="stretch",

@@ -1,8 +1,15 @@
-"""The shared sidebar (model, image, layer, target) and the `Selection` every page reads.
+"""Session state of the dashboard: one typed `Session` per browser session, the widget keys,
+the shared sidebar (model, image, layer, target) and the `Selection` every page receives.
 
-The entry point calls `sidebar()` once per run, before the page; pages call `current()`.
-Clicks on the image are kept, in original image pixels, under the session-state key
-`CLICKS`, which this module owns (tests set it instead of clicking).
+Two kinds of per-session state, both owned here:
+
+- **Choices** are widget values. Every widget has a key from `Keys` (or `Keys.scoped`) and
+  is created with `**KEEP` (Streamlit's `persist_state="session"`): its value survives
+  other pages and detours (Upload without a file, a failed load) with no re-assignment.
+  A callback may change a choice with `set_choice` (callbacks run before widgets exist).
+- **Data** (clicks, the selection, what the pages computed) lives in the `Session`
+  dataclass under one session-state key. Nothing per-session goes into `st.cache_*`
+  (shared by every session): shared caches hold only models, bundled images and scenes.
 """
 from __future__ import annotations
 
@@ -10,7 +17,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,15 +33,49 @@ from . import truth
 
 IMAGES = ASSETS / "images"
 EXTRA_SPECS_ENV = "NEUROSCOPE_EXTRA_SPECS"   # os.pathsep-separated local spec paths (operator-provided)
-CLICKS = "ns_clicks"                          # [[x, y], ...] in original image pixels, at most 2
-SELECTION = "ns_selection"
-UPLOADED_TRUTH = "ns_uploaded_truth"          # image key -> label map uploaded on the Ground truth page
 UPLOAD_MODEL = "__upload__"
 REGIONS = {"predicted": "Predicted mask of the class", "all": "All pixels",
            "clicked": "Clicked object", "box": "Box (two clicks)"}
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp"]
-#: Session keys of page widgets whose values survive visits to other pages.
-KEEP_PREFIXES = ("methods::", "param::", "disp_", "layers_", "eval_")
+SESSION = "ns_session"
+#: Pass to every widget: its value lives for the whole session, across pages.
+KEEP = {"persist_state": "session"}
+
+
+class Keys:
+    """Widget keys of the sidebar and the pages (tests drive widgets by these)."""
+
+    MODEL = "model"
+    IMAGE_SOURCE = "image_source"
+    SCENE_SEED = "scene_seed"
+    REGION_MODE = "region_mode"
+    WITHIN_CLASS = "within_class"
+    IMAGE_UPLOAD = "image_upload"
+    MODEL_UPLOAD = "model_upload"
+    SPEC_UPLOAD = "model_spec_upload"
+    CLEAR_CLICKS = "clear_clicks"
+    RETRY_MODEL = "retry_model"
+
+    @staticmethod
+    def scoped(name: str, *scope: Any) -> str:
+        """A key whose value belongs to a model, an image or a task (e.g. the layer of
+        each model): switching back restores that scope's choice."""
+        return "::".join([name, *map(str, scope)])
+
+    gallery = staticmethod(lambda task: Keys.scoped("gallery", task))
+    layer = staticmethod(lambda model: Keys.scoped("layer", model))
+    target_class = staticmethod(lambda model, image: Keys.scoped("class", model, image))
+    contrast = staticmethod(lambda model, image: Keys.scoped("contrast", model, image))
+
+
+def choice(key: str, default: Any = None) -> Any:
+    """The current value of a widget (or `default` before it was first shown)."""
+    return st.session_state.get(key, default)
+
+
+def set_choice(key: str, value: Any) -> None:
+    """Change a widget's value: only from a callback or before the widget is drawn."""
+    st.session_state[key] = value
 
 
 @dataclass(frozen=True)
@@ -75,21 +116,55 @@ class Selection:
         return self.explainer.task
 
 
+@dataclass
+class Session:
+    """Everything one browser session keeps besides widget values."""
+
+    selection: Selection | None = None
+    clicks: list[list[int]] = field(default_factory=list)     # [[x, y], ...] original pixels, at most 2
+    clicks_image: str | None = None                           # the image the clicks belong to
+    model_failures: dict[str, str] = field(default_factory=dict)   # spec path -> message
+    upload_digest: tuple | None = None                        # (file ids, sha256) of the uploaded model
+    uploaded_truth: dict[str, np.ndarray] = field(default_factory=dict)   # image key -> label map
+    #: what each page last showed, by name (tests read it; pages own their entries)
+    shown: dict[str, Any] = field(default_factory=dict)
+    #: results a page keeps between runs (e.g. the last evaluation report), by name
+    kept: dict[str, Any] = field(default_factory=dict)
+
+
+def session() -> Session:
+    s = st.session_state.get(SESSION)
+    if s is None:
+        s = st.session_state[SESSION] = Session()
+    return s
+
+
+def memo(name: str, key: tuple, build: Callable[[], Any], refs: tuple = (), size: int = 32) -> Any:
+    """Per-session memo: `build()` once per (key, refs); `refs` are objects (arrays, results)
+    named by identity, kept alive with the entry so an id is never reused for another."""
+    table = session().kept.setdefault(f"memo:{name}", {})
+    full = (key, tuple(map(id, refs)))
+    hit = table.get(full)
+    if hit is not None and all(a is b for a, b in zip(hit[0], refs)):
+        return hit[1]
+    value = build()
+    if len(table) >= size:
+        table.pop(next(iter(table)))
+    table[full] = (refs, value)
+    return value
+
+
 def current() -> Selection | None:
-    return st.session_state.get(SELECTION)
+    return session().selection
 
 
-def keep_page_state() -> None:
-    """Re-assign page widget values so Streamlit keeps them while another page is shown."""
-    for key in list(st.session_state.keys()):
-        if isinstance(key, str) and key.startswith(KEEP_PREFIXES):
-            st.session_state[key] = st.session_state[key]
-
-
-def init(key: str, value: Any) -> str:
-    """Give a widget key its default once (widgets then take no default argument)."""
-    st.session_state.setdefault(key, value)
-    return key
+def show(page: Callable[[Selection], None], needs: str = "a model and an image") -> None:
+    """Run a page function with the sidebar's selection (or say what is missing)."""
+    sel = current()
+    if sel is None:
+        st.info(f"Pick {needs} in the sidebar.")
+        return
+    page(sel)
 
 
 # ----------------------------------------------------------------------------- models
@@ -147,14 +222,14 @@ def explainer_for_upload(digest: str, suffix: str, _model: bytes, _spec: bytes |
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
 
 
 def _load_entry(entry: ModelEntry) -> Explainer | None:
     """The entry's Explainer; a failure is remembered for the session (no reload on every rerun)."""
-    failures = st.session_state.setdefault("ns_model_failures", {})
+    failures = session().model_failures
     if entry.path not in failures:
         try:
             with st.spinner(f"Loading {entry.name}…"):
@@ -162,9 +237,9 @@ def _load_entry(entry: ModelEntry) -> Explainer | None:
         except NeuroscopeError as exc:
             failures[entry.path] = f"Cannot load {entry.name}: {exc}. Pick another model in the sidebar."
         except Exception as exc:  # a framework failing inside its loader: report, keep the app alive
-            failures[entry.path] = f"Cannot load {entry.name} ({_first_line(exc)}). Pick another model in the sidebar."
+            failures[entry.path] = f"Cannot load {entry.name} ({first_line(exc)}). Pick another model in the sidebar."
     st.error(failures[entry.path])
-    if st.sidebar.button("Try loading it again", key="retry_model"):
+    if st.sidebar.button("Try loading it again", key=Keys.RETRY_MODEL):
         failures.pop(entry.path, None)
         st.rerun()
     return None
@@ -175,8 +250,8 @@ def _upload_model(sb) -> tuple[str, str, Explainer | None]:
                "`architecture`, classes inline) to name the classes and preprocessing. PyTorch state dicts "
                "need an architecture, which is code: put their spec on the server and start the app with "
                f"`{EXTRA_SPECS_ENV}=path/to/spec.toml`.")
-    up = sb.file_uploader("Model file", type=["keras", "h5", "pt", "pth"], key="model_upload")
-    spec_up = sb.file_uploader("Spec (optional)", type=["toml"], key="model_spec_upload")
+    up = sb.file_uploader("Model file", type=["keras", "h5", "pt", "pth"], key=Keys.MODEL_UPLOAD)
+    spec_up = sb.file_uploader("Spec (optional)", type=["toml"], key=Keys.SPEC_UPLOAD)
     if up is None:
         st.info("Upload a Keras model file in the sidebar, or pick a bundled model.")
         return UPLOAD_MODEL, "upload", None
@@ -190,14 +265,13 @@ def _upload_model(sb) -> tuple[str, str, Explainer | None]:
         st.error(f"The model file is too large ({up.size >> 20} MB); the limit is {MAX_MODEL_BYTES >> 20} MB.")
         return UPLOAD_MODEL, "upload", None
     ids = (up.file_id, spec_up.file_id if spec_up else None)
-    cached = st.session_state.get("ns_upload_digest")
-    if cached is None or cached[0] != ids:
+    s = session()
+    if s.upload_digest is None or s.upload_digest[0] != ids:
         h = hashlib.sha256(up.getvalue())
         if spec_up is not None:
             h.update(spec_up.getvalue())
-        cached = (ids, h.hexdigest())
-        st.session_state["ns_upload_digest"] = cached
-    digest = cached[1]
+        s.upload_digest = (ids, h.hexdigest())
+    digest = s.upload_digest[1]
     key = f"upload:{digest[:12]}"
     try:
         with st.spinner(f"Loading {up.name}…"):
@@ -206,7 +280,7 @@ def _upload_model(sb) -> tuple[str, str, Explainer | None]:
     except NeuroscopeError as exc:
         st.error(f"Cannot load {up.name}: {exc}")
     except Exception as exc:
-        st.error(f"Cannot load {up.name} ({_first_line(exc)}); expected a Keras .keras or .h5 model file.")
+        st.error(f"Cannot load {up.name} ({first_line(exc)}); expected a Keras .keras or .h5 model file.")
     return key, "upload", None
 
 
@@ -262,12 +336,10 @@ def generated_scene(seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _pick_image(sb, task: str) -> tuple[np.ndarray, str, str, np.ndarray | None] | None:
     sources = ["Gallery", "Generated scene", "Upload"] if scene_generator() else ["Gallery", "Upload"]
-    if st.session_state.get("image_source") not in sources:
-        st.session_state["image_source"] = "Gallery"
-    source = sb.radio("Image", sources, key="image_source", horizontal=True)
+    source = sb.radio("Image", sources, key=Keys.IMAGE_SOURCE, horizontal=True, **KEEP)
     if source == "Gallery":
         names = gallery_names(task)
-        name = sb.selectbox("Bundled image", names, key=f"gallery::{task}")
+        name = sb.selectbox("Bundled image", names, key=Keys.gallery(task), **KEEP)
         with sb.expander("Gallery"):
             st.image(thumbnails(tuple(names)), caption=names)
         try:
@@ -276,15 +348,16 @@ def _pick_image(sb, task: str) -> tuple[np.ndarray, str, str, np.ndarray | None]
             st.error(f"{exc}")
             return None
     if source == "Generated scene":
-        seed = int(sb.number_input("Scene seed", min_value=0, max_value=1_000_000, step=1, key="scene_seed"))
+        seed = int(sb.number_input("Scene seed", min_value=0, max_value=1_000_000, step=1, key=Keys.SCENE_SEED,
+                                   **KEEP))
         try:
             with st.spinner("Generating a driving scene…"):
                 image, labels = generated_scene(seed)
         except Exception as exc:
-            st.error(f"The scene generator failed ({_first_line(exc)}); pick a gallery image.")
+            st.error(f"The scene generator failed ({first_line(exc)}); pick a gallery image.")
             return None
         return image, f"scene:{seed}", f"generated scene {seed}", labels
-    up = sb.file_uploader("Upload an image", type=IMAGE_TYPES, key="image_upload")
+    up = sb.file_uploader("Upload an image", type=IMAGE_TYPES, key=Keys.IMAGE_UPLOAD)
     if up is None:
         st.info("Upload an image in the sidebar (PNG or JPEG).")
         return None
@@ -294,18 +367,18 @@ def _pick_image(sb, task: str) -> tuple[np.ndarray, str, str, np.ndarray | None]
         st.error(f"{exc}. Upload an RGB or greyscale PNG or JPEG.")
         return None
     key = f"upload:{up.file_id}"
-    return image, key, up.name, st.session_state.get(UPLOADED_TRUTH, {}).get(key)
+    return image, key, up.name, session().uploaded_truth.get(key)
 
 
 # ----------------------------------------------------------------------------- target
 def clicks_for(image_key: str, size: tuple[int, int]) -> list[tuple[int, int]]:
     """The clicks on this image (cleared when the image changes), clamped to it."""
-    if st.session_state.get("ns_clicks_image") != image_key:
-        st.session_state["ns_clicks_image"] = image_key
-        st.session_state[CLICKS] = []
+    s = session()
+    if s.clicks_image != image_key:
+        s.clicks_image, s.clicks = image_key, []
     h, w = size
     points = []
-    for p in st.session_state.get(CLICKS) or []:
+    for p in s.clicks:
         try:
             x, y = int(p[0]), int(p[1])
         except (TypeError, ValueError, IndexError):
@@ -315,16 +388,17 @@ def clicks_for(image_key: str, size: tuple[int, int]) -> list[tuple[int, int]]:
 
 
 def record_click(value: dict | None, size: tuple[int, int]) -> None:
-    """Turn an image-coordinates event (displayed pixels) into a click in original pixels."""
+    """Turn an image-coordinates event (displayed pixels) into a click in original pixels
+    (a callback: it may switch the region mode to "clicked")."""
     if not value or "x" not in value:
         return
     h, w = size
     x = int(value["x"] * w / max(1.0, float(value.get("width") or w)))
     y = int(value["y"] * h / max(1.0, float(value.get("height") or h)))
-    points = list(st.session_state.get(CLICKS) or []) + [[min(max(x, 0), w - 1), min(max(y, 0), h - 1)]]
-    st.session_state[CLICKS] = points[-2:]
-    if st.session_state.get("region_mode") in (None, "predicted", "all"):
-        st.session_state["region_mode"] = "clicked"
+    s = session()
+    s.clicks = (s.clicks + [[min(max(x, 0), w - 1), min(max(y, 0), h - 1)]])[-2:]
+    if choice(Keys.REGION_MODE, "predicted") in ("predicted", "all"):
+        set_choice(Keys.REGION_MODE, "clicked")
 
 
 def _class_label(classes: list[str], extra: dict[int, str]) -> Callable[[Any], str]:
@@ -336,31 +410,29 @@ def _class_label(classes: list[str], extra: dict[int, str]) -> Callable[[Any], s
 def _pick_target(sb, ex: Explainer, pred, model_key: str, image_key: str,
                  clicks: list[tuple[int, int]]) -> Target | None:
     classes = ex.classes
-    scope = f"{model_key}::{image_key}"
     if ex.task == "classification":
-        top = pred.top(10)
-        ids = [t["class_id"] for t in top]
+        top = pred.top(len(classes))
+        ids = [t["class_id"] for t in top]     # every class, most probable first (type to search)
         fmt = _class_label(classes, {t["class_id"]: f" — {t['prob']:.1%}" for t in top})
-        cid = sb.selectbox("Class", ids, format_func=fmt, key=f"class::{scope}")
+        cid = sb.selectbox("Class", ids, format_func=fmt, key=Keys.target_class(model_key, image_key), **KEEP)
         contrast = sb.selectbox("Contrast with (optional)", [None] + [i for i in ids if i != cid],
-                                format_func=fmt, key=f"contrast::{scope}")
+                                format_func=fmt, key=Keys.contrast(model_key, image_key), **KEEP)
         return Target.classification(cid, contrast=contrast)
 
     shares = {d["class_id"]: d["pixel_share"] for d in pred.pixel_shares()}
     ids = list(shares) + [i for i in range(len(classes)) if i not in shares]
     fmt = _class_label(classes, {i: f" — {shares.get(i, 0.0):.1%} of pixels" for i in range(len(classes))})
-    init("region_mode", "predicted")
-    mode = sb.radio("Region", list(REGIONS), format_func=REGIONS.get, key="region_mode")
+    mode = sb.radio("Region", list(REGIONS), format_func=REGIONS.get, key=Keys.REGION_MODE, **KEEP)
     cid = None
     if mode == "clicked":
         sb.caption("Class: the one predicted under the click.")
     else:
-        cid = sb.selectbox("Class", ids, format_func=fmt, key=f"class::{scope}")
+        cid = sb.selectbox("Class", ids, format_func=fmt, key=Keys.target_class(model_key, image_key), **KEEP)
     contrast = sb.selectbox("Contrast with (optional)", [None] + [i for i in ids if i != cid],
-                            format_func=fmt, key=f"contrast::{scope}")
+                            format_func=fmt, key=Keys.contrast(model_key, image_key), **KEEP)
     if clicks:
-        if sb.button("Clear clicks", key="clear_clicks"):
-            st.session_state[CLICKS] = []
+        if sb.button("Clear clicks", key=Keys.CLEAR_CLICKS):
+            session().clicks = []
             st.rerun()
     if mode == "clicked":
         if not clicks:
@@ -368,7 +440,7 @@ def _pick_target(sb, ex: Explainer, pred, model_key: str, image_key: str,
             return None
         return Target.segmentation(None, region=clicks[-1], contrast=contrast)
     if mode == "box":
-        within = sb.checkbox("Only pixels of the class inside the box", key="within_class")
+        within = sb.checkbox("Only pixels of the class inside the box", key=Keys.WITHIN_CLASS, **KEEP)
         if len(clicks) < 2:
             sb.info(f"Click two corners of a box in the image ({len(clicks)} of 2).")
             return None
@@ -378,24 +450,44 @@ def _pick_target(sb, ex: Explainer, pred, model_key: str, image_key: str,
     return Target.segmentation(cid, region=mode, contrast=contrast)
 
 
+def _layer_label(info) -> Callable[[str], str]:
+    def fmt(n: str) -> str:
+        l = info[n]
+        return f"{n} · {l.type} · {'×'.join(map(str, l.shape))} · stride {l.stride}"
+    return fmt
+
+
+def _pick_layer(sb, ex: Explainer, model_key: str) -> str | None:
+    spatial = ex.spatial_layers()
+    if not spatial:
+        sb.warning("This model has no layer with spatial output: CAM methods and filter grids are unavailable.")
+        return None
+    info = {l.name: l for l in spatial}
+    names = list(info)
+    default = ex.default_layer()
+    return sb.selectbox("Layer", names, index=names.index(default) if default in info else len(names) - 1,
+                        key=Keys.layer(model_key), format_func=_layer_label(info), **KEEP,
+                        help="Spatial layers in execution order (type to search); the default is the last "
+                             "layer of the coarsest stride.")
+
+
 # ----------------------------------------------------------------------------- sidebar
 def sidebar() -> Selection | None:
     """Draw the shared sidebar and store the resulting Selection (None when incomplete)."""
-    st.session_state[SELECTION] = None
+    s = session()
+    s.selection = None
     sb = st.sidebar
     entries, problems = catalogue(os.environ.get(EXTRA_SPECS_ENV, ""))
     for problem in problems:
         sb.warning(problem)
     by_key = {e.key: e for e in entries}
     keys = list(by_key) + [UPLOAD_MODEL]
-    if st.session_state.get("model") not in keys:
-        st.session_state["model"] = keys[0]
-    choice = sb.selectbox("Model", keys, key="model",
-                          format_func=lambda k: "Upload a model…" if k == UPLOAD_MODEL else by_key[k].label)
-    if choice == UPLOAD_MODEL:
+    choice_ = sb.selectbox("Model", keys, key=Keys.MODEL, **KEEP,
+                           format_func=lambda k: "Upload a model…" if k == UPLOAD_MODEL else by_key[k].label)
+    if choice_ == UPLOAD_MODEL:
         model_key, model_label, ex = _upload_model(sb)
     else:
-        entry = by_key[choice]
+        entry = by_key[choice_]
         model_key, model_label, ex = entry.key, entry.name, _load_entry(entry)
     if ex is None:
         return None
@@ -411,18 +503,7 @@ def sidebar() -> Selection | None:
         st.error(f"{exc}. Try another image or model.")
         return None
 
-    layer = None
-    spatial = ex.spatial_layers()
-    if spatial:
-        info = {l.name: l for l in spatial}
-        key = init(f"layer::{model_key}", ex.default_layer())
-        if st.session_state[key] not in info:
-            st.session_state[key] = ex.default_layer()
-        layer = sb.selectbox("Layer", list(info), key=key, format_func=lambda n: (
-            f"{n} · {info[n].type} · {'×'.join(map(str, info[n].shape))} · stride {info[n].stride}"))
-    else:
-        sb.warning("This model has no layer with spatial output: CAM methods and filter grids are unavailable.")
-
+    layer = _pick_layer(sb, ex, model_key)
     clicks = clicks_for(image_key, image.shape[:2])
     target = _pick_target(sb, ex, pred, model_key, image_key, clicks)
     resolved = None
@@ -433,5 +514,5 @@ def sidebar() -> Selection | None:
             st.error(f"{exc}")
     sel = Selection(model_key, model_label, ex, image, image_key, image_name, labels, pred, layer, target,
                     resolved, clicks)
-    st.session_state[SELECTION] = sel
+    s.selection = sel
     return sel

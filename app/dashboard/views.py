@@ -11,6 +11,7 @@ from neuroscope import render
 from neuroscope.images import resize_labels, resize_rgb
 
 from . import state
+from .state import KEEP
 
 MAX_DISPLAY = (560, 800)   # (H, W) bound of pictures in the browser; maps stay at full size
 SIGN_LABELS = {"both": "both", "positive": "+ only", "negative": "− only"}
@@ -23,8 +24,8 @@ def display_size(shape: tuple[int, ...], bound: tuple[int, int] = MAX_DISPLAY) -
 
 
 def shown(image: np.ndarray, bound: tuple[int, int] = MAX_DISPLAY) -> np.ndarray:
-    """The image at display size (never enlarged)."""
-    return resize_rgb(image, display_size(image.shape, bound))
+    """The image at display size (never enlarged; memoised per session)."""
+    return state.memo("shown", (bound,), lambda: resize_rgb(image, display_size(image.shape, bound)), refs=(image,))
 
 
 def to_display(points, size: tuple[int, int], shown_size: tuple[int, int]) -> list[tuple[int, int]]:
@@ -57,33 +58,86 @@ def prediction_picture(sel: state.Selection, bound: tuple[int, int] = MAX_DISPLA
     return render.label_overlay(pic, labels, sel.explainer.palette, alpha=0.55)
 
 
+#: What a map's values mean, by method family (the colour bar's label).
+UNITS = {
+    "cam": "class activation (relative units)",
+    "activation": "activation",
+    "gradient": "gradient of the target score",
+    "perturbation": "change of the target score",
+    "feature": "feature relevance (relative units)",
+    "segmentation": "relevance for the region (relative units)",
+    "evidence": "evidence for the target (score units)",
+}
+
+
 @dataclass(frozen=True)
 class Display:
-    """One shared colour scale for every overlay."""
+    """One look for every overlay: colormap, opacity, the sign filter of signed maps, clipping.
+
+    Signed maps (gradients, occlusion...) get a diverging colormap centred on 0 with
+    opacity growing with |value|; unsigned maps (CAMs) a sequential one over their range.
+    The sign filter applies to signed maps only.
+    """
 
     cmap: str
     alpha: float
     sign: str
     percentile: float
+    raw: bool = False
+
+    def sign_for(self, signed: bool) -> str:
+        return self.sign if signed else "both"
 
     def colormap(self, signed: bool) -> str:
         if self.cmap != "auto":
             return self.cmap
-        return "RdBu_r" if signed and self.sign == "both" else "jet"
+        return "RdBu_r" if signed and self.sign == "both" else "inferno"
 
     def overlay(self, picture: np.ndarray, m: np.ndarray, signed: bool) -> np.ndarray:
-        return render.overlay(picture, m, self.colormap(signed), self.alpha, self.sign, self.percentile)
+        """The overlay, memoised per session (a rerun with the same map and look reuses it)."""
+        sign = self.sign_for(signed)
+        return state.memo("overlay", (self, signed), lambda: render.overlay(
+            picture, m, self.colormap(signed), self.alpha, sign, self.percentile,
+            by_magnitude=signed and sign == "both"), refs=(picture, m), size=48)
+
+    def raw_map(self, picture: np.ndarray, m: np.ndarray, signed: bool) -> np.ndarray:
+        """The map alone at the picture's size, in the overlay's colours."""
+        from neuroscope.images import resize_map
+        sign = self.sign_for(signed)
+        return state.memo("raw", (self, signed), lambda: render.colorize(render.scale_map(
+            resize_map(m, picture.shape[:2]) if m.shape != picture.shape[:2] else m, sign, self.percentile),
+            self.colormap(signed)), refs=(picture, m), size=24)
+
+    def legend(self, m: np.ndarray, signed: bool, family: str, width: int = 320) -> np.ndarray:
+        """The colour bar of this map: its end values, 0 for a signed scale, units and sign."""
+        sign = self.sign_for(signed)
+        lo, hi, symmetric = render.scale_range(m, sign, self.percentile)
+        unit = UNITS.get(family, "relevance")
+        if symmetric:
+            label = f"{unit}: red raises the target score, blue lowers it"
+        elif signed and sign != "both":
+            label = f"{unit}, {'positive' if sign == 'positive' else 'negative (as magnitude)'} part only"
+        else:
+            label = unit
+        if self.percentile < 100:
+            label += f"; clipped at the {self.percentile:g}th percentile"
+        return state.memo("legend", (self, signed, family, width), lambda: render.colorbar(
+            self.colormap(signed), lo, hi, width=width, label=label, symmetric=symmetric), refs=(m,), size=24)
+
+    def empties(self, m: np.ndarray, signed: bool) -> bool:
+        return render.empty_after_sign(m, self.sign_for(signed))
 
 
 def display_controls() -> Display:
     """Colormap, opacity, sign and percentile clipping: display only, never a model pass."""
-    c1, c2, c3, c4 = st.columns([1, 1, 1.2, 1])
-    cmap = c1.selectbox("Colormap", ["auto", *render.COLORMAPS, *render.DIVERGING],
-                        key=state.init("disp_cmap", "auto"),
-                        help="auto: diverging blue-red for signed maps, jet otherwise")
-    alpha = c2.slider("Opacity", 0.0, 1.0, step=0.05, key=state.init("disp_alpha", 0.5))
-    sign = c3.radio("Sign", list(SIGN_LABELS), format_func=SIGN_LABELS.get, horizontal=True,
-                    key=state.init("disp_sign", "both"))
-    pct = c4.slider("Clip at percentile", 90.0, 100.0, step=0.5, key=state.init("disp_pct", 99.5),
+    c1, c2, c3, c4, c5 = st.columns([1, 1, 1.2, 1, 0.8])
+    cmap = c1.selectbox("Colormap", ["auto", *render.COLORMAPS, *render.DIVERGING], key="disp_cmap", **KEEP,
+                        help="auto: diverging blue-white-red for signed maps, sequential inferno for the others")
+    alpha = c2.slider("Opacity", 0.0, 1.0, value=0.5, step=0.05, key="disp_alpha", **KEEP)
+    sign = c3.radio("Sign of signed maps", list(SIGN_LABELS), format_func=SIGN_LABELS.get, horizontal=True,
+                    key="disp_sign", **KEEP, help="Applies to signed maps (gradients, occlusion, ...); "
+                                                  "CAMs and other unsigned maps are always shown whole.")
+    pct = c4.slider("Clip at percentile", 90.0, 100.0, value=99.5, step=0.5, key="disp_pct", **KEEP,
                     help="values above this percentile of |map| saturate")
-    return Display(cmap, float(alpha), sign, float(pct))
+    raw = c5.toggle("Raw map", key="disp_raw", **KEEP, help="Show each map on its own beside its overlay")
+    return Display(cmap, float(alpha), sign, float(pct), bool(raw))

@@ -32,12 +32,16 @@ from keras.src.layers.convolutional.base_depthwise_conv import BaseDepthwiseConv
 from keras.src.layers.convolutional.base_separable_conv import BaseSeparableConv
 from keras.src.models.functional import Functional
 from keras.src.ops.nn import Relu as _ReluOp, Relu6 as _Relu6Op  # keras.ops.relu(x), relu6(x)
+from keras.src.ops.nn import LogSoftmax as _LogSoftmaxOp, Sigmoid as _SigmoidOp, Softmax as _SoftmaxOp
+from keras.src.ops.operation import Operation
 
-from ..errors import BadModel, BadParameter
+from ..errors import BadModel, BadParameter, Cancelled, NeuroscopeError
 from .base import RULES, Capture, LayerInfo, Objective
 
 TASKS = ("classification", "segmentation")
-OUTPUT_KINDS = ("logits", "probabilities")
+OUTPUT_KINDS = ("logits", "probabilities", "log-probabilities", "sigmoid")
+#: activation function name -> the output kind it gives
+_HEAD_ACTIVATIONS = {"softmax": "probabilities", "log_softmax": "log-probabilities", "sigmoid": "sigmoid"}
 _EPS = 1e-12  # floor of probabilities before the log (CONTRACT.md §2: logits = log p)
 
 
@@ -85,6 +89,16 @@ def _relu_spec(op: Any) -> _ReluSpec | None:
 #: step: their ReLUs keep the plain gradient, with a warning.)
 _FUSED_ACTIVATION_LAYERS = (keras.layers.Dense, keras.layers.EinsumDense, BaseConv,
                             BaseConvTranspose, BaseDepthwiseConv, BaseSeparableConv)
+
+
+def _is_merge(op: Any, args: tuple, kwargs: dict, output: Any) -> bool:
+    """A bare keras.ops call combining two or more tensors into one (`x + y`, ops.add,
+    ops.multiply, ...): residual sums are layers users explain (ConvNeXt's blocks end
+    in one). Other bare ops (reshapes, casts, ...) are not listed."""
+    if not isinstance(op, Operation) or not isinstance(output, keras.KerasTensor):
+        return False
+    tensors = [t for t in keras.tree.flatten((args, kwargs)) if isinstance(t, keras.KerasTensor)]
+    return len(tensors) >= 2
 
 
 def _fused_relu_spec(op: Any) -> _ReluSpec | None:
@@ -245,9 +259,11 @@ class _GraphWalker:
                 outputs = [self._record(op, outputs[0])]
             return outputs
         output = self._apply(op, args, kwargs)
-        if isinstance(op, keras.layers.Layer):   # bare keras.ops calls (x + y, ...) are not layers
+        if isinstance(op, keras.layers.Layer):
             output = self._record(op, output)
             self._check_opaque(op)
+        elif _is_merge(op, args, kwargs, output):   # a bare `x + y` (ops.add, ...): listed as a layer
+            output = self._record(op, output)
         return output
 
     def _apply(self, op: Any, args: tuple, kwargs: dict) -> Any:
@@ -390,10 +406,10 @@ class KerasBackend:
     rules = (*RULES, "deconvnet-fixed")   # "deconvnet-fixed": see base.OPTIONAL_RULES
 
     def __init__(self, model: keras.Model, input_size: tuple[int, int], task: str,
-                 output: str | int | None = None, output_kind: str = "logits") -> None:
+                 output: str | int | None = None, output_kind: str | None = "logits") -> None:
         if task not in TASKS:
             raise BadModel(f"task must be one of {TASKS}, got {task!r}")
-        if output_kind not in OUTPUT_KINDS:
+        if output_kind is not None and output_kind not in OUTPUT_KINDS:
             raise BadModel(f"output_kind must be one of {OUTPUT_KINDS}, got {output_kind!r}")
         inputs = _model_inputs(model)
         if len(inputs) > 1:
@@ -402,7 +418,11 @@ class KerasBackend:
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.task = task
         self.output = output
-        self.output_kind = output_kind
+        self.declared_kind = output_kind          # None: detected from the trailing activation
+        self.output_kind = output_kind or "logits"
+        self.score_kind = "logit"                 # what the explained scalar is (meta["score"])
+        self._head_reached: bool | None = None    # the logits under a trailing activation are used
+        self.max_batch: int | None = None         # 1: the model runs one image per pass
         self.device = "/GPU:0" if tf.config.list_physical_devices("GPU") else "/CPU:0"
         ref_shape = tuple(inputs[0].shape) if inputs else (None, None, None, None)
         if len(ref_shape) != 4:
@@ -412,6 +432,7 @@ class KerasBackend:
             raise BadModel(f"the model's input is {ref_shape[1]}x{ref_shape[2]}; it cannot run "
                            f"at {self.input_size[0]}x{self.input_size[1]}")
         self._channels = int(ref_shape[3] or 3)
+        self.channels = self._channels
         # Guards building and caching only; computations run concurrently. Re-entrant
         # because tracing a function builds its flat graph under the same lock.
         self._lock = threading.RLock()
@@ -466,10 +487,53 @@ class KerasBackend:
                                        "layers cannot be listed or captured")
                 structure = self.model(inputs)
             selected = _select_output(structure, self.output)
+            if self.declared_kind != "logits":
+                selected = self._pre_activation(selected, walker)
         rank = 4 if self.task == "segmentation" else 2
         if not isinstance(selected, keras.KerasTensor) or len(selected.shape) != rank:
             raise BadModel(f"a {self.task} model must output a tensor of rank {rank} "
                            f"(got {getattr(selected, 'shape', type(selected).__name__)})")
+        return selected
+
+    def _pre_activation(self, selected: Any, walker: _GraphWalker) -> Any:
+        """The logits under the model's trailing softmax / log-softmax / sigmoid (an
+        activation layer, a layer's fused `activation=`, or a keras.ops call) when there
+        is one, else `selected`. Sets `output_kind` and `score_kind` (first graph built)."""
+        history = getattr(selected, "_keras_history", None)
+        found = None
+        if history is not None and history[0] is not None:
+            op, node_index, _ = history
+            node = op._inbound_nodes[node_index]
+            args, kwargs = node.arguments.args, node.arguments.kwargs
+            kind = None
+            if isinstance(op, keras.layers.Softmax) and op.axis in (-1, len(selected.shape) - 1):
+                kind = "probabilities"
+            elif isinstance(op, _SoftmaxOp) and getattr(op, "axis", -1) in (-1, len(selected.shape) - 1):
+                kind = "probabilities"
+            elif isinstance(op, _LogSoftmaxOp) and getattr(op, "axis", -1) in (-1, len(selected.shape) - 1):
+                kind = "log-probabilities"
+            elif isinstance(op, _SigmoidOp):
+                kind = "sigmoid"
+            elif isinstance(op, keras.layers.Activation):
+                kind = _HEAD_ACTIVATIONS.get(getattr(op.activation, "__name__", ""))
+            if kind is not None and args and isinstance(args[0], keras.KerasTensor):
+                found = (kind, args[0])
+            elif isinstance(op, _FUSED_ACTIVATION_LAYERS):
+                kind = _HEAD_ACTIVATIONS.get(getattr(getattr(op, "activation", None), "__name__", ""))
+                if kind is not None:
+                    _, logits = walker._twin(op, args, kwargs, activation="linear", name=f"{op.name}_logits")
+                    found = (kind, logits)
+        declared = self.declared_kind
+        if found is not None and declared is not None and found[0] != declared:
+            found = None              # the spec says otherwise: its word, without the pre-activation
+        if self._head_reached is None:    # the first graph decides
+            self._head_reached = found is not None
+            if found is not None:
+                self.output_kind = found[0]
+            self.score_kind = ("log-probability" if not self._head_reached and self.output_kind in
+                               ("probabilities", "log-probabilities") else "logit")
+        if found is not None and self._head_reached:
+            return found[1]
         return selected
 
     def _build_graph(self, rule: str | None) -> _FlatGraph:
@@ -662,7 +726,12 @@ class KerasBackend:
 
     def _logits(self, out: tf.Tensor) -> tf.Tensor:
         """Logits, channels-last, at input resolution."""
-        z = tf.math.log(tf.maximum(out, _EPS)) if self.output_kind == "probabilities" else out
+        z = out
+        if not self._head_reached:
+            if self.output_kind == "probabilities":
+                z = tf.math.log(tf.maximum(out, _EPS))
+            elif self.output_kind == "sigmoid":    # the logit is the inverse of the sigmoid
+                z = tf.math.log(tf.maximum(out, _EPS)) - tf.math.log1p(-tf.minimum(out, 1.0 - 1e-7))
         if self.task == "segmentation" and tuple(z.shape[1:3]) != self.input_size:
             # bilinear, half-pixel centres: torch's interpolate(align_corners=False)
             z = tf.image.resize(z, self.input_size, method="bilinear")
@@ -687,7 +756,10 @@ class KerasBackend:
 
     def _objective(self, z: tf.Tensor, weights: tf.Tensor, mask: tuple, kind: str) -> tf.Tensor:
         """Objective per batch item, [N] (see `Objective`)."""
-        values = tf.nn.softmax(z, axis=-1) if kind == "prob" else z
+        if kind == "prob":
+            values = tf.nn.sigmoid(z) if self.output_kind == "sigmoid" else tf.nn.softmax(z, axis=-1)
+        else:
+            values = z
         per_position = tf.tensordot(values, weights, axes=[[-1], [0]])   # [N] or [N, H, W]
         if self.task == "classification":
             return per_position
@@ -733,18 +805,48 @@ class KerasBackend:
         """All layers in execution order, nested models flattened, InputLayers excluded."""
         return list(self._layers)
 
+    def _batched(self, call: str, fn: Callable, x: np.ndarray, *args: Any) -> Any:
+        """fn(x, *args) for a batch x (items along the first axis); returns an array or a
+        tuple of arrays, batch first. A framework error becomes a one-line `BadModel`. A
+        model that fails on a batch but runs one image is detected once; from then on
+        every pass takes one image."""
+        n = len(x)
+        if n > 1 and self.max_batch == 1:
+            return _concat([_guarded(call, fn, x[i:i + 1], *args) for i in range(n)])
+        try:
+            return fn(x, *args)
+        except (BadParameter, Cancelled):
+            raise
+        except Exception as exc:  # noqa: BLE001 -- a framework error, or a batch the model cannot take
+            error = _model_error(exc, call)
+            if n < 2 or self.max_batch == 1:
+                raise error from None
+        try:
+            first = fn(x[:1], *args)
+        except Exception:  # noqa: BLE001 -- one image fails too: the batch was not the problem
+            raise error from None
+        self.max_batch = 1
+        return _concat([first] + [_guarded(call, fn, x[i:i + 1], *args) for i in range(1, n)])
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Logits [N, C] or [N, C, H, W]."""
         fn = self._function("forward")
-        with tf.device(self.device):
-            return fn(self._batch(x)).numpy()
+
+        def run(xb: np.ndarray) -> np.ndarray:
+            with tf.device(self.device):
+                return _checked(fn(self._batch(xb)).numpy(), len(xb))
+        return self._batched("forward", run, x)
 
     def scores(self, x: np.ndarray, objective: Objective, kind: str = "logit") -> np.ndarray:
         """Objective value per batch item, [N]; kind "logit" or "prob"."""
         self._check_kind(kind)
         fn = self._function(kind)
-        with tf.device(self.device):
-            return fn(self._batch(x), *self._objective_tensors(objective)).numpy()
+        tensors = self._objective_tensors(objective)
+
+        def run(xb: np.ndarray) -> np.ndarray:
+            with tf.device(self.device):
+                return _checked(fn(self._batch(xb), *tensors).numpy(), len(xb))
+        return self._batched("scores", run, x)
 
     def capture(self, x: np.ndarray, objective: Objective, layers: Sequence[str] = (),
                 input_grad: bool = True, rule: str | None = None, gradients: bool = True) -> Capture:
@@ -770,8 +872,8 @@ class KerasBackend:
             fn = self._function("capture", rule, start=start)
         try:
             with tf.device(self.device):
-                z, y, x_grad, outputs, grads, means = fn(self._batch(x, single=True),
-                                                         tf.constant(sizes, tf.int32), *tail)
+                z, y, x_grad, outputs, grads, means = _guarded(
+                    "capture", fn, self._batch(x, single=True), tf.constant(sizes, tf.int32), *tail)
         finally:
             if callable(objective):
                 self._deciders.pop(call_id, None)
@@ -789,9 +891,13 @@ class KerasBackend:
         """(grads [N, H, W, C], scores [N]) of the logit-form objective, per item."""
         self._check_rule(rule)
         fn = self._function("input_gradients", rule)
-        with tf.device(self.device):
-            grads, y = fn(self._batch(x), *self._objective_tensors(objective))
-        return grads.numpy(), y.numpy()
+        tensors = self._objective_tensors(objective)
+
+        def run(xb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            with tf.device(self.device):
+                grads, y = fn(self._batch(xb), *tensors)
+            return grads.numpy(), _checked(y.numpy(), len(xb))
+        return self._batched("input gradients", run, x)
 
     # ------------------------------------------------- forward from a layer (optional)
 
@@ -805,17 +911,23 @@ class KerasBackend:
         """Logits [N, C] or [N, C, H, W] of the model continued from `layer`'s output
         replaced by `activations` [N, K, h, w] (see base.py)."""
         fn = self._function("forward", layer=layer)
-        with tf.device(self.device):
-            return fn(*self._from_args(layer, activations, x)).numpy()
+
+        def run(a: np.ndarray) -> np.ndarray:
+            with tf.device(self.device):
+                return _checked(fn(*self._from_args(layer, a, x)).numpy(), len(a))
+        return self._batched(f"forward from {layer}", run, activations)
 
     def scores_from(self, layer: str, activations: np.ndarray, objective: Objective,
                     kind: str = "logit", x: np.ndarray | None = None) -> np.ndarray:
         """Objective per item, [N], of `forward_from`'s logits (see `scores`)."""
         self._check_kind(kind)
         fn = self._function(kind, layer=layer)
-        with tf.device(self.device):
-            return fn(*self._from_args(layer, activations, x),
-                      *self._objective_tensors(objective)).numpy()
+        tensors = self._objective_tensors(objective)
+
+        def run(a: np.ndarray) -> np.ndarray:
+            with tf.device(self.device):
+                return _checked(fn(*self._from_args(layer, a, x), *tensors).numpy(), len(a))
+        return self._batched(f"scores from {layer}", run, activations)
 
     def _from_args(self, layer: str, activations: np.ndarray,
                    x: np.ndarray | None) -> tuple[tf.Tensor, tf.Tensor]:
@@ -833,6 +945,40 @@ class KerasBackend:
             raise BadParameter("forward_from takes the one input [1, H, W, 3] the "
                                "activations came from")
         return tf.constant(a), self._batch(x, single=True)
+
+
+def _concat(parts: list) -> Any:
+    if isinstance(parts[0], tuple):
+        return tuple(np.concatenate(p) for p in zip(*parts))
+    return np.concatenate(parts)
+
+
+def _checked(values: np.ndarray, n: int) -> np.ndarray:
+    if len(values) != n:
+        raise BadModel(f"the model returned {len(values)} outputs for a batch of {n} images")
+    return values
+
+
+def _model_error(exc: BaseException, call: str) -> NeuroscopeError:
+    """A framework error of a model pass as a one-line `BadModel` naming the call (and
+    the layer, when TensorFlow's message names the node)."""
+    if isinstance(exc, NeuroscopeError):
+        return exc
+    text = str(getattr(exc, "message", "") or exc).strip()
+    first = (text.splitlines()[0] if text else "")[:300]
+    import re
+    node = re.search(r"[Nn]ode[: ]+'?([\w./-]+)", text)
+    where = f" near {node.group(1)}" if node else ""
+    return BadModel(f"the model failed ({call}){where}: {type(exc).__name__}: {first}")
+
+
+def _guarded(call: str, fn: Callable, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except NeuroscopeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- any framework error of a model pass
+        raise _model_error(exc, call) from None
 
 
 def _channels_first(z: tf.Tensor) -> tf.Tensor:

@@ -9,15 +9,17 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import defaultdict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..errors import BadModel, BadParameter
+from ..errors import BadModel, BadParameter, Cancelled
 from .base import OPTIONAL_RULES, RULES, Capture, LayerInfo, Objective
+from .torch_model import (OUTPUT_KINDS, RELU_LIKE, FunctionalRules, HeadMode, InplaceWatch, guarded, head_kind,
+                          is_activation_module, model_error, private_copy)
 
 
 class _ReluRule(torch.autograd.Function):
@@ -80,6 +82,22 @@ def _relu_params(module: nn.Module) -> tuple[float, float] | None:
     return None
 
 
+def _concat(parts: list):
+    if isinstance(parts[0], tuple):
+        return tuple(np.concatenate(p) for p in zip(*parts))
+    return np.concatenate(parts)
+
+
+def _first_conv_channels(module: nn.Module) -> int:
+    """Input channels of the model: those of its first 2-D convolution (registration
+    order), 3 when it has none."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d) or (getattr(m, "original_name", None) == "Conv2d"
+                                         and hasattr(m, "in_channels")):   # TorchScript
+            return int(m.in_channels)
+    return 3
+
+
 def _select_output(out, selector):
     if isinstance(out, dict):
         if selector is None:
@@ -97,50 +115,89 @@ def _select_output(out, selector):
     return out
 
 
+class _Headed:
+    """A model output with (logits, trailing activation output) of the same pass."""
+
+    __slots__ = ("out", "pair")
+
+    def __init__(self, out, pair):
+        self.out, self.pair = out, pair
+
+
 class TorchBackend:
     """Backend for an ``nn.Module`` taking NCHW float input."""
 
     framework = "torch"
     deferred_objective = True  # capture() accepts an objective decided from its own forward pass
     rules = RULES + OPTIONAL_RULES
+    functional_rule_kinds = RELU_LIKE   # functional activations the rules reach (torch_model.FunctionalRules)
 
     def __init__(self, module: nn.Module, input_size: tuple[int, int], task: str,
-                 output: str | int | None = None, output_kind: str = "logits",
-                 device: str | None = None):
+                 output: str | int | None = None, output_kind: str | None = "logits",
+                 device: str | None = None, own: bool = False, channels: int | None = None):
+        """`own=True`: the module is ours (built from a spec) and may be changed in
+        place (eval mode, frozen, channels-last). Otherwise a user's module: we work on
+        a private copy sharing its parameters (`torch_model.private_copy`) and never
+        change the user's object. `output_kind` None: detected from the model's trailing
+        activation. `channels`: input channels (default: the first convolution's)."""
         if not isinstance(module, nn.Module):
             raise BadModel(f"expected a torch.nn.Module, got {type(module).__name__}")
+        if output_kind is not None and output_kind not in OUTPUT_KINDS:
+            raise BadModel(f"output_kind must be one of {OUTPUT_KINDS}, got {output_kind!r}")
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.task = task
         self.output = output
-        self.output_kind = output_kind
+        self.declared_kind = output_kind
+        self.output_kind = output_kind or "logits"
+        self.score_kind = "logit"              # what the explained scalar is (meta["score"])
+        self.max_batch: int | None = None      # 1: the model runs one image per pass
         self.warnings: list[str] = []
-        module.eval()
-        for p in module.parameters():
-            p.requires_grad_(False)
-        # In-place activations would overwrite captured outputs and break the ReLU rules;
-        # turning them off changes no result, only memory.
-        for m in module.modules():
-            if isinstance(getattr(m, "inplace", None), bool):
-                m.inplace = False
-        module.to(self.device)
+        scripted = isinstance(module, torch.jit.ScriptModule)
+        if scripted:
+            if not own and module.training:
+                raise BadModel("this TorchScript module is in training mode; call .eval() on it first "
+                               "(Neuroscope does not change your module)")
+            module.eval()
+        elif own:
+            module.eval()
+            for p in module.parameters():
+                p.requires_grad_(False)
+            module.to(self.device)
+        else:
+            module = private_copy(module, self.device).eval()
+        if not scripted:
+            # In-place activations would overwrite captured outputs and break the ReLU
+            # rules; turning them off (in our copy) changes no result, only memory.
+            for m in module.modules():
+                if isinstance(getattr(m, "inplace", None), bool):
+                    m.inplace = False
         self._channels_last = self.device == "cpu" and any(isinstance(m, nn.Conv2d) for m in module.modules())
-        if self._channels_last:
-            module.to(memory_format=torch.channels_last)
+        if self._channels_last and own:
+            module.to(memory_format=torch.channels_last)   # never on a user's shared weights
         self.module = module
-        self._names = {id(m): n for n, m in module.named_modules() if n}
-        self._by_name = {n: m for n, m in module.named_modules() if n}
+        self.channels = int(channels) if channels else _first_conv_channels(module)
+        self.scripted = scripted               # TorchScript: no hooks, so no layers and no rules
+        self._names = {} if scripted else {id(m): n for n, m in module.named_modules() if n}
+        self._by_name = {} if scripted else {n: m for n, m in module.named_modules() if n}
+        if scripted:
+            self.warnings.append("TorchScript model: its layers cannot be listed or captured "
+                                 "(gradient and perturbation methods only)")
         self._layers: list[LayerInfo] | None = None
         self._clone_on_capture: set[str] = set()  # outputs later modified in place by the model
         self._lock = threading.Lock()
         self._chains: dict[str, dict[str, list[str]] | None] | None = None  # module -> children in call order
         self._uppers: dict[str, list[nn.Module] | None] = {}                 # layer -> modules above a cut
+        self._head: tuple[str, str | None] | None = None   # (kind, module name or None = functional)
+        self.functional_activations: dict[str, int] = {}   # F.relu / F.silu ... calls outside modules (probe)
+        if output_kind != "logits":
+            self.layers()        # the probe forward detects the output kind
 
     # ----------------------------------------------------------------- helpers
     def _to_tensor(self, x: np.ndarray, requires_grad: bool = False) -> torch.Tensor:
         x = np.ascontiguousarray(x, dtype=np.float32)
-        if x.ndim != 4 or x.shape[-1] != 3:
-            raise BadParameter(f"expected input [N, H, W, 3], got {list(x.shape)}")
+        if x.ndim != 4 or x.shape[-1] != self.channels:
+            raise BadParameter(f"expected input [N, H, W, {self.channels}], got {list(x.shape)}")
         t = torch.from_numpy(x).to(self.device).permute(0, 3, 1, 2)  # NHWC memory = channels_last NCHW
         if not self._channels_last:
             t = t.contiguous()
@@ -148,10 +205,19 @@ class TorchBackend:
             t = t.detach().requires_grad_(True)
         return t
 
-    def _logits(self, out, hw: tuple[int, int]) -> torch.Tensor:
-        z = _select_output(out, self.output).float()
-        if self.output_kind == "probabilities":
-            z = torch.log(z.clamp_min(1e-12))
+    def _logits(self, out, hw: tuple[int, int], n: int | None = None) -> torch.Tensor:
+        pair = None
+        if isinstance(out, _Headed):
+            out, pair = out.out, out.pair
+        z = _select_output(out, self.output)
+        if pair is not None and pair[1] is z:
+            z = pair[0].float()                  # the logits the trailing activation was applied to
+        else:
+            z = z.float()
+            if self.output_kind == "probabilities":
+                z = torch.log(z.clamp_min(1e-12))
+            elif self.output_kind == "sigmoid":  # the logit is the inverse of the sigmoid
+                z = torch.log(z.clamp_min(1e-12)) - torch.log1p(-z.clamp(max=1.0 - 1e-7))
         if self.task == "segmentation":
             if z.ndim != 4:
                 raise BadModel(f"a segmentation model must output [N, C, H, W]; got shape {list(z.shape)}")
@@ -159,6 +225,8 @@ class TorchBackend:
                 z = nn.functional.interpolate(z, size=hw, mode="bilinear", align_corners=False)
         elif z.ndim != 2:
             raise BadModel(f"a classification model must output [N, C]; got shape {list(z.shape)}")
+        if n is not None and z.shape[0] != n:
+            raise BadModel(f"the model returned {z.shape[0]} outputs for a batch of {n} images")
         return z
 
     def _objective(self, z: torch.Tensor, objective: Objective, kind: str) -> torch.Tensor:
@@ -170,14 +238,15 @@ class TorchBackend:
         idx = torch.nonzero(w).flatten().tolist()  # only the classes that matter
         if objective.mask is None:
             if kind == "prob":
-                z = torch.softmax(z, dim=1)
+                z = torch.sigmoid(z) if self.output_kind == "sigmoid" else torch.softmax(z, dim=1)
             return sum(w[c] * z[:, c] for c in idx)
         m = torch.as_tensor(objective.mask, dtype=z.dtype, device=z.device)
         if kind == "prob":
             # The softmax only where the mask is non-zero: for a region of a segmentation
             # output that is a fraction of the [N, C, H, W] softmax (same values).
             pos = torch.nonzero(m.flatten()).flatten()
-            p = torch.softmax(z.flatten(2)[:, :, pos], dim=1)        # [N, C, P]
+            zp = z.flatten(2)[:, :, pos]
+            p = torch.sigmoid(zp) if self.output_kind == "sigmoid" else torch.softmax(zp, dim=1)   # [N, C, P]
             mp = m.flatten()[pos]
             return sum(w[c] * (p[:, c] * mp).sum(dim=1) for c in idx) / m.sum()
         return sum(w[c] * (z[:, c] * m).sum(dim=(1, 2)) for c in idx)
@@ -192,6 +261,9 @@ class TorchBackend:
         below them is kept for a backward (a 1024x2048 capture: ~1 GB instead of ~3)."""
         if rule is not None and rule not in self.rules:
             raise BadParameter(f"unknown ReLU rule {rule!r}; expected one of {self.rules}")
+        if rule is not None and self.scripted:
+            raise BadParameter(f"the {rule} rule needs the model's activations, which a TorchScript "
+                               "model hides; load the Python model (a spec) for this method")
         owner = threading.get_ident()
         counts: dict[str, int] = defaultdict(int)
         guided = rule == "guided"
@@ -222,16 +294,27 @@ class TorchBackend:
                 return replaced
             return hook
 
+        functional = nullcontext()
+        if rule is not None and any(k in RELU_LIKE for k in self._probed().functional_activations):
+            # F.relu & co. called by the model's forward (no module to hook): the same rule
+            functional = FunctionalRules(
+                lambda x, out, p: _ReluRule.apply(x, lambda _t, o=out.detach(): o, p[0], p[1], guided))
         try:
             for name, module in self._by_name.items():
                 relu = _relu_params(module) if rule is not None else None
                 strided = fix_strides and _is_strided_conv(module)
                 if name in base_names or relu is not None or strided:
                     handles.append(module.register_forward_hook(make_hook(name, relu, strided)))
-            yield
+            with functional:
+                yield
         finally:
             for h in handles:
                 h.remove()
+
+    def _probed(self) -> "TorchBackend":
+        """Self, after the probe forward (layers, in-place outputs, functional activations)."""
+        self.layers()
+        return self
 
     # ------------------------------------------------------------- contract
     def layers(self) -> list[LayerInfo]:
@@ -241,37 +324,27 @@ class TorchBackend:
             return list(self._layers)
 
     def _probe_layers(self) -> list[LayerInfo]:
+        """One forward of zeros: the layers in execution order, the outputs the model
+        modifies in place later (cloned on capture), and the trailing activation."""
         H, W = self.input_size
         # Outputs are watched through weak references, never held: holding every output of
-        # a 1024x2048 forward would cost GBs. An output modified in place later (e.g.
-        # `out += identity`) shows a changed version counter at the next hook while alive.
-        watched: dict[str, tuple[weakref.ref, int]] = {}
-        modified: set[str] = set()
+        # a 1024x2048 forward would cost GBs. The watch checks their version counters after
+        # every torch operation, so an output modified in place (`out += identity`,
+        # `F.relu(x, inplace=True)`) is seen whatever runs next.
+        watch = InplaceWatch()
         order: list[str] = []
         owner = threading.get_ident()
         counts: dict[str, int] = defaultdict(int)
         shapes: dict[str, object] = {}
         types: dict[str, str] = {}
+        heads: list[tuple[str, str, weakref.ref]] = []   # (kind, module name, output)
         handles = []
-
-        def check() -> None:
-            for key, (ref, version) in list(watched.items()):
-                t = ref()
-                if t is None:
-                    del watched[key]
-                elif t._version != version:
-                    modified.add(key)
-                    del watched[key]
-
-        def pre_hook(module, inputs):
-            if threading.get_ident() == owner:
-                check()
 
         def make_hook(name: str):
             def hook(module, inputs, out):
                 if threading.get_ident() != owner:
                     return None
-                check()
+                watch.check()
                 k = counts[name]
                 counts[name] += 1
                 key = name if k == 0 else f"{name}#{k}"
@@ -279,30 +352,55 @@ class TorchBackend:
                 types[key] = type(module).__name__
                 if isinstance(out, torch.Tensor):
                     shapes[key] = tuple(out.shape[1:])
-                    watched[key] = (weakref.ref(out), out._version)
+                    watch.watch(key, out)
+                    kind = head_kind(module)
+                    if kind is not None:
+                        heads.append((kind, name, weakref.ref(out)))
                 else:
                     shapes[key] = None
                 return None
             return hook
 
-        x = self._to_tensor(np.zeros((1, H, W, 3), np.float32))
+        def enter(module, inputs):
+            if threading.get_ident() == owner:
+                watch.in_activation += 1
+
+        def leave(module, inputs, out):
+            if threading.get_ident() == owner:
+                watch.in_activation -= 1
+
+        x = self._to_tensor(np.zeros((1, H, W, self.channels), np.float32))
+        detect = self.declared_kind != "logits"
+        head_mode = HeadMode()
+        out = None
         try:
             for name, module in self._by_name.items():
-                handles.append(module.register_forward_pre_hook(pre_hook))
                 handles.append(module.register_forward_hook(make_hook(name)))
-            with torch.no_grad():
-                out = self.module(x)
-            check()
+                if is_activation_module(module):
+                    handles.append(module.register_forward_pre_hook(enter))
+                    handles.append(module.register_forward_hook(leave))
+            with torch.no_grad(), watch:
+                if detect:
+                    with head_mode:
+                        out = self.module(x)
+                else:
+                    out = self.module(x)
+            watch.check()
+            selected = _select_output(out, self.output)
+            if detect:
+                self._detect_head(selected, heads, head_mode)
             self._logits(out, (H, W))  # validates the output
         except BadModel:
             raise
         except Exception as exc:  # a model that cannot run at its input size
-            raise BadModel(f"model forward failed at input size {H}x{W}: {type(exc).__name__}: {exc}") from None
+            raise BadModel(f"model forward failed at input size {H}x{W} with {self.channels} input channel(s): "
+                           f"{model_error(exc, 'probe forward', self._names)}") from None
         finally:
             for h in handles:
                 h.remove()
-        del out
-        self._clone_on_capture = modified
+        del out, head_mode
+        self._clone_on_capture = watch.modified
+        self.functional_activations = dict(watch.functional)
         infos = []
         for key in order:
             shape = shapes[key]
@@ -312,16 +410,91 @@ class TorchBackend:
                                    spatial, stride))
         return infos
 
+    def _detect_head(self, selected, heads: list, head_mode: HeadMode) -> None:
+        """The output kind from the trailing activation (`selected` is the model output):
+        an activation module whose output it is, else a functional softmax / log-softmax
+        / sigmoid call whose output it is. Its input (the logits) is explained then."""
+        found = None
+        for kind, name, ref in reversed(heads):
+            if ref() is selected:
+                found = (kind, name)
+                break
+        if found is None and head_mode.last is not None and head_mode.last[2] is selected:
+            found = (head_mode.last[0], None)
+        declared = self.declared_kind
+        if found is not None and declared is not None and found[0] != declared:
+            found = None          # the spec says otherwise: its word, without the pre-activation
+        if found is not None:
+            self._head = found
+            self.output_kind = found[0]
+        self.score_kind = "log-probability" if (self._head is None and self.output_kind in
+                                                ("probabilities", "log-probabilities")) else "logit"
+
+    def _run(self, xt: torch.Tensor, fn=None):
+        """The model's output on `xt` (or `fn(xt)`: the part of the model above a layer);
+        with a detected trailing activation, paired with (logits, activation output) of
+        this very pass (`_logits` takes the logits)."""
+        fn = fn or self.module
+        head = self._head
+        if head is None:
+            return fn(xt)
+        kind, name = head
+        if name is None:
+            with HeadMode() as mode:
+                out = fn(xt)
+            return _Headed(out, mode.last[1:] if mode.last is not None else None)
+        owner, box = threading.get_ident(), []
+
+        def hook(module, inputs, out):
+            if threading.get_ident() == owner:
+                box.append((inputs[0], out))
+
+        handle = self._by_name[name].register_forward_hook(hook)
+        try:
+            out = fn(xt)
+        finally:
+            handle.remove()
+        return _Headed(out, box[-1] if box else None)
+
+    def _batched(self, call: str, fn, x, *args):
+        """fn(x, *args) for a batch x (items along the first axis); returns an array or a
+        tuple of arrays, batch first. A framework error becomes a one-line `BadModel`
+        naming the layer. A model that fails on a batch but runs one image (a reshape
+        with batch 1) is detected once; from then on every pass takes one image."""
+        n = len(x)
+        if n > 1 and self.max_batch == 1:
+            return _concat([guarded(call, self._names, fn, x[i:i + 1], *args) for i in range(n)])
+        try:
+            return fn(x, *args)
+        except (BadParameter, Cancelled):
+            raise
+        except Exception as exc:  # noqa: BLE001 -- a framework error, or a batch the model cannot take
+            if n < 2 or self.max_batch == 1:
+                raise model_error(exc, call, self._names) from None
+            error = model_error(exc, call, self._names)
+        try:
+            first = fn(x[:1], *args)
+        except Exception:  # noqa: BLE001 -- one image fails too: the batch was not the problem
+            raise error from None
+        self.max_batch = 1
+        return _concat([first] + [guarded(call, self._names, fn, x[i:i + 1], *args) for i in range(1, n)])
+
     def forward(self, x: np.ndarray) -> np.ndarray:
+        return self._batched("forward", self._forward, x)
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
         xt = self._to_tensor(x)
         with torch.inference_mode():
-            z = self._logits(self.module(xt), tuple(xt.shape[-2:]))
+            z = self._logits(self._run(xt), tuple(xt.shape[-2:]), len(x))
         return z.float().cpu().numpy()
 
     def scores(self, x: np.ndarray, objective: Objective, kind: str = "logit") -> np.ndarray:
+        return self._batched("scores", self._scores, x, objective, kind)
+
+    def _scores(self, x: np.ndarray, objective: Objective, kind: str) -> np.ndarray:
         xt = self._to_tensor(x)
         with torch.inference_mode():
-            z = self._logits(self.module(xt), tuple(xt.shape[-2:]))
+            z = self._logits(self._run(xt), tuple(xt.shape[-2:]), len(x))
             y = self._objective(z, objective, kind)
         return y.float().cpu().numpy().reshape(-1)
 
@@ -331,13 +504,17 @@ class TorchBackend:
             raise BadParameter("capture takes one image (batch of 1)")
         if layers:
             self.layers()  # learn which outputs need cloning before the first capture
+        return guarded("capture", self._names, self._capture, x, objective, layers, input_grad, rule, gradients)
+
+    def _capture(self, x: np.ndarray, objective: Objective, layers: Sequence[str],
+                 input_grad: bool, rule: str | None, gradients: bool) -> Capture:
         want = set(layers)
         records: dict[str, torch.Tensor] = {}
         xt = self._to_tensor(x, requires_grad=input_grad)
         # Without the input gradient, autograd starts at the first requested layer.
         grad_mode = torch.enable_grad() if input_grad else torch.no_grad()
         with grad_mode, self._hooks(want, rule, records, grad_from_want=not input_grad):
-            z = self._logits(self.module(xt), tuple(xt.shape[-2:]))
+            z = self._logits(self._run(xt), tuple(xt.shape[-2:]), 1)
             if callable(objective):  # decided from this very forward pass (no second forward)
                 objective = objective(z[0].detach().float().cpu().numpy())
             y = self._objective(z, objective, "logit")
@@ -380,10 +557,14 @@ class TorchBackend:
 
     def input_gradients(self, x: np.ndarray, objective: Objective,
                         rule: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return self._batched("input gradients", self._input_gradients, x, objective, rule)
+
+    def _input_gradients(self, x: np.ndarray, objective: Objective,
+                         rule: str | None) -> tuple[np.ndarray, np.ndarray]:
         xt = self._to_tensor(x, requires_grad=True)
         records: dict = {}
         with torch.enable_grad(), self._hooks(set(), rule, records):
-            z = self._logits(self.module(xt), tuple(xt.shape[-2:]))
+            z = self._logits(self._run(xt), tuple(xt.shape[-2:]), len(x))
             y = self._objective(z, objective, "logit")
         (g,) = torch.autograd.grad(y.sum(), [xt])
         return g.permute(0, 2, 3, 1).float().cpu().numpy(), y.detach().float().cpu().numpy()
@@ -397,31 +578,38 @@ class TorchBackend:
     def forward_from(self, layer: str, activations: np.ndarray, x: np.ndarray | None = None) -> np.ndarray:
         """Logits of the model continued from `layer`'s output replaced by `activations`
         [N, K, h, w] (see base.py)."""
-        with torch.inference_mode():
-            return self._run_from(layer, activations, x).float().cpu().numpy()
+        def run(a):
+            with torch.inference_mode():
+                return self._run_from(layer, a, x).float().cpu().numpy()
+        return self._batched(f"forward from {layer}", run, activations)
 
     def scores_from(self, layer: str, activations: np.ndarray, objective: Objective,
                     kind: str = "logit", x: np.ndarray | None = None) -> np.ndarray:
-        with torch.inference_mode():
-            y = self._objective(self._run_from(layer, activations, x), objective, kind)
-        return y.float().cpu().numpy().reshape(-1)
+        def run(a):
+            with torch.inference_mode():
+                y = self._objective(self._run_from(layer, a, x), objective, kind)
+            return y.float().cpu().numpy().reshape(-1)
+        return self._batched(f"scores from {layer}", run, activations)
 
     def _run_from(self, layer: str, activations: np.ndarray, x: np.ndarray | None) -> torch.Tensor:
         a = torch.from_numpy(np.ascontiguousarray(activations, dtype=np.float32)).to(self.device)
         if self._channels_last and a.ndim == 4:
             a = a.contiguous(memory_format=torch.channels_last)
         upper = self._upper(layer)
+        n = a.shape[0]
         if upper is not None:
-            for module in upper:
-                a = module(a)
-            return self._logits(a, self.input_size)
+            def chain(t):
+                for module in upper:
+                    t = module(t)
+                return t
+            return self._logits(self._run(a, chain), self.input_size, n)
         if x is None:
             raise BadParameter(f"the model has no sequential cut at {layer!r}: forward_from needs the input x")
         if x.shape[0] != 1:
             raise BadParameter("forward_from takes the one input [1, H, W, 3] the activations came from")
         xt = self._to_tensor(np.broadcast_to(x, (a.shape[0], *x.shape[1:])))
         with self._replaced(layer, a):
-            return self._logits(self.module(xt), tuple(xt.shape[-2:]))
+            return self._logits(self._run(xt), tuple(xt.shape[-2:]), n)
 
     @contextmanager
     def _replaced(self, layer: str, value: torch.Tensor) -> Iterator[None]:
@@ -486,16 +674,18 @@ class TorchBackend:
             path = parent
         # Verify once: the chain above must reproduce the full forward exactly.
         H, W = self.input_size
-        x = np.random.default_rng(0).normal(size=(1, H, W, 3)).astype(np.float32)
+        x = np.random.default_rng(0).normal(size=(1, H, W, self.channels)).astype(np.float32)
         records: dict[str, torch.Tensor] = {}
         try:
             with torch.inference_mode(), self._hooks({layer}, None, records):
-                full = self._logits(self.module(self._to_tensor(x)), (H, W))
-            with torch.inference_mode():
-                a = records[layer]
+                full = self._logits(self._run(self._to_tensor(x)), (H, W))
+
+            def chain(t):
                 for module in upper:
-                    a = module(a)
-                cut = self._logits(a, (H, W))
+                    t = module(t)
+                return t
+            with torch.inference_mode():
+                cut = self._logits(self._run(records[layer], chain), (H, W))
         except Exception:
             return None
         tol = 1e-4 * float(full.abs().max()) + 1e-5
@@ -546,8 +736,10 @@ class TorchBackend:
                 parent["last"] = weakref.ref(out) if isinstance(out, torch.Tensor) else (lambda: None)
             return None
 
+        if self.scripted:
+            return {}
         H, W = self.input_size
-        x = self._to_tensor(np.zeros((1, H, W, 3), np.float32))
+        x = self._to_tensor(np.zeros((1, H, W, self.channels), np.float32))
         try:
             for module in [self.module, *self._by_name.values()]:
                 handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))

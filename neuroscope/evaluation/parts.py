@@ -108,7 +108,8 @@ def markdown_report(result: dict) -> str:
 
 def run_cli(args) -> tuple[dict, str]:
     from ..cli_args import CliError, explainer_from_args
-    if args.image is not None or args.eval_set is not None or args.methods or args.class_id or args.region:
+    if (args.image is not None or args.eval_set is not None or args.methods or args.class_id or args.region
+            or getattr(args, "dataset", None)):
         raise CliError("evaluate --parts takes only MODEL (and --objects N): it generates its own objects")
     ex = explainer_from_args(args)
     result = evaluate_parts(ex, n_objects=args.objects)

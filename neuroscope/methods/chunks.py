@@ -18,6 +18,8 @@ MAX_CHUNK = 4
 def chunk_size(ctx) -> int:
     """Images per model call for this model's input size."""
     h, w = ctx.model_size
+    if getattr(ctx.backend, "max_batch", None) == 1:   # a model that runs one image per pass
+        return 1
     return max(1, min(MAX_CHUNK, PIXELS_PER_CHUNK // max(1, h * w)))
 
 

@@ -33,6 +33,8 @@ def input_grads(ctx, x: np.ndarray, rule: str | None = None) -> np.ndarray:
     """d y / d x for a batch [N, h, w, 3] (chunked), with an optional ReLU rule."""
     if rule is not None and rule not in getattr(ctx.backend, "rules", RULES):
         raise BadParameter(f"{ctx.info.name}: the {ctx.backend.framework} backend has no rule {rule!r}")
+    if rule is not None and hasattr(ctx, "note_rule"):
+        ctx.note_rule(rule)                       # the engine warns about activations it misses
     if x is ctx.x and rule is None:  # the clean input: reuse the engine's cached one-pass capture
         return ctx.capture(input_grad=True).input_grad[None]
     size = chunk_size(ctx)

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from ..errors import BadParameter
 
-FAMILIES = ("activation", "gradient", "cam", "perturbation", "feature", "segmentation", "evidence", "propagation")
+FAMILIES = ("activation", "gradient", "cam", "perturbation", "feature", "segmentation", "evidence", "propagation", "interpretation")
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def _load_all() -> None:
     if _loaded:
         return
     from . import activation, cam, gradient, segmentation  # noqa: F401  (registration side effects)
-    for optional in ("perturbation", "feature", "evidence", "segmented", "propagation"):
+    for optional in ("perturbation", "feature", "evidence", "segmented", "propagation", "relevant_filters"):
         try:
             __import__(f"{__package__}.{optional}")
         except ModuleNotFoundError as exc:

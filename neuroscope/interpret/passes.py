@@ -1,0 +1,161 @@
+"""The two model passes the interpretation needs, for both frameworks.
+
+- `layer_outputs`: a batched forward (no backward) returning the logits and the outputs
+  of a few layers (the `interpret` pass over an image set).
+- `backproject`: ONE forward to a layer and one backward per filter of that filter's own
+  activation map to the pixels, with a ReLU rule ("deconvnet-fixed": deconvnet with the
+  strided-artefact fix, METHODS.md §2/§7). The forward stops at the deepest requested
+  layer (nothing above it runs).
+
+Both use the backends' internals (torch forward hooks, the Keras flat graph) through the
+few attributes named here, so the backends stay untouched.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import BadParameter
+
+_KERAS_MODELS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _check_layers(backend, layers: Sequence[str]) -> None:
+    known = {l.name: l for l in backend.layers()}
+    for name in layers:
+        info = known.get(name)
+        if info is None:
+            raise BadParameter(f"unknown layer {name!r}; see `neuroscope layers`")
+        if not info.spatial:
+            raise BadParameter(f"layer {name!r} is not spatial (output {info.shape})")
+
+
+# ----------------------------------------------------------------- forward
+def layer_outputs(backend, x: np.ndarray, layers: Sequence[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(logits [N, C] or [N, C, H, W] at input resolution, {layer: [N, K, h, w]}) of a
+    batch x [N, H, W, 3], forward only."""
+    _check_layers(backend, layers)
+    if backend.framework == "torch":
+        return _torch_outputs(backend, x, layers)
+    if backend.framework == "keras":
+        return _keras_outputs(backend, x, layers)
+    raise BadParameter(f"interpretation is not available for framework {backend.framework!r}")
+
+
+def _torch_outputs(backend, x, layers):
+    import torch
+    records: dict = {}
+    xt = backend._to_tensor(x)
+    with torch.inference_mode(), backend._hooks(set(layers), None, records):
+        z = backend._logits(backend.module(xt), tuple(xt.shape[-2:]))
+    return z.float().cpu().numpy(), {k: records[k].float().cpu().numpy() for k in layers}
+
+
+def _keras_model(backend, key, build):
+    models = _KERAS_MODELS.setdefault(backend, {})
+    if key not in models:
+        models[key] = build()
+    return models[key]
+
+
+def _keras_outputs(backend, x, layers):
+    import keras
+    import tensorflow as tf
+    graph = backend._graph(None)
+    idx = [graph.tensor_index[backend._layer_pos[n]] for n in layers]
+
+    def build():
+        flat = graph.model
+        model = keras.Model(flat.inputs, [flat.outputs[0], *[flat.outputs[1 + i] for i in idx]])
+
+        @tf.function(reduce_retracing=True, autograph=False)
+        def fn(xb):
+            out = keras.tree.flatten(model(xb, training=False))
+            z = backend._logits(out[0])
+            z = tf.transpose(z, [0, 3, 1, 2]) if z.shape.rank == 4 else z
+            return [z, *[tf.transpose(a, [0, 3, 1, 2]) for a in out[1:]]]
+        return fn
+
+    fn = _keras_model(backend, ("outputs", tuple(layers)), build)
+    with tf.device(backend.device):
+        out = fn(backend._batch(x))
+    return out[0].numpy(), {n: out[1 + i].numpy() for i, n in enumerate(layers)}
+
+
+# ----------------------------------------------------------------- backward
+def backproject(backend, x: np.ndarray, picks, rule: str = "deconvnet-fixed",
+                layers: Sequence[str] = ()) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+    """ONE forward of x [1, H, W, 3] recording `layers`; `picks(activations)` (called with
+    {layer: [K, h, w]}) returns [(layer, channel, weight [h, w] or None)]; then one backward
+    per pick of the top signal weight * A[channel] from that layer to the input, with
+    `rule` for every ReLU (and strided convolution). Returns (activations, [grad [H, W, 3]])."""
+    _check_layers(backend, layers)
+    if rule not in getattr(backend, "rules", ()):
+        raise BadParameter(f"the {backend.framework} backend has no rule {rule!r}")
+    if backend.framework == "torch":
+        return _torch_backproject(backend, x, picks, rule, layers)
+    if backend.framework == "keras":
+        return _keras_backproject(backend, x, picks, rule, layers)
+    raise BadParameter(f"back-projection is not available for framework {backend.framework!r}")
+
+
+class _Stop(Exception):
+    """Raised by a forward hook once every wanted layer is recorded (the head is not run)."""
+
+
+def _torch_backproject(backend, x, picks, rule, layers):
+    import threading
+    import torch
+    records: dict = {}
+    want = set(layers)
+    owner = threading.get_ident()
+    xt = backend._to_tensor(x, requires_grad=True)
+
+    def stop(module, inputs, out):
+        if threading.get_ident() == owner and want <= set(records):
+            raise _Stop
+
+    with torch.enable_grad(), backend._hooks(want, rule, records):
+        handles = [backend._by_name[n.split("#")[0]].register_forward_hook(stop) for n in layers]
+        try:
+            backend.module(xt)
+        except _Stop:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+    acts = {k: records[k].detach()[0].float().cpu().numpy() for k in layers}
+    chosen = list(picks(acts))
+    grads = []
+    for i, (layer, channel, weight) in enumerate(chosen):
+        a = records[layer][0, channel]
+        top = a.detach() if weight is None else a.detach() * torch.as_tensor(weight, dtype=a.dtype)
+        (g,) = torch.autograd.grad((a * top).sum(), [xt], retain_graph=i < len(chosen) - 1)
+        grads.append(g[0].permute(1, 2, 0).float().cpu().numpy())
+    return acts, grads
+
+
+def _keras_backproject(backend, x, picks, rule, layers):
+    import keras
+    import tensorflow as tf
+    graph = backend._graph(rule)
+    idx = [graph.tensor_index[backend._layer_pos[n]] for n in layers]
+    model = _keras_model(backend, ("backproject", rule, tuple(layers)), lambda: keras.Model(
+        graph.model.inputs, [graph.model.outputs[1 + i] for i in idx]))
+    with tf.device(backend.device):
+        xb = backend._batch(x, single=True)
+        with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
+            tape.watch(xb)
+            outs = keras.tree.flatten(model(xb, training=False))
+            acts = {n: np.moveaxis(o.numpy()[0], -1, 0) for n, o in zip(layers, outs)}
+            chosen = list(picks(acts))
+            ys = []
+            for layer, channel, weight in chosen:
+                a = outs[list(layers).index(layer)][0, :, :, channel]
+                top = tf.stop_gradient(a) if weight is None else tf.stop_gradient(a) * tf.constant(weight, a.dtype)
+                ys.append(tf.reduce_sum(a * top))
+        grads = [tape.gradient(y, xb)[0].numpy() for y in ys]
+        del tape
+    return acts, grads
