@@ -191,3 +191,10 @@ def test_cli_synth_writes_scenes_with_parts(tmp_path):
     want = generate_scene(8, (128, 256))
     assert np.array_equal(back.parts, want.parts) and np.array_equal(back.labels, want.labels)
     assert _cli("synth", "--seed", "1", "--count", "0", "--out", str(tmp_path)).returncode == 2
+
+
+def test_cli_evaluate_parts_refuses_other_inputs():
+    p = _cli("evaluate", "drivescene-seg", "--parts", "--methods", "grad-cam")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "--parts" in p.stderr
+    p = _cli("evaluate", "drivescene-seg")
+    assert p.returncode == 2 and "--methods" in p.stderr

@@ -1,6 +1,6 @@
 """Parts view of the Explain page (Harada et al. 2020): the clicked object's predicted parts
 outlined in distinct colours, each part's share of the relevance beside the score drop
-measured when the part is blacked out, and their Spearman rank correlation.
+measured when the part is set to the mean colour, and their Spearman rank correlation.
 
 Called from the Explain page with the sidebar's selection; it renders nothing for
 classifiers and explains itself when the target has no parts. The result is memoised per
@@ -57,7 +57,7 @@ def chart(result) -> alt.HConcatChart:
         x=alt.X("share:Q", title=f"share of {result.method} relevance", axis=alt.Axis(format="%")),
         y=y, color=colour, tooltip=["part", alt.Tooltip("share:Q", format=".1%")]).properties(height=height)
     drops = alt.Chart(df).mark_bar().encode(
-        x=alt.X("drop:Q", title="score drop when blacked out"),
+        x=alt.X("drop:Q", title="score drop when removed (mean colour)"),
         y=alt.Y("part:N", sort=names, title=None, axis=None), color=colour,
         tooltip=["part", alt.Tooltip("drop:Q", format=".4f")]).properties(height=height)
     return alt.hconcat(shares, drops)

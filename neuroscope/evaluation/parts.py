@@ -114,5 +114,5 @@ def run_cli(args) -> tuple[dict, str]:
     ex = explainer_from_args(args)
     result = evaluate_parts(ex, n_objects=args.objects)
     title = (f"{ex.spec.name}: validity of part contributions over {result['objects']} generated objects "
-             f"({result['scenes']} scenes, parts from the parts module, drop = score lost when the part is blacked out)")
+             f"({result['scenes']} scenes, parts from the parts module, drop = score lost when the part is set to the mean colour)")
     return result, title + "\n\n" + markdown_report(result)

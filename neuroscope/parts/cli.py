@@ -18,5 +18,5 @@ def run_cli(args) -> tuple[dict, str]:
             for p in data["parts"]]
     rho = "n/a (one part)" if res.spearman is None else f"{res.spearman:+.2f}"
     head = (f"{res.class_name}, {res.pixels} px, score {res.score:.3f}; shares from {res.method}, "
-            f"drop = score lost when the part is blacked out; Spearman(share, drop) = {rho}")
+            f"drop = score lost when the part is set to the mean colour; Spearman(share, drop) = {rho}")
     return data, head + "\n" + text_table(rows, ["part", "pixels", "share", "drop"])

@@ -10,8 +10,11 @@ pole, labelled ``pole``, still belongs to its sign). Each part gets
 - ``share``: relevance / Σ |relevance| over the object's parts (signed, Σ |share| = 1);
 - ``drop``: the target score (the mean softmax probability of the class over the region,
   the region fixed from the clean image, CONTRACT.md §2) of the clean image minus that of
-  the image with the part's pixels replaced by the baseline (black by default; all parts
-  in one batched pass).
+  the image with the part's pixels replaced by the baseline (all parts in one batched
+  pass). The default baseline is the spec's mean colour: the normalised input 0, the
+  reference point gradient x input (and LRP) attribute against, so a share and a drop
+  describe the same change. (Measured on 16 generated objects with exact parts: mean
+  Spearman 0.43 with the mean colour, 0.13 with black.)
 
 ``spearman`` is the rank correlation of shares and drops across the object's parts: near
 1 when the parts claimed to matter most are the ones whose removal hurts most.

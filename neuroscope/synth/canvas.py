@@ -64,6 +64,7 @@ class LayeredCanvas:
         self._ins = ImageDraw.Draw(self.instances)
         self._sha = ImageDraw.Draw(self.shade)
         self._par = ImageDraw.Draw(self.parts)
+        self._any_part = False   # until a part is drawn, occluding with "no part" changes nothing
 
     def fill(self, pts, color, cls: int, inst: int = 0, part: int = 0) -> None:
         """An opaque labelled polygon: occludes whatever was drawn before, shadows and parts included."""
@@ -74,7 +75,9 @@ class LayeredCanvas:
         self._lab.polygon(p, fill=int(cls))
         self._ins.polygon(p, fill=int(inst))
         self._sha.polygon(p, fill=0)
-        self._par.polygon(p, fill=int(part))
+        if part or self._any_part:
+            self._par.polygon(p, fill=int(part))
+            self._any_part = True
 
     def fill_ellipse(self, box, color, cls: int, inst: int = 0, part: int = 0) -> None:
         b = [float(c) for c in box]
@@ -84,7 +87,9 @@ class LayeredCanvas:
         self._lab.ellipse(b, fill=int(cls))
         self._ins.ellipse(b, fill=int(inst))
         self._sha.ellipse(b, fill=0)
-        self._par.ellipse(b, fill=int(part))
+        if part or self._any_part:
+            self._par.ellipse(b, fill=int(part))
+            self._any_part = True
 
     def paint(self, pts, color, part: int | None = None) -> None:
         """Image-only detail (windows, lights, markings' colour) inside an already labelled
@@ -94,6 +99,7 @@ class LayeredCanvas:
             self._img.polygon(p, fill=tuple(int(c) for c in color))
             if part is not None:
                 self._par.polygon(p, fill=int(part))
+                self._any_part = True
 
     def paint_ellipse(self, box, color, part: int | None = None) -> None:
         b = [float(c) for c in box]
@@ -101,6 +107,7 @@ class LayeredCanvas:
             self._img.ellipse(b, fill=tuple(int(c) for c in color))
             if part is not None:
                 self._par.ellipse(b, fill=int(part))
+                self._any_part = True
 
     def cast_shadow(self, pts, darkness: int) -> None:
         """Darken the ground under later-drawn shapes' absence (shade mask only)."""
