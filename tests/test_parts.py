@@ -119,6 +119,19 @@ def test_contributions_sum_and_drops_are_measured(ex, scene):
     assert res.spearman == pytest.approx(spearman(res.shares, res.drops))
 
 
+def test_contributions_agree_across_frameworks(ex, scene):
+    from neuroscope import Explainer
+    from neuroscope.parts import part_contributions, parts_module_for
+    from neuroscope.targets import Target
+    kex = Explainer("drivescene-seg-keras")
+    assert parts_module_for(kex).spec.framework == "keras"
+    t = Target.segmentation(class_id="car", region=_click(scene, _largest(scene, CAR), CAR))
+    a = part_contributions(ex, scene.image, t)               # each framework's own parts module
+    b = part_contributions(kex, scene.image, t)
+    assert a.part_ids == b.part_ids and a.pixels_per_part == b.pixels_per_part
+    assert np.allclose(a.shares, b.shares, atol=5e-3) and np.allclose(a.drops, b.drops, atol=1e-4)
+
+
 def test_sign_object_includes_its_pole():
     from neuroscope.parts import object_parts
     part_map = np.zeros((20, 20), np.uint8)
