@@ -158,7 +158,7 @@ def test_validity_statistic_on_generated_objects(ex):
     from neuroscope.evaluation.parts import evaluate_parts
     r = evaluate_parts(ex, n_objects=4, source="truth")
     assert r["objects"] == 4 and r["source"] == "truth"
-    assert set(r["spearman"]) == {r["method"], "grad-cam", "random"}
+    assert {r["method"], "grad-cam", "random"} <= set(r["spearman"])
     for s in r["spearman"].values():
         assert -1.0 <= s["mean"] <= 1.0 and s["sem"] >= 0
     assert sum(c["objects"] for c in r["per_class"].values()) == 4

@@ -7,7 +7,8 @@ predicted pixel nearest the object's centroid; `part_contributions` gives the pa
 parts of that object, their shares and measured drops. Objects with fewer than three parts
 are left out (a rank correlation over two values is only ±1). Reported: the mean Spearman
 between drops and the shares of the relevance method, of Grad-CAM (default layer) and of a
-random ordering (a seeded permutation of the shares), with its standard error.
+random ordering (a seeded permutation of the shares), with its standard error; when LRP is
+the relevance method, gradient x input's shares are reported beside it.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def evaluate_parts(explainer, n_objects: int = 100, first_seed: int = FIRST_SEED
                    min_pixels: int = 80, source: str = "module", seed: int = 0, progress=None) -> dict:
     """Mean Spearman(share, drop) over `n_objects` generated objects; `source` = "module"
     (the parts module's predicted parts) or "truth" (the generator's part map)."""
-    from ..parts.contributions import map_shares, part_contributions, relevance_method
+    from ..parts.contributions import PREFERRED, map_shares, part_contributions, relevance_method
     from ..parts.module import parts_module_for
     if explainer.task != "segmentation":
         raise BadTarget("the parts evaluation applies to segmentation models")
@@ -48,6 +49,7 @@ def evaluate_parts(explainer, n_objects: int = 100, first_seed: int = FIRST_SEED
         raise BadTarget(f"--objects must be between 1 and {MAX_OBJECTS}, got {n_objects}")
     module = parts_module_for(explainer) if source == "module" else None
     method = relevance_method(explainer)
+    others = list(PREFERRED[PREFERRED.index(method) + 1:]) + ["grad-cam"]
     rng = np.random.default_rng(seed)
     size = tuple(explainer.spec.input_size)
     rows = []
@@ -73,15 +75,18 @@ def evaluate_parts(explainer, n_objects: int = 100, first_seed: int = FIRST_SEED
                 continue
             if len(res.part_ids) < min_parts:
                 continue
-            cam = explainer.explain(prep, "grad-cam", target=target)
-            cam_shares = map_shares(cam.map_model if cam.map_model is not None else cam.map, res.masks_model)
-            rows.append({"seed": scene_seed - 1, "class_name": CLASS_NAMES[cls], "parts": len(res.part_ids),
-                         method: res.spearman, "grad-cam": spearman(cam_shares, res.drops),
-                         "random": spearman(rng.permutation(res.shares), res.drops)})
+            row = {"seed": scene_seed - 1, "class_name": CLASS_NAMES[cls], "parts": len(res.part_ids),
+                   method: res.spearman}
+            for other in others:
+                e = explainer.explain(prep, other, target=target)
+                shares = map_shares(e.map_model if e.map_model is not None else e.map, res.masks_model)
+                row[other] = spearman(shares, res.drops)
+            row["random"] = spearman(rng.permutation(res.shares), res.drops)
+            rows.append(row)
             if progress is not None and progress(len(rows) / n_objects, "parts") is False:
                 break
         explainer.clear_caches()
-    names = [method, "grad-cam", "random"]
+    names = [method] + others + ["random"]
     summary = {}
     for n in names:
         v = np.array([r[n] for r in rows], np.float64)

@@ -13,7 +13,7 @@ pole, labelled ``pole``, still belongs to its sign). Each part gets
   the image with the part's pixels replaced by the baseline (all parts in one batched
   pass). The default baseline is the spec's mean colour: the normalised input 0, the
   reference point gradient x input (and LRP) attribute against, so a share and a drop
-  describe the same change. (Measured on 16 generated objects with exact parts: mean
+  describe the same change. (Gradient x input on 16 generated objects with exact parts: mean
   Spearman 0.43 with the mean colour, 0.13 with black.)
 
 ``spearman`` is the rank correlation of shares and drops across the object's parts: near
