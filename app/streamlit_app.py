@@ -29,6 +29,7 @@ PAGES = [
     ("app_pages/ground_truth.py", "Ground truth", ":material/fact_check:"),
     ("app_pages/model.py", "Model", ":material/account_tree:"),
     ("app_pages/evaluate.py", "Evaluate", ":material/speed:"),
+    ("app_pages/results.py", "Results", ":material/table_view:"),
 ]
 
 st.set_page_config(page_title="Neuroscope", page_icon=":material/visibility:", layout="wide")

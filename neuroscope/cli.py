@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import logging
 import os
 import statistics
 import sys
 import time
+import warnings
 from typing import Any, Sequence
 
 from .cli_args import CliError, explainer_from_args as _explainer, target_from_args as _target  # noqa: F401
@@ -26,8 +30,9 @@ def _size(text: str) -> tuple[int, int]:
         size = int(h), int(w)
     except ValueError:
         raise argparse.ArgumentTypeError(f"--input-size must look like 256x512, got {text!r}") from None
-    if min(size) < 8 or max(size) > 8192:
-        raise argparse.ArgumentTypeError(f"--input-size {text} out of range (8..8192 per side)")
+    if min(size) < 8 or max(size) > 65536:
+        raise argparse.ArgumentTypeError(f"--input-size {text} out of range (8..65536 per side; "
+                                         "the pixel limit is NEUROSCOPE_MAX_INPUT_PIXELS)")
     return size
 
 
@@ -102,22 +107,76 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from .errors import NeuroscopeError
-    try:
-        result = COMMANDS[args.command](args)
-    except (NeuroscopeError, CliError) as exc:
-        print(f"neuroscope: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("neuroscope: interrupted", file=sys.stderr)
-        return 130
+    code, message, result = 0, None, None
+    with _library_logs() as log:   # TensorFlow / absl / Pillow / warnings: to NEUROSCOPE_LOG or nowhere
+        try:
+            result = COMMANDS[args.command](args)
+        except (NeuroscopeError, CliError) as exc:
+            code, message = 2, f"neuroscope: error: {exc}"
+        except KeyboardInterrupt:
+            code, message = 130, "neuroscope: interrupted"
+        except MemoryError:
+            code, message = 2, "neuroscope: error: out of memory for this input; use a smaller image or --input-size"
+        except Exception as exc:  # a bug: one line here, the traceback in the log
+            import traceback
+            traceback.print_exc(file=log)
+            text = " ".join(str(exc).split())[:300]
+            code, message = 1, (f"neuroscope: internal error: {type(exc).__name__}{': ' + text if text else ''} "
+                                "(set NEUROSCOPE_LOG=FILE for the traceback)")
+    if message is not None:
+        print(" ".join(message.split()), file=sys.stderr)
+        return code
     data, table = result
     if args.json:
         print(json.dumps(data))
     else:
         print(table)
     return 0
+
+
+@contextlib.contextmanager
+def _library_logs():
+    """Keep library output off the user's stderr, so that it holds only Neuroscope's own
+    one-line message (CONTRACT.md §3). What is written to file descriptor 2 (TensorFlow's
+    C++ and absl logs) goes to the file NEUROSCOPE_LOG names, or nowhere; Python warnings
+    and library `logging` records are silenced. `sys.stderr` stays the terminal, so a
+    command's own progress line still shows. Yields a stream for internal tracebacks."""
+    target = os.environ.get("NEUROSCOPE_LOG") or os.devnull
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    except (OSError, AttributeError, ValueError):   # no descriptor 2 (embedded use), unwritable log
+        yield io.StringIO()
+        return
+    os.dup2(fd, 2)
+    os.close(fd)
+    old_stderr = sys.stderr
+    terminal = os.fdopen(os.dup(saved), "w", buffering=1, encoding=getattr(old_stderr, "encoding", None) or "utf-8",
+                         errors="replace") if old_stderr is sys.__stderr__ else None
+    if terminal is not None:   # (under pytest's capsys, sys.stderr is its own capture: leave it)
+        sys.stderr = terminal
+    logging.disable(logging.CRITICAL)
+    log = open(target, "a", encoding="utf-8", errors="replace")   # noqa: SIM115
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield log
+    finally:
+        logging.disable(logging.NOTSET)
+        log.close()
+        for stream in (sys.stderr, old_stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        sys.stderr = old_stderr
+        if terminal is not None:
+            terminal.close()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 # ------------------------------------------------------------------ helpers
@@ -188,6 +247,8 @@ def cmd_explain(args):
     if args.channel is not None:
         if args.method != "activation":
             raise CliError("--channel applies to --method activation only")
+        if args.channel < 0:
+            raise CliError(f"--channel must be >= 0, got {args.channel} (omit it for the channel mean)")
         params["channel"] = args.channel
     res = ex.explain(args.image, args.method, target=_target(args, ex.task), layer=args.layer, params=params)
     if args.out:
@@ -200,6 +261,8 @@ def cmd_explain(args):
                    ["method", "layer", "class", "region", "shape", "min", "max", "time_ms"])
     if args.out:
         table += f"\nwrote {args.out}"
+    for warning in res.meta.get("warnings", ()):
+        table += f"\nwarning: {warning}"
     return data, table
 
 
@@ -224,7 +287,9 @@ def cmd_bench(args):
     from .images import load_image
     ex = _explainer(args)
     image = load_image(args.image)
-    reps = max(1, args.repeats)
+    if not 1 <= args.repeats <= 1000:
+        raise CliError(f"--repeats must be 1..1000, got {args.repeats}")
+    reps = args.repeats
     prep = ex.prepare(image)
     rt = ex.resolve(prep)
     backend = ex.backend
@@ -241,7 +306,7 @@ def cmd_bench(args):
     forward = median_ms(lambda: backend.forward(prep.x))
     fwd_bwd = median_ms(lambda: backend.input_gradients(prep.x, rt.objective))
     methods = {}
-    names = ORIGINAL_SET + (SEGMENTATION_SET if ex.task == "segmentation" else ())
+    names = ORIGINAL_SET + (SEGMENTATION_SET if ex.task == "segmentation" else ()) + ("lrp",)
     for name in names:
         def run(name=name):
             ex.clear_caches()

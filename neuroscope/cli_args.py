@@ -17,7 +17,11 @@ def target_from_args(args, task: str):
     region = getattr(args, "region", None)
     if task == "classification" and region is not None:
         raise CliError("--region applies to segmentation models only")
-    return Target(class_id=getattr(args, "class_id", None), region=parse_region(region) if region else None,
+    for flag, value in (("--class", getattr(args, "class_id", None)), ("--contrast", getattr(args, "contrast", None))):
+        if value is not None and not str(value).strip():
+            raise CliError(f"{flag} is empty; give a class id or an exact class name")
+    return Target(class_id=getattr(args, "class_id", None),
+                  region=parse_region(region) if region is not None else None,
                   within_class=getattr(args, "within_class", False), contrast=getattr(args, "contrast", None),
                   task=task)
 

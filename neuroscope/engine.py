@@ -13,7 +13,7 @@ from .backends.base import Capture, LayerInfo
 from .errors import BadModel, BadParameter, Cancelled
 from .images import (ImageLike, blur, channels_to_rgb, image_hash, load_image, normalize, normalize_scale,
                      resize_labels, resize_map, resize_maps, resize_rgb, to_channels)
-from .limits import check_passes
+from .limits import check_passes, limit
 from .methods.registry import MethodInfo, check_fits, check_params, get_method
 from .targets import ResolvedTarget, Target, resolve_target
 from .zoo import Model, default_palette, load_model
@@ -149,6 +149,11 @@ class _LRU:
                 old, _ = self._d.popitem(last=False)
                 self._sizes.pop(old, None)
 
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return sum(self._sizes.values())
+
     def clear(self) -> None:
         with self._lock:
             self._d.clear()
@@ -156,7 +161,24 @@ class _LRU:
 
 
 def _capture_bytes(cap: Capture) -> int:
-    return sum(a.nbytes for a in cap.activations.values()) + sum(g.nbytes for g in cap.gradients.values())
+    return (sum(a.nbytes for a in cap.activations.values()) + sum(g.nbytes for g in cap.gradients.values())
+            + np.asarray(cap.output).nbytes + (0 if cap.input_grad is None else cap.input_grad.nbytes))
+
+
+def _nbytes(obj: Any) -> int:
+    """Bytes of the arrays a cache entry holds (a Prediction counts its lazily computed
+    probabilities and labels up front: they are filled in after it is cached)."""
+    if isinstance(obj, Prediction):
+        extra = obj.logits.nbytes + (0 if obj.label_map is None else obj.shape[0] * obj.shape[1] * obj.label_map.itemsize)
+        return obj.logits.nbytes + (0 if obj.label_map is None else obj.label_map.nbytes) + extra
+    if isinstance(obj, Explanation):
+        return obj.map.nbytes + (0 if obj.map_model is None else obj.map_model.nbytes) + 4096
+    if isinstance(obj, Prepared):
+        return obj.image.nbytes + obj.rgb.nbytes + obj.x.nbytes
+    if isinstance(obj, ResolvedTarget):
+        m = obj.objective.mask
+        return (0 if obj.mask is None else obj.mask.nbytes) + (0 if m is None else m.nbytes) + 1024
+    return 0
 
 
 class MethodContext:
@@ -210,6 +232,14 @@ class MethodContext:
         self.note_rule(rule)
         return self.explainer._capture(self.prep, self.target, tuple(layers), input_grad, rule, gradients)
 
+    def relevance(self, layer: str, composite: Any = None, channels: Sequence[int] = (),
+                  spatial: bool = False) -> np.ndarray:
+        """LRP relevance at `layer` (per channel [K], or [K, h, w] with `spatial`) from one
+        backward under `composite` (a name of propagation.COMPOSITES or a Composite;
+        default: the `composite` parameter, else epsilon-plus-flat). See methods/propagation.py."""
+        from .methods.propagation import layer_relevance
+        return layer_relevance(self, layer, composite, channels, spatial)
+
     def preprocess(self, rgb: np.ndarray) -> np.ndarray:
         """uint8-range RGB batch [N, h, w, 3] (float ok, unclipped) -> model input."""
         return self.explainer.preprocess_rgb(rgb)
@@ -256,11 +286,15 @@ class Explainer:
         self.multilabel = getattr(self.backend, "output_kind", "logits") == "sigmoid"
         self.stats: Counter = Counter()          # model passes by kind (tests count them)
         self._stats_lock = threading.Lock()
-        self._prepared = _LRU(32)
-        self._predictions = _LRU(32)
-        self._resolved = _LRU(64)      # (image hash, Target.key()) -> ResolvedTarget
+        # Every cache is bounded in entries AND bytes (limits "cache_bytes", shared out below):
+        # a segmenter's entries are large (logits and probabilities [C, h, w], masks and maps
+        # at original size), so entry counts alone let a long session grow by GBs.
+        budget = limit("cache_bytes")
+        self._prepared = _LRU(32, budget // 8)
+        self._predictions = _LRU(32, budget // 4)
+        self._resolved = _LRU(64, budget // 8)      # (image hash, Target.key()) -> ResolvedTarget
         self._captures = _LRU(16, capture_cache_bytes)
-        self._results = _LRU(cache_size)
+        self._results = _LRU(cache_size, budget // 2)
 
     # ----------------------------------------------------------- basics
     def _count(self, kind: str, n: int = 1) -> None:
@@ -291,7 +325,7 @@ class Explainer:
         if prep is None:
             rgb = resize_rgb(img, self.spec.input_size)
             prep = Prepared(img, key, rgb, self.preprocess_rgb(rgb)[None])
-            self._prepared.put(key, prep)
+            self._prepared.put(key, prep, _nbytes(prep))
         return prep
 
     def baseline_rgb(self, prep: Prepared, kind: str) -> np.ndarray:
@@ -313,7 +347,7 @@ class Explainer:
             return pred
         self._count("forward")
         pred = self._prediction_from_logits(prep, self.backend.forward(prep.x)[0])
-        self._predictions.put(prep.hash, pred)
+        self._predictions.put(prep.hash, pred, _nbytes(pred))
         return pred
 
     def _prediction_from_logits(self, prep: Prepared, logits: np.ndarray) -> Prediction:
@@ -347,8 +381,8 @@ class Explainer:
 
         self._count("capture")
         cap = self.backend.capture(prep.x, decide, list(layers), input_grad=input_grad, gradients=gradients)
-        self._predictions.put(prep.hash, resolved["pred"])
-        self._resolved.put(_target_key(prep, target), resolved["target"])
+        self._predictions.put(prep.hash, resolved["pred"], _nbytes(resolved["pred"]))
+        self._resolved.put(_target_key(prep, target), resolved["target"], _nbytes(resolved["target"]))
         self._captures.put((prep.hash, resolved["target"].key(), None), cap, _capture_bytes(cap))
 
     def resolve(self, image: ImageLike | Prepared, target: Target | None = None) -> ResolvedTarget:
@@ -362,7 +396,7 @@ class Explainer:
             rt = resolve_target(target, self.task, self.classes,
                                 probs=pred.probs if self.task == "classification" else None,
                                 label_map=pred.label_map, image_size=prep.size)
-            self._resolved.put(key, rt)
+            self._resolved.put(key, rt, _nbytes(rt))
         return rt
 
     # ----------------------------------------------------------- captures
@@ -393,6 +427,17 @@ class Explainer:
         rt = self.resolve(prep, target)
         names = [l.name for l in self.spatial_layers()] if layers is None else list(layers)
         return self._capture(prep, rt, tuple(names), True, None)
+
+    def relevance(self, image: ImageLike | Prepared, target: Target | None, layer: str,
+                  composite: Any = "epsilon-plus-flat", channels: Sequence[int] = (),
+                  spatial: bool = False) -> np.ndarray:
+        """LRP relevance at `layer` for `target`: per channel [K] (or [K, h, w])."""
+        from .methods.propagation import layer_relevance
+        from .methods.registry import get_method
+        info, _ = get_method("lrp")
+        prep = self.prepare(image)
+        ctx = MethodContext(self, prep, self.resolve(prep, target), layer, {}, None, info)
+        return layer_relevance(ctx, self.check_layer(layer, info), composite, channels, spatial)
 
     # ----------------------------------------------------------- explain
     def check_layer(self, layer: str | None, info: MethodInfo) -> str | None:
@@ -449,7 +494,7 @@ class Explainer:
         if warnings:
             meta["warnings"] = warnings
         res = Explanation(full, meta, m)
-        self._results.put(key, res)
+        self._results.put(key, res, _nbytes(res))
         ctx.tick(1.0, "done")
         return res
 
@@ -517,6 +562,11 @@ class Explainer:
         first, second = _in_two_threads(maps, parts)
         done = dict(zip(parts[0] + parts[1], first + second))
         return {name: done[name] for name in names}
+
+    def cache_bytes(self) -> dict[str, int]:
+        """Bytes held by each cache (bounded by limits "cache_bytes" and capture_cache_bytes)."""
+        return {name: getattr(self, f"_{name}").nbytes
+                for name in ("prepared", "predictions", "resolved", "captures", "results")}
 
     def clear_caches(self, keep_predictions: bool = False) -> None:
         """Empty the caches; `keep_predictions` keeps the predictions and resolved targets

@@ -5,16 +5,18 @@ import functools
 import hashlib
 import io
 import os
+import struct
+import warnings
 from typing import Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 from .errors import BadImage
+from .limits import limit
 
-#: Largest image accepted, in pixels (decompression-bomb guard; ~ 50 Mpx).
+#: Defaults of the image limits (limits.py: NEUROSCOPE_MAX_IMAGE_PIXELS / _BYTES override them).
 MAX_PIXELS = 50_000_000
-#: Largest encoded image file accepted, in bytes.
 MAX_BYTES = 50 * 1024 * 1024
 
 ImageLike = Union[str, os.PathLike, bytes, np.ndarray, Image.Image]
@@ -24,37 +26,107 @@ def load_image(source: ImageLike) -> np.ndarray:
     """Read an image as RGB uint8 [H, W, 3], EXIF orientation applied.
 
     Accepts a path, encoded bytes, a PIL image or an array (uint8 / float in [0, 1],
-    gray, RGB or RGBA). Any failure is a `BadImage` with a one-line reason.
+    gray, RGB or RGBA). Any failure is a `BadImage` with a one-line reason. The pixel
+    count is checked against the limit (limits.py) from the header, before decoding, and
+    again on the decoded image, so a header that lies is caught either way.
     """
     if isinstance(source, np.ndarray):
+        _check_pixels(source.shape[1] if source.ndim > 1 else 1, source.shape[0] if source.ndim else 1)
         return _array_to_rgb(source)
     if isinstance(source, Image.Image):
-        return _pil_to_rgb(source)
-    if isinstance(source, (bytes, bytearray)):
+        _check_pixels(source.width, source.height)
+        return _checked(_pil_to_rgb(source))
+    max_bytes = limit("image_bytes")
+    if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         name = "uploaded image"
-    else:
+    elif isinstance(source, (str, os.PathLike)):
         name = os.fspath(source)
+        if os.path.isdir(name):
+            raise BadImage(f"{name} is a directory, not an image file")
         if not os.path.isfile(name):
             raise BadImage(f"image not found: {name}")
-        if os.path.getsize(name) > MAX_BYTES:
-            raise BadImage(f"image file too large ({os.path.getsize(name) >> 20} MB; limit {MAX_BYTES >> 20} MB)")
-        with open(name, "rb") as fh:
-            data = fh.read()
+        if os.path.getsize(name) > max_bytes:
+            raise BadImage(f"image file too large ({os.path.getsize(name):,} bytes; the limit is {max_bytes:,}, "
+                           "NEUROSCOPE_MAX_IMAGE_BYTES)")
+        try:
+            with open(name, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            raise BadImage(f"cannot read {name}: {exc.strerror or type(exc).__name__}") from None
+    else:
+        raise BadImage(f"expected an image (a path, encoded bytes, a PIL image or an array), "
+                       f"got {type(source).__name__}")
     if not data:
         raise BadImage(f"{name} is empty")
-    if len(data) > MAX_BYTES:
-        raise BadImage(f"image too large ({len(data) >> 20} MB; limit {MAX_BYTES >> 20} MB)")
+    if len(data) > max_bytes:
+        raise BadImage(f"image too large ({len(data):,} bytes; the limit is {max_bytes:,}, NEUROSCOPE_MAX_IMAGE_BYTES)")
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            if im.width * im.height > MAX_PIXELS:
-                raise BadImage(f"image too large: {im.width}x{im.height} pixels (limit {MAX_PIXELS // 1_000_000} Mpx)")
-            im.load()
-            return _pil_to_rgb(im)
+        with warnings.catch_warnings():
+            # Pillow's own bomb warning (> 89 Mpx) would print; our limit is checked just below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                _check_pixels(im.width, im.height, name)          # the header's claim
+                im.load()
+                return _checked(_pil_to_rgb(im), name)                # what was decoded
     except BadImage:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise BadImage(f"cannot read {name} as an image (JPEG, PNG, BMP, TIFF, WebP): {exc}") from None
+    except Image.DecompressionBombError:
+        raise BadImage(f"{name} is too large (Pillow refuses it as a decompression bomb); the limit is "
+                       f"{limit('image_pixels'):,} pixels (NEUROSCOPE_MAX_IMAGE_PIXELS)") from None
+    except UnidentifiedImageError:
+        raise BadImage(f"cannot read {name} as an image: not a known format (JPEG, PNG, BMP, GIF, TIFF, WebP)") from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError, struct.error, IndexError, TypeError,
+            KeyError, ZeroDivisionError) as exc:   # Pillow's decoders raise all of these on broken files
+        text = " ".join(str(exc).split())[:200]
+        raise BadImage(f"cannot read {name} as an image (JPEG, PNG, BMP, GIF, TIFF, WebP): "
+                       f"{text or type(exc).__name__}") from None
+
+
+def load_labels(data: bytes, name: str = "the label image") -> np.ndarray:
+    """A label PNG (uint8 class ids, 255 = ignore) -> uint8 [H, W], with the image limits:
+    pixels checked from the header before decoding and again after; one-line `BadImage`."""
+    if not data:
+        raise BadImage(f"{name} is empty")
+    max_bytes = limit("image_bytes")
+    if len(data) > max_bytes:
+        raise BadImage(f"{name} is too large ({len(data):,} bytes; the limit is {max_bytes:,}, "
+                       "NEUROSCOPE_MAX_IMAGE_BYTES)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                _check_pixels(im.width, im.height, name)
+                if im.mode not in ("L", "P"):
+                    raise BadImage(f"{name} must be 8-bit single-channel (mode L or P), not mode {im.mode}")
+                labels = np.asarray(im, dtype=np.uint8).copy()
+    except BadImage:
+        raise
+    except Image.DecompressionBombError:
+        raise BadImage(f"{name} is too large (Pillow refuses it as a decompression bomb); the limit is "
+                       f"{limit('image_pixels'):,} pixels (NEUROSCOPE_MAX_IMAGE_PIXELS)") from None
+    except UnidentifiedImageError:
+        raise BadImage(f"cannot read {name}: not a PNG (or another known image format)") from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError, struct.error, IndexError, TypeError,
+            KeyError, ZeroDivisionError) as exc:
+        text = " ".join(str(exc).split())[:200]
+        raise BadImage(f"cannot read {name}: {text or type(exc).__name__}") from None
+    if labels.ndim != 2:
+        raise BadImage(f"{name} must be single-channel, got shape {list(labels.shape)}")
+    _check_pixels(labels.shape[1], labels.shape[0], name)
+    return labels
+
+
+def _check_pixels(width: int, height: int, name: str = "image") -> None:
+    cap = limit("image_pixels")
+    if width * height > cap:
+        raise BadImage(f"{name} is too large: {width}x{height} = {width * height:,} pixels; the limit is "
+                       f"{cap:,} (NEUROSCOPE_MAX_IMAGE_PIXELS)")
+
+
+def _checked(rgb: np.ndarray, name: str = "image") -> np.ndarray:
+    _check_pixels(rgb.shape[1], rgb.shape[0], name)
+    return rgb
 
 
 def _pil_to_rgb(im: Image.Image) -> np.ndarray:

@@ -13,6 +13,7 @@ gives the value, the limit and the variable that raises it; the CLI turns it int
 | upload_input_pixels: model input H x W of an uploaded model / spec | 1 Mpx (1024 x 1024) | NEUROSCOPE_MAX_UPLOAD_INPUT_PIXELS |
 | model_bytes: model file size | 1 GiB | NEUROSCOPE_MAX_MODEL_BYTES |
 | archive_bytes: decompressed size of a .keras (zip) archive | 1 GiB | NEUROSCOPE_MAX_ARCHIVE_BYTES |
+| cache_bytes: an Explainer's result, image, prediction and target caches together (captures: capture_cache_bytes) | 512 MiB | NEUROSCOPE_CACHE_BYTES |
 | passes: model passes (forward or forward+backward, per image) of one explanation | 10,000 | NEUROSCOPE_MAX_PASSES |
 
 Pass estimates (`estimate_passes`) are what the engine checks before it runs a method, and
@@ -53,6 +54,8 @@ LIMITS: dict[str, Limit] = {l.name: l for l in (
     Limit("model_bytes", "NEUROSCOPE_MAX_MODEL_BYTES", 1 << 30, "bytes", "largest model file"),
     Limit("archive_bytes", "NEUROSCOPE_MAX_ARCHIVE_BYTES", 1 << 30, "bytes",
           "largest decompressed .keras archive (zip bombs)"),
+    Limit("cache_bytes", "NEUROSCOPE_CACHE_BYTES", 512 << 20, "bytes",
+          "an Explainer's result, image, prediction and target caches together (not captures)"),
     Limit("passes", "NEUROSCOPE_MAX_PASSES", 10_000, "passes",
           "most model passes one explanation may run (steps x samples, masks, windows, channels)"),
 )}

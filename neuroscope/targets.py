@@ -58,10 +58,15 @@ def parse_region(region: Region | None) -> Region | None:
         parts = text.replace(" ", "").split(",")
         try:
             values = tuple(int(round(float(p))) for p in parts)
-        except ValueError:
-            raise BadTarget(f"region {region!r} is not 'all', 'predicted', 'X,Y' or 'X0,Y0,X1,Y1'") from None
+        except (ValueError, OverflowError):   # also "inf", "nan", ""
+            raise BadTarget(f"region {region!r} is not 'all', 'predicted', 'X,Y' or 'X0,Y0,X1,Y1' "
+                            "(finite pixel coordinates)") from None
     else:
-        values = tuple(int(v) for v in region)
+        try:
+            values = tuple(int(v) for v in region)
+        except (TypeError, ValueError, OverflowError):
+            raise BadTarget(f"region {region!r} is not 'all', 'predicted', (x, y) or (x0, y0, x1, y1) "
+                            "(finite pixel coordinates)") from None
     if len(values) not in (2, 4):
         raise BadTarget(f"region {region!r} is not 'all', 'predicted', 'X,Y' or 'X0,Y0,X1,Y1'")
     return values

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import importlib
+import math
 import os
+import re
+import sys
 
 import numpy as np
 import tomllib
@@ -10,7 +13,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import BadModel
+from .errors import BadModel, NeuroscopeError
+from .limits import check_input_size, limit
 
 #: How a model's output relates to class logits (CONTRACT.md §6 `output_kind`).
 OUTPUT_KINDS = ("logits", "probabilities", "log-probabilities", "sigmoid")
@@ -19,7 +23,7 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BUNDLED_SPECS = ASSETS / "models"
 TASKS = ("classification", "segmentation")
 FRAMEWORKS = ("torch", "keras")
-MAX_MODEL_BYTES = 1 << 30
+MAX_MODEL_BYTES = 1 << 30   # the default of limits "model_bytes" (NEUROSCOPE_MAX_MODEL_BYTES)
 
 
 @dataclass
@@ -87,21 +91,54 @@ def list_models() -> list[ModelSpec]:
     return [read_spec(p) for p in bundled_specs().values()]
 
 
-def read_spec(path: str | os.PathLike, allow_code: bool = True) -> ModelSpec:
-    """Parse and validate a TOML spec. `allow_code=False` (uploads) refuses `architecture`."""
+def read_spec(path: str | os.PathLike, allow_code: bool = True, files: dict[str, Path] | None = None) -> ModelSpec:
+    """Parse and validate a TOML spec. `allow_code=False` (uploads) refuses `architecture`
+    and every path: an uploaded spec may name only the files uploaded with it (`files`:
+    upload name -> where it was saved) or list its classes inline (docs/contract.md §6)."""
     path = Path(path)
+    if path.is_dir():
+        raise BadModel(f"{path} is a directory, not a model spec (.toml)")
     try:
         with open(path, "rb") as fh:
             raw = tomllib.load(fh)
     except FileNotFoundError:
         raise BadModel(f"model spec not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except OSError as exc:
+        raise BadModel(f"cannot read the model spec {path.name}: {exc.strerror or type(exc).__name__}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise BadModel(f"{path.name} is not valid TOML: {exc}") from None
-    return spec_from_dict(raw, base=path.parent, allow_code=allow_code, path=path)
+    return spec_from_dict(raw, base=path.parent, allow_code=allow_code, path=path, files=files)
+
+
+def _spec_file(value: Any, key: str, base: Path, upload: bool, files: dict[str, Path] | None) -> Path | None:
+    """The file a spec's `key` names. Local specs: relative to the spec's folder. Uploaded
+    specs: only a file uploaded with it, by its upload name; any other path is refused
+    (for `weights`, None: the uploaded model file takes its place)."""
+    if not isinstance(value, str) or not value.strip():
+        raise BadModel(f"spec {key!r} must be a file name, got {value!r}")
+    if not upload:
+        return base / value
+    if files and value in files:
+        return Path(files[value])
+    if key == "weights":
+        return None
+    raise BadModel(f"an uploaded spec may name only files uploaded with it; {key} = {value!r} is not one "
+                   f"(list the {key} inline instead)")
+
+
+def _numbers(raw: dict, key: str, n: int, default: tuple) -> tuple[float, ...]:
+    value = raw.get(key, default)
+    if (not isinstance(value, (list, tuple)) or len(value) != n
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
+        raise BadModel(f"spec {key} must be a list of {n} finite numbers, got {value!r}")
+    return tuple(float(v) for v in value)
 
 
 def spec_from_dict(raw: dict, base: Path | None = None, allow_code: bool = True,
-                   path: Path | None = None) -> ModelSpec:
+                   path: Path | None = None, files: dict[str, Path] | None = None) -> ModelSpec:
+    """Validate a spec's keys and types (one-line `BadModel` on any problem); see `read_spec`."""
+    upload = not allow_code
+
     def need(key):
         if key not in raw:
             raise BadModel(f"model spec lacks the required key {key!r}")
@@ -113,26 +150,60 @@ def spec_from_dict(raw: dict, base: Path | None = None, allow_code: bool = True,
     if task not in TASKS:
         raise BadModel(f"spec task must be one of {TASKS}, got {task!r}")
     size = need("input_size")
-    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+    if not (isinstance(size, list) and len(size) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
         raise BadModel(f"spec input_size must be [H, W] positive integers, got {size!r}")
+    try:
+        check_input_size(size, upload=upload, what="spec input_size")
+    except NeuroscopeError as exc:
+        raise BadModel(str(exc)) from None
     base = base or Path(".")
     classes = raw.get("classes")
     if isinstance(classes, str):
-        cpath = base / classes
+        cpath = _spec_file(classes, "classes", base, upload, files)
         try:
             text = cpath.read_text(encoding="utf-8")
-        except OSError:
-            raise BadModel(f"class-name file not found: {cpath}") from None
+        except FileNotFoundError:
+            raise BadModel(f"class-name file not found: {classes}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BadModel(f"cannot read the class-name file {cpath.name}: "
+                           f"{getattr(exc, 'strerror', None) or type(exc).__name__}") from None
         if cpath.suffix == ".json":
             import json
-            classes = json.loads(text)
+            try:
+                classes = json.loads(text)
+            except ValueError as exc:
+                raise BadModel(f"class-name file {cpath.name} is not valid JSON: {exc}") from None
         else:
             classes = [line.strip() for line in text.splitlines() if line.strip()]
-    if not classes or not all(isinstance(c, str) for c in classes):
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         raise BadModel("spec 'classes' must be a non-empty list of names or a file of names")
     architecture = raw.get("architecture")
     if architecture is not None and not allow_code:
         raise BadModel("a spec that imports code ('architecture') is accepted only from the local file system")
+    if architecture is not None and (not isinstance(architecture, str)
+                                     or not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", architecture)):
+        raise BadModel(f"spec architecture must be 'module:factory', got {architecture!r}")
+    output = raw.get("output")
+    if output is not None and (isinstance(output, bool) or not isinstance(output, (str, int))):
+        raise BadModel(f"spec output must be a dict key (text) or an index (integer), got {output!r}")
+    value_range = _numbers(raw, "value_range", (0.0, 1.0), n=2)
+    if not value_range[0] < value_range[1]:
+        raise BadModel(f"spec value_range must be [low, high] with low < high, got {list(value_range)}")
+    if "std" in raw and any(v == 0 for v in _numbers(raw, "std", (1.0,))):
+        raise BadModel(f"spec std must not contain zeros (it divides the input), got {raw['std']!r}")
+    if "mean" in raw:
+        _numbers(raw, "mean", (0.0,))
+    palette = raw.get("palette")
+    if palette is not None and (not isinstance(palette, list) or len(palette) < len(classes) or not all(
+            isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
+            for c in palette)):
+        raise BadModel(f"spec palette must list one [R, G, B] (0..255) per class ({len(classes)})")
+    for key in ("name", "description"):
+        if key in raw and not isinstance(raw[key], str):
+            raise BadModel(f"spec {key} must be text, got {raw[key]!r}")
+    if not isinstance(raw.get("fully_convolutional", False), bool):
+        raise BadModel(f"spec fully_convolutional must be true or false, got {raw['fully_convolutional']!r}")
     output_kind = raw.get("output_kind")
     if output_kind is not None and output_kind not in OUTPUT_KINDS:
         raise BadModel(f"output_kind must be one of {', '.join(OUTPUT_KINDS)} (or absent: detected), "
@@ -157,13 +228,40 @@ def spec_from_dict(raw: dict, base: Path | None = None, allow_code: bool = True,
         name=str(raw.get("name", path.stem if path else "model")), framework=framework, task=task,
         input_size=(size[0], size[1]), classes=list(classes),
         fully_convolutional=bool(raw.get("fully_convolutional", False)),
-        value_range=tuple(raw.get("value_range", (0.0, 1.0))),
+        value_range=value_range,
         mean=tuple(raw["mean"]) if "mean" in raw else None, std=tuple(raw["std"]) if "std" in raw else None,
         palette=[tuple(c) for c in raw["palette"]] if raw.get("palette") else None,
-        weights=(base / weights) if weights else None, architecture=architecture,
-        output=raw.get("output"), output_kind=output_kind, description=str(raw.get("description", "")),
+        weights=_spec_file(weights, "weights", base, upload, files) if weights is not None else None,
+        architecture=architecture, output=output, output_kind=output_kind, description=str(raw.get("description", "")),
         path=path, extra={k: v for k, v in raw.items() if k not in known},
         channels=channels, factory_kwargs=factory_kwargs)
+
+
+def _spec_file(value: Any, key: str, base: Path, upload: bool, files: dict[str, Path] | None) -> Path | None:
+    """The file a spec's `key` names. Local specs: relative to the spec's folder. Uploaded
+    specs: only a file uploaded with it, by its upload name; any other path is refused
+    (for `weights`, None: the uploaded model file takes its place)."""
+    if not isinstance(value, str) or not value.strip():
+        raise BadModel(f"spec {key!r} must be a file name, got {value!r}")
+    if not upload:
+        return base / value
+    if files and value in files:
+        return Path(files[value])
+    if key == "weights":
+        return None
+    raise BadModel(f"an uploaded spec may name only files uploaded with it; {key} = {value!r} is not one "
+                   f"(list the {key} inline instead)")
+
+
+def _numbers(raw: dict, key: str, default: tuple, n: int | None = None) -> tuple[float, ...]:
+    """A spec list of finite numbers (`n` of them, or 1 to 4: one per input channel)."""
+    value = raw.get(key, default)
+    ok_len = (len(value) == n) if n is not None else 1 <= len(value) <= 4 if isinstance(value, (list, tuple)) else False
+    if (not isinstance(value, (list, tuple)) or not ok_len
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
+        what = f"{n} finite numbers" if n is not None else "finite numbers, one per input channel"
+        raise BadModel(f"spec {key} must be a list of {what}, got {value!r}")
+    return tuple(float(v) for v in value)
 
 
 def default_palette(n: int) -> list[tuple[int, int, int]]:
@@ -198,8 +296,10 @@ def load_model(source: Any, *, trusted: bool = False, input_size: tuple[int, int
             spec = read_spec(bundled[text])
         elif text.endswith(".toml"):
             spec = read_spec(text, allow_code=allow_code)
+        elif os.path.isdir(text):
+            raise BadModel(f"{text} is a directory, not a model file or spec")
         elif os.path.exists(text):
-            spec, obj = _spec_for_file(Path(text), fields, trusted)
+            spec, obj = _spec_for_file(Path(text), fields, trusted and allow_code, upload=not allow_code)
         else:
             names = ", ".join(bundled) or "none"
             raise BadModel(f"unknown model {text!r}: not a bundled model ({names}), a spec (.toml) or a model file")
@@ -207,6 +307,10 @@ def load_model(source: Any, *, trusted: bool = False, input_size: tuple[int, int
         obj, owned = source, False
         spec = _spec_for_object(obj, fields, device)
     if input_size is not None:
+        try:
+            check_input_size(input_size, upload=not allow_code, what="--input-size")
+        except NeuroscopeError as exc:
+            raise BadModel(str(exc)) from None
         if not spec.fully_convolutional and tuple(input_size) != tuple(spec.input_size):
             raise BadModel(f"--input-size needs a fully convolutional model; {spec.name} runs at "
                            f"{spec.input_size[0]}x{spec.input_size[1]} only")
@@ -323,14 +427,26 @@ def _output_shape(obj, framework: str, fields: dict, device: str | None) -> tupl
     return tuple(out.shape) if out.dim() in (2, 4) else None
 
 
-def _spec_for_file(path: Path, fields: dict, trusted: bool = False) -> tuple[ModelSpec, Any]:
+def _spec_for_file(path: Path, fields: dict, trusted: bool = False, upload: bool = False) -> tuple[ModelSpec, Any]:
     """(spec, the loaded model or None) for a model file without a spec."""
     suffix = path.suffix.lower()
     if suffix in (".keras", ".h5"):
         model = _load_keras(path)
-        shape = getattr(model, "input_shape", None)
-        if "input_size" not in fields and not (shape and len(shape) == 4 and shape[1] and shape[2]):
+        shape, out = getattr(model, "input_shape", None), getattr(model, "output_shape", None)
+        if not (isinstance(shape, tuple) and len(shape) == 4):
+            raise BadModel(f"{path.name} takes input of shape {shape}; Neuroscope explains image models "
+                           "taking [N, H, W, C]")
+        if isinstance(out, tuple) and not (len(out) in (2, 4) and isinstance(out[-1], int) and out[-1] > 0):
+            raise BadModel(f"{path.name} outputs shape {out}; expected [N, C] (classifier) or "
+                           "[N, H, W, C] (segmenter)")
+        if "input_size" not in fields and not (shape[1] and shape[2]):
             fields = {**fields, "input_size": [224, 224]}   # any size: a fully convolutional input
+        if upload:
+            size = fields.get("input_size") or [shape[1], shape[2]]
+            try:
+                check_input_size(size, upload=True, what=f"{path.name} input")
+            except NeuroscopeError as exc:
+                raise BadModel(str(exc)) from None
         spec = _spec_for_object(model, {"name": path.stem, **fields})
         return replace(spec, weights=path.resolve()), model
     if suffix in (".pt", ".pth", ".ckpt", ".bin", ".jit", ".torchscript", ".ts"):
@@ -358,10 +474,7 @@ def _is_torchscript(path: Path) -> bool:
 def _load_torch_object(path: Path):
     """A whole model from a trusted file: TorchScript, else a pickled nn.Module."""
     import torch
-    if not path.is_file():
-        raise BadModel(f"model file not found: {path}")
-    if path.stat().st_size > MAX_MODEL_BYTES:
-        raise BadModel(f"model file too large ({path.stat().st_size >> 20} MB)")
+    _check_model_file(path)
     if _is_torchscript(path):
         try:
             return torch.jit.load(str(path), map_location="cpu")
@@ -380,17 +493,80 @@ def _load_torch_object(path: Path):
     return model
 
 
-def _load_keras(path: Path):
+def _check_model_file(path: Path) -> None:
+    """A readable, non-empty file within the size limits; a .keras zip within the
+    decompressed-size limit (a zip bomb is refused before anything is inflated)."""
+    if path.is_dir():
+        raise BadModel(f"{path.name} is a directory, not a model file")
     if not path.is_file():
         raise BadModel(f"model file not found: {path}")
-    if path.stat().st_size > MAX_MODEL_BYTES:
-        raise BadModel(f"model file too large ({path.stat().st_size >> 20} MB)")
+    size = path.stat().st_size
+    if size == 0:
+        raise BadModel(f"{path.name} is empty (0 bytes), not a model file")
+    cap = limit("model_bytes")
+    if size > cap:
+        raise BadModel(f"model file {path.name} is too large ({size:,} bytes; the limit is {cap:,}, "
+                       "NEUROSCOPE_MAX_MODEL_BYTES)")
+    if path.suffix.lower() == ".keras":
+        import zipfile
+        try:
+            with zipfile.ZipFile(path) as archive:
+                inflated = sum(max(0, info.file_size) for info in archive.infolist())
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+            raise BadModel(f"{path.name} is not a Keras model archive (a .keras file is a zip)") from None
+        cap = limit("archive_bytes")
+        if inflated > cap:
+            raise BadModel(f"{path.name} would decompress to {inflated:,} bytes; the limit is {cap:,} "
+                           "(NEUROSCOPE_MAX_ARCHIVE_BYTES)")
+    _check_declared_weights(path)
+
+
+def _check_declared_weights(path: Path) -> None:
+    """Refuse weights whose declared size exceeds the archive limit: an HDF5 dataset may
+    declare a huge shape while storing nothing (read back as zeros), and Keras allocates
+    what is declared."""
+    import zipfile
+    try:
+        import h5py
+    except ImportError:   # Keras needs h5py for these files; without it, nothing to check
+        return
+    declared = 0
+
+    def visit(_name, obj):
+        nonlocal declared
+        if isinstance(obj, h5py.Dataset):
+            declared += int(obj.size or 0) * int(obj.dtype.itemsize)
+
+    try:
+        if path.suffix.lower() == ".keras":
+            with zipfile.ZipFile(path) as archive:
+                for member in archive.namelist():
+                    if member.endswith(".h5"):
+                        with archive.open(member) as fh, h5py.File(fh, "r") as f:
+                            f.visititems(visit)
+        elif path.suffix.lower() == ".h5":
+            with h5py.File(path, "r") as f:
+                f.visititems(visit)
+    except Exception:   # not HDF5 or damaged: Keras' own loader reports it
+        return
+    cap = limit("archive_bytes")
+    if declared > cap:
+        raise BadModel(f"{path.name} declares {declared:,} bytes of weights; the limit is {cap:,} "
+                       "(NEUROSCOPE_MAX_ARCHIVE_BYTES)")
+
+
+def _load_keras(path: Path):
+    _check_model_file(path)
     import keras
     try:
-        return keras.saving.load_model(path, safe_mode=True, compile=False)
+        model = keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:  # Keras raises many types for a bad file
+        text = " ".join(str(exc).split())[:300]
         raise BadModel(f"{path.name} is not a loadable Keras model (.keras or .h5, safe mode): "
-                       f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+                       f"{type(exc).__name__}{': ' + text if text else ''}") from None
+    if not isinstance(model, keras.Model):
+        raise BadModel(f"{path.name} holds a {type(model).__name__}, not a Keras model")
+    return model
 
 
 def _build(spec: ModelSpec, trusted: bool = False):
@@ -400,18 +576,28 @@ def _build(spec: ModelSpec, trusted: bool = False):
         return _load_keras(Path(spec.weights))
     import torch
     weights = Path(spec.weights) if spec.weights else None
-    if weights is not None and not weights.is_file():
-        raise BadModel(f"weights file not found: {weights}")
+    if weights is not None:
+        if weights.is_dir():
+            raise BadModel(f"weights {weights.name} is a directory, not a file")
+        if not weights.is_file():
+            raise BadModel(f"weights file not found: {weights}")
+        _check_model_file(weights)
     if spec.architecture is None:
         if weights is None or not trusted:
             raise BadModel("a PyTorch model needs architecture = 'module:factory' in its spec; "
                            "whole-model pickles and TorchScript files load only when marked trusted")
         return _load_torch_object(weights)
     module_name, _, factory_name = spec.architecture.partition(":")
+    not_factory = BadModel(f"architecture {spec.architecture!r} is not a model factory (a function or class "
+                           "returning a torch.nn.Module)")
+    if module_name.split(".")[0] in sys.stdlib_module_names or module_name.split(".")[0] in ("torch", "numpy"):
+        raise not_factory        # os:system, builtins:exit, subprocess:..., never called
     try:
         factory = getattr(importlib.import_module(module_name), factory_name)
     except (ImportError, AttributeError, ValueError) as exc:
-        raise BadModel(f"cannot import architecture {spec.architecture!r}: {exc}") from None
+        raise BadModel(f"cannot import architecture {spec.architecture!r}: {type(exc).__name__}: {exc}") from None
+    if not callable(factory) or getattr(factory, "__module__", None) in (None, "builtins"):
+        raise not_factory
     kwargs = dict(spec.factory_kwargs)
     implicit = "num_classes" not in kwargs and (_accepts(factory, "num_classes") or _accepts_any(factory))
     if implicit:
@@ -424,7 +610,7 @@ def _build(spec: ModelSpec, trusted: bool = False):
                 raise
             kwargs.pop("num_classes")        # **kwargs that do not take it after all
             model = factory(**kwargs)
-    except Exception as exc:  # noqa: BLE001 -- the user's factory
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 -- the user's factory: report, never exit
         args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
         raise BadModel(f"architecture {spec.architecture}({args}) failed: {type(exc).__name__}: "
                        f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''} "

@@ -316,3 +316,39 @@ def test_one_batched_pass_gives_each_image_its_own_maps_with_its_own_target(mode
     # every map came from the one batched pass: no model pass per image
     assert ex.stats["capture"] == passes["capture"] and ex.stats["forward"] == passes.get("forward", 0)
     assert passes["batched_capture"] == 1
+
+
+# ------------------------------------------------------------------ the Results page
+def test_results_page_filters_the_table_and_opens_a_row_in_explain(folder, tmp_path, monkeypatch):
+    st_testing = pytest.importorskip("streamlit.testing.v1")
+    from neuroscope.batch.inputs import attach_targets, collect
+    from neuroscope.batch.run import run_batch
+    from neuroscope.batch.work import Settings
+    root = tmp_path / "runs"
+    records = collect(str(folder), root)
+    attach_targets(records, {"sub/scene01.png": {"class": "car", "region": "10,20,90,60"}})
+    run_batch(Settings(model=MODEL, methods=["grad-cam", "saliency"], out=str(root / "first"),
+                       input_size=(64, 128)), records, progress=False)
+    monkeypatch.setenv("NEUROSCOPE_RESULTS_DIRS", str(root))
+    app = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
+    at = st_testing.AppTest.from_file(str(app), default_timeout=180)
+    at.session_state["model"] = MODEL
+    at.session_state["image_source"] = "Gallery"
+    at.run()
+    at.switch_page("app_pages/results.py").run()
+    assert not at.exception and not at.error, [e.value for e in at.exception]
+    shown = lambda: at.session_state["ns_session"].shown  # noqa: E731
+    assert shown()["results:rows"] == 10 and shown()["results:gallery"] == 8
+    at.radio(key="results_status").set_value("failed").run()
+    assert shown()["results:rows"] == 2
+    at.radio(key="results_status").set_value("all").run()
+    at.multiselect(key="results_classes").set_value(["car"]).run()
+    at.multiselect(key="results_methods").set_value(["saliency"]).run()
+    assert shown()["results:rows"] == 1
+    at.button(key="results_open").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.exception]
+    sel = at.session_state["ns_session"].selection
+    assert sel.image_name == "sub/scene01.png" and sel.image.shape == (64, 128, 3)
+    assert sel.resolved.class_name == "car" and sel.target.region == (10, 20, 90, 60)
+    assert at.session_state["methods::segmentation"] == ["saliency"]
+    assert "saliency" in at.session_state["ns_session"].shown.get("maps", {})     # the Explain page ran

@@ -76,6 +76,30 @@ def chromium_path() -> str:
     return str(CHROMIUM)
 
 
+def make_results(out: Path) -> Path:
+    """A small `neuroscope batch` output folder (two generated scenes, grad-cam maps, one
+    failed row), written with the batch store without running a model."""
+    import json
+    from PIL import Image
+    from neuroscope.batch.store import Store
+    from neuroscope.synth import generate_scene
+    (out / "maps").mkdir(parents=True)
+    store = Store(out)
+    rng = np.random.default_rng(0)
+    for i, seed in enumerate((SCENE_SEED, SCENE_SEED + 1)):
+        path = out / f"scene{i}.png"
+        Image.fromarray(generate_scene(seed, (64, 128)).image).save(path)
+        np.savez_compressed(out / "maps" / f"scene{i}.npz", map=rng.random((64, 128)).astype(np.float16))
+        store.add([{"image": f"scene{i}.png", "path": str(path), "method": "grad-cam", "status": "done",
+                    "class_id": 13, "class_name": "car", "region": "all", "time_ms": 10.0 + i,
+                    "height": 64, "width": 128, "map_file": f"maps/scene{i}.npz"}])
+    store.add([{"image": "broken.png", "path": str(out / "broken.png"), "method": "grad-cam", "status": "failed",
+                "error": "BadImage: cannot read broken.png"}])
+    store.close()
+    (out / "run.json").write_text(json.dumps({"model": "drivescene-seg", "images": 3, "engine": "local"}))
+    return out
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`streamlit run` on a free localhost port; the bundled segmenter when present."""
@@ -83,7 +107,9 @@ def server(tmp_path_factory):
     bundled = "drivescene-seg" in bundled_specs()
     port = free_port()
     tmp_path = tmp_path_factory.mktemp("streamlit")
+    results = make_results(tmp_path / "results" / "run1")          # for the Results page
     env = dict(os.environ, NEUROSCOPE_EXTRA_SPECS=str(TINY_SEG), NEUROSCOPE_INTERACTIVE_BUDGET_S="0.5",
+               NEUROSCOPE_RESULTS_DIRS=str(results.parent),
                PYTHONPATH=os.pathsep.join(filter(None, [str(FIXTURES), os.environ.get("PYTHONPATH")])))
     log = tmp_path / "streamlit.log"
     with open(log, "w") as out:
@@ -318,4 +344,30 @@ def test_a_slow_method_waits_for_compute_and_cancel_stops_it(page):
     cancel.click()
     expect(page.get_by_text(re.compile(r"Cancelled after"))).to_be_visible(timeout=30_000)
     expect(compute).to_be_visible()
+    no_errors(page)
+
+
+def test_results_page_opens_a_row_in_explain(page, server):
+    from playwright.sync_api import expect
+    if server["model"] != "drivescene-seg":
+        pytest.skip("the results fixture names the bundled segmenter")
+    go(page, "Results")
+    expect(page.locator('[data-testid="stDataFrame"]')).to_have_count(1, timeout=TIMEOUT_MS)
+    expect(page.get_by_text("3 of 3 rows")).to_be_visible(timeout=TIMEOUT_MS)
+    expect(page.locator(".st-key-results_gallery img")).to_have_count(2, timeout=TIMEOUT_MS)
+    status = page.get_by_role("radiogroup", name="Status")
+    status.get_by_text("failed", exact=True).click()
+    expect(page.get_by_text("1 of 3 rows")).to_be_visible(timeout=TIMEOUT_MS)
+    status.get_by_text("done", exact=True).click()
+    expect(page.get_by_text("2 of 3 rows")).to_be_visible(timeout=TIMEOUT_MS)
+    wait_idle(page)
+    no_errors(page)
+    page.screenshot(path=str(ARTIFACTS / "results.png"))
+    page.get_by_role("button", name="Open in Explain").click()
+    summary = page.locator(".st-key-target_summary")
+    expect(summary).to_contain_text("scene0.png", timeout=TIMEOUT_MS)
+    expect(summary).to_contain_text("car", timeout=TIMEOUT_MS)
+    expect(page.locator('.st-key-overlays [data-testid="stImageCaption"]').first).to_contain_text(
+        "grad-cam", timeout=TIMEOUT_MS)
+    wait_idle(page)
     no_errors(page)

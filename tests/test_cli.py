@@ -133,5 +133,5 @@ def test_bench_reports_the_contract_keys(capsys, street):
     data = run_json(capsys, "bench", SEG_SPEC, street, "--repeats", "1")
     assert set(data) == {"forward_ms", "forward_backward_ms", "methods", "layer_sweep"}
     assert set(data["methods"]) == {"activation", "saliency", "guided-backprop", "grad-cam", "grad-cam++",
-                                    "guided-grad-cam", "score-map", "fusion-map"}
+                                    "guided-grad-cam", "score-map", "fusion-map", "lrp"}
     assert data["layer_sweep"]["layers"] == len([l for l in run_json(capsys, "layers", SEG_SPEC) if l["spatial"]])

@@ -166,14 +166,14 @@ def test_evaluate_page_runs_metrics_and_the_sanity_strip(monkeypatch):
     at.session_state["model"] = f"extra:{spec.resolve()}"
     at.session_state["image_source"] = "Generated scene"
     at.session_state["scene_seed"] = 7
-    at.session_state["methods::evaluate::segmentation"] = ["grad-cam"]
+    at.session_state["eval_methods::segmentation"] = ["grad-cam"]
     at.session_state["eval_steps"] = 10
     at.session_state["eval_sanity"] = True
     at.session_state["eval_sanity_steps"] = 2
     at.run()
     at.button(key="eval_run").click().run()
     assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
-    settings, report = at.session_state["ns_eval_report"]
+    settings, report = at.session_state["ns_session"].kept["eval_report"]   # Session.kept (dashboard state)
     assert set(report.methods) == {"grad-cam"} and len(report.methods["grad-cam"].items) == 1
     assert len(report.sanity["grad-cam"].maps) == 2          # the strip: one map per randomisation step
     assert any("final ρ" in m.value for m in at.markdown)

@@ -438,3 +438,62 @@ def test_keras_applications_softmax_head_is_reached():
     np.testing.assert_allclose(np.exp(z - z.max()) / np.exp(z - z.max()).sum(), p, rtol=1e-4, atol=1e-6)
     assert not np.allclose(z, np.log(p), atol=1e-3)      # logits, not log-probabilities
 
+
+
+def test_batched_prefill_with_users_models():
+    """The batch command's one-pass groups: a batch-of-one model falls back to one image
+    at a time; a softmax head is explained through its logits as in the one-image pass."""
+    from neuroscope.batch.batched import prefill
+    ex = Explainer(zoo.BatchOfOneNet(size=16), input_size=(16, 16), task="classification", num_classes=3)
+    preps = [ex.prepare(im) for im in zoo.images(3, size=16)]
+    assert prefill(ex, preps, [None] * 3, ["grad-cam"]) == []
+    assert np.isfinite(ex.explain(preps[0], "grad-cam").map).all()
+    net = zoo.HeadNet("softmax")
+    batched = Explainer(net, input_size=(SIZE, SIZE), task="classification", num_classes=4)
+    single = Explainer(net, input_size=(SIZE, SIZE), task="classification", num_classes=4)
+    images = zoo.images(3, seed=13)
+    preps = [batched.prepare(im) for im in images]
+    assert prefill(batched, preps, [None] * 3, ["grad-cam"]) == ["grad-cam"]
+    for prep, image in zip(preps, images):
+        np.testing.assert_allclose(batched.explain(prep, "grad-cam").map, single.explain(image, "grad-cam").map,
+                                   rtol=1e-4, atol=1e-6)
+
+
+def test_segmentation_softmax_heads_in_both_frameworks():
+    """U-Net style segmenters ending in a per-pixel softmax: the logits under it are
+    explained, the predicted probabilities are the model's own."""
+    import keras
+    keras.utils.set_random_seed(10)
+    inp = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    out = keras.layers.Conv2D(3, 1, activation="softmax", name="seg_head")(x)
+    kmodel = keras.Model(inp, out)
+    tnet = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 1), nn.Softmax(dim=1))
+    image = zoo.images(1, seed=14)[0]
+    for model, kwargs in ((kmodel, {}), (tnet, {"input_size": (SIZE, SIZE)})):
+        ex = Explainer(model, task="segmentation", num_classes=3, **kwargs)
+        assert ex.backend.output_kind == "probabilities"
+        x = ex.prepare(image).x
+        if model is kmodel:
+            p = np.moveaxis(np.asarray(kmodel(x))[0], -1, 0)
+        else:
+            with torch.no_grad():
+                p = tnet(torch.from_numpy(x).permute(0, 3, 1, 2))[0].numpy()
+        np.testing.assert_allclose(ex.predict(image).probs, p, rtol=1e-4, atol=1e-6)
+        res = ex.explain(image, "grad-cam", target=Target.segmentation(int(p.mean(axis=(1, 2)).argmax()), "all"))
+        assert res.meta["score"] == "logit" and np.isfinite(res.map).all()
+
+
+@pytest.mark.parametrize("framework", ["torch", "keras"])
+def test_an_error_of_the_callers_objective_is_raised_as_is(framework):
+    """Only the model's own failures become BadModel; a target decided mid-pass that fails
+    (e.g. an empty region) raises its own error."""
+    from neuroscope.errors import BadTarget
+    model = zoo.SmallNet(num_classes=3) if framework == "torch" else zoo.keras_head_model("logits", classes=3)
+    m = load_model(model, input_size=(SIZE, SIZE), task="classification", num_classes=3)
+
+    def decide(logits):
+        raise BadTarget("no such class here")
+
+    with pytest.raises(BadTarget, match="no such class here"):
+        m.backend.capture(np.zeros((1, SIZE, SIZE, 3), np.float32), decide, [])

@@ -34,6 +34,7 @@ from . import truth
 IMAGES = ASSETS / "images"
 EXTRA_SPECS_ENV = "NEUROSCOPE_EXTRA_SPECS"   # os.pathsep-separated local spec paths (operator-provided)
 UPLOAD_MODEL = "__upload__"
+OPENED = "Batch result"                       # image source of a row opened on the Results page
 REGIONS = {"predicted": "Predicted mask of the class", "all": "All pixels",
            "clicked": "Clicked object", "box": "Box (two clicks)"}
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp"]
@@ -126,10 +127,13 @@ class Session:
     model_failures: dict[str, str] = field(default_factory=dict)   # spec path -> message
     upload_digest: tuple | None = None                        # (file ids, sha256) of the uploaded model
     uploaded_truth: dict[str, np.ndarray] = field(default_factory=dict)   # image key -> label map
+    task: str = "classification"                              # the last model's task (image picker order)
     #: what each page last showed, by name (tests read it; pages own their entries)
     shown: dict[str, Any] = field(default_factory=dict)
     #: results a page keeps between runs (e.g. the last evaluation report), by name
     kept: dict[str, Any] = field(default_factory=dict)
+    #: an image opened from the Results page: {"path", "name"} (a local file of a batch run)
+    opened: dict | None = None
 
 
 def session() -> Session:
@@ -334,12 +338,25 @@ def generated_scene(seed: int) -> tuple[np.ndarray, np.ndarray]:
     return scene.image, scene.labels
 
 
-def _pick_image(sb, task: str) -> tuple[np.ndarray, str, str, np.ndarray | None] | None:
+def _pick_image(sb, task: str, quiet: bool = False) -> tuple[np.ndarray, str, str, np.ndarray | None] | None:
+    """The image the sidebar picks; `quiet`: only draw the widgets (no messages, nothing read),
+    so that their values, an uploaded file included, survive a run without a model."""
     sources = ["Gallery", "Generated scene", "Upload"] if scene_generator() else ["Gallery", "Upload"]
+    opened = session().opened
+    if opened is not None:
+        sources.append(OPENED)
     source = sb.radio("Image", sources, key=Keys.IMAGE_SOURCE, horizontal=True, **KEEP)
+    if source == OPENED and opened is not None:
+        try:
+            return load_image(opened["path"]), f"batch:{opened['path']}", opened["name"], None
+        except BadImage as exc:
+            st.error(f"{exc}")
+            return None
     if source == "Gallery":
         names = gallery_names(task)
         name = sb.selectbox("Bundled image", names, key=Keys.gallery(task), **KEEP)
+        if quiet:
+            return None
         with sb.expander("Gallery"):
             st.image(thumbnails(tuple(names)), caption=names)
         try:
@@ -350,6 +367,8 @@ def _pick_image(sb, task: str) -> tuple[np.ndarray, str, str, np.ndarray | None]
     if source == "Generated scene":
         seed = int(sb.number_input("Scene seed", min_value=0, max_value=1_000_000, step=1, key=Keys.SCENE_SEED,
                                    **KEEP))
+        if quiet:
+            return None
         try:
             with st.spinner("Generating a driving scene…"):
                 image, labels = generated_scene(seed)
@@ -358,6 +377,8 @@ def _pick_image(sb, task: str) -> tuple[np.ndarray, str, str, np.ndarray | None]
             return None
         return image, f"scene:{seed}", f"generated scene {seed}", labels
     up = sb.file_uploader("Upload an image", type=IMAGE_TYPES, key=Keys.IMAGE_UPLOAD)
+    if quiet:
+        return None
     if up is None:
         st.info("Upload an image in the sidebar (PNG or JPEG).")
         return None
@@ -490,7 +511,11 @@ def sidebar() -> Selection | None:
         entry = by_key[choice_]
         model_key, model_label, ex = entry.key, entry.name, _load_entry(entry)
     if ex is None:
+        # keep drawing the image picker: a widget left out of a run loses its value, and the
+        # uploaded image would be gone once the model upload is done
+        _pick_image(sb, s.task, quiet=True)
         return None
+    s.task = ex.task
 
     picked = _pick_image(sb, ex.task)
     if picked is None:

@@ -1,12 +1,10 @@
 """Ground-truth label images and the segmentation scores the Ground truth page shows."""
 from __future__ import annotations
 
-import io
-
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from neuroscope.errors import BadImage
+from neuroscope.images import load_labels
 from neuroscope.evaluation import reports as scores
 from neuroscope.evaluation.reports import iou, normalise_rows  # noqa: F401  (the page's names)
 
@@ -14,14 +12,9 @@ IGNORE = 255
 
 
 def read_labels(data: bytes) -> np.ndarray:
-    """A label PNG (uint8 trainIds, 255 = ignore; CONTRACT.md §6) -> uint8 [H, W]."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            if im.mode not in ("L", "P"):
-                raise BadImage(f"a label image must be 8-bit single-channel (mode L or P), not mode {im.mode}")
-            return np.asarray(im, dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise BadImage(f"cannot read the label image: {exc}") from None
+    """A label PNG (uint8 trainIds, 255 = ignore; CONTRACT.md §6) -> uint8 [H, W] (size
+    limits and one-line errors: `neuroscope.images.load_labels`)."""
+    return load_labels(data, "the label image")
 
 
 def confusion(pred: np.ndarray, truth: np.ndarray, n: int) -> np.ndarray:

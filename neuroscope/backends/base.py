@@ -12,7 +12,12 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-#: ReLU rules understood by `Backend.capture(rule=...)` / `input_gradients(rule=...)`.
+#: Backward rules: `Backend.capture(rule=...)` / `input_gradients(rule=...)` take a
+#: `neuroscope.propagation.Composite` (rules, composites and canonizers as objects; see
+#: docs/architecture.md) or one of these strings, shorthands for the composites
+#: `propagation.LEGACY_RULES` (GUIDED, DECONVNET, DECONVNET_FIXED). A backend also offers
+#: ``unapplied(rule) -> {activation type: count}``: activations the composite has no rule
+#: for (e.g. SiLU under guided backprop), which keep their plain gradient (warn about them).
 #: "guided": dy * [dy > 0] * f'(x)   (guided backpropagation)
 #: "deconvnet": dy * [dy > 0]         (deconvnet; f'(x) ignored)
 RULES = ("guided", "deconvnet")
@@ -94,8 +99,10 @@ class Backend(Protocol):
         backward pass of the objective (logit form) giving their gradients and, if
         asked, the input gradient. `objective` may also be a callable taking the
         logits of this forward pass ([C] or [C, H, W] numpy) and returning the
-        Objective: the target is then decided without a second forward pass. `rule` applies a ReLU rule (RULES) to the backward
-        of every ReLU-like activation (ReLU, ReLU6, ...) for this call only.
+        Objective: the target is then decided without a second forward pass. `rule` (a
+        Composite or a RULES string) applies its rules to the backward for this call only;
+        under an LRP composite the backward signal is relevance, so `gradients[layer]` is
+        the relevance at that layer's output and `input_grad` the input relevance.
         `gradients=False`: the caller reads only `gradient_means` (zeros for a layer the
         objective does not depend on); the backend may then leave `gradients` empty and
         free each layer gradient as soon as the backward is past it."""

@@ -36,7 +36,10 @@ from keras.src.ops.nn import LogSoftmax as _LogSoftmaxOp, Sigmoid as _SigmoidOp,
 from keras.src.ops.operation import Operation
 
 from ..errors import BadModel, BadParameter, Cancelled, NeuroscopeError
+from ..propagation.composites import Composite, composite_for
+from ..propagation.kinds import ACTIVATION, LINEAR
 from .base import RULES, Capture, LayerInfo, Objective
+from .keras_rules import RuleApplier, act_spec
 
 TASKS = ("classification", "segmentation")
 OUTPUT_KINDS = ("logits", "probabilities", "log-probabilities", "sigmoid")
@@ -108,38 +111,6 @@ def _fused_relu_spec(op: Any) -> _ReluSpec | None:
     return _activation_spec(getattr(op, "activation", None))
 
 
-class _RuleReLU(keras.layers.Layer):
-    """Forward = the user's ReLU; backward = the rule (RULES in base.py).
-
-    guided:    dy * [dy > 0] * f'(x)      deconvnet:  dy * [dy > 0]
-    """
-
-    def __init__(self, rule: str, spec: _ReluSpec, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.rule = rule
-        self.spec = spec
-
-    def call(self, x: tf.Tensor) -> tf.Tensor:
-        spec, guided = self.spec, self.rule == "guided"
-
-        @tf.custom_gradient
-        def rule_relu(x: tf.Tensor) -> tuple[tf.Tensor, Callable]:
-            def backward(dy: tf.Tensor) -> tf.Tensor:
-                passes = dy > 0
-                if guided:
-                    passes &= x > spec.threshold
-                    if spec.max_value is not None:
-                        passes &= x < spec.max_value
-                return tf.where(passes, dy, tf.zeros_like(dy))
-
-            return spec.forward(x), backward
-
-        return rule_relu(x)
-
-    def compute_output_shape(self, input_shape: tuple) -> tuple:
-        return input_shape
-
-
 def _shared_twin(layer: keras.layers.Layer, args: tuple, kwargs: dict,
                  **config: Any) -> tuple[keras.layers.Layer, Any]:
     """A copy of `layer` with `config` overridden (activation="linear", strides=1) that
@@ -162,6 +133,13 @@ def _shared_twin(layer: keras.layers.Layer, args: tuple, kwargs: dict,
     if held != {id(v) for v in own_vars}:   # never compute silently with fresh random weights
         raise BadModel(f"cannot apply a backward rule to layer {layer.name!r}: weights not shareable")
     return twin, output
+
+
+def _sum(*xs: Any) -> Any:
+    total = xs[0]
+    for t in xs[1:]:
+        total = total + t
+    return total
 
 
 def _is_strided_conv(op: Any) -> bool:
@@ -221,11 +199,14 @@ class _GraphWalker:
     a backward rule (ReLU-like activations, strided convolutions) and substitutes given
     tensors for the outputs of named layers (`forward_from`)."""
 
-    def __init__(self, rule: str | None = None, substitute: dict[str, Any] | None = None) -> None:
+    def __init__(self, rule: str | Composite | None = None, substitute: dict[str, Any] | None = None) -> None:
         self.rule = rule
+        composite = composite_for(rule)
+        self.applier = RuleApplier(composite, _relu_spec) if composite is not None else None
         self.substitute = substitute or {}
         self.records: list[_Record] = []
         self.warnings: list[str] = []
+        self.consumers = 0                         # consumers of the node being called (original graph)
         self._calls: dict[int, int] = {}           # id(layer) -> calls so far
         self._owner: dict[str, int] = {}           # base name -> id(layer), to catch clashes
         self._twins: dict[tuple, keras.layers.Layer] = {}
@@ -236,10 +217,16 @@ class _GraphWalker:
         if functional is None:   # an unbuilt Sequential: its layers in order
             x = inputs[0]
             for layer in model.layers:
+                self.consumers = 1
                 x = self._call(layer, (x,), {})
             return keras.tree.flatten(x)
         # The traversal of keras' Functional._run_through_graph (Keras 3.15).
         tensors = {id(ref): new for ref, new in zip(functional.inputs, inputs)}
+        uses: dict[int, int] = {}      # original tensor -> consumers in this graph (merge rules)
+        for nodes in functional._nodes_by_depth.values():
+            for node in nodes:
+                for t in node.input_tensors:
+                    uses[id(t)] = uses.get(id(t), 0) + 1
         for depth in sorted(functional._nodes_by_depth, reverse=True):
             for node in functional._nodes_by_depth[depth]:
                 if not node.operation or node.is_input:
@@ -247,6 +234,7 @@ class _GraphWalker:
                 if any(id(t) not in tensors for t in node.input_tensors):
                     continue
                 args, kwargs = node.arguments.fill_in(tensors)
+                self.consumers = uses.get(id(node.outputs[0]), 0) if len(node.outputs) == 1 else 0
                 outputs = self._call(node.operation, args, kwargs)
                 for ref, new in zip(node.outputs, keras.tree.flatten(outputs)):
                     tensors[id(ref)] = new
@@ -267,27 +255,74 @@ class _GraphWalker:
         return output
 
     def _apply(self, op: Any, args: tuple, kwargs: dict) -> Any:
-        """op(*args, **kwargs), with the walk's backward rule built in."""
-        if self.rule is None:
+        """op(*args, **kwargs), with the walk's composite (keras_rules) built in."""
+        applier = self.applier
+        if applier is None:
             return op(*args, **kwargs)
-        relu_rule = "guided" if self.rule == "guided" else "deconvnet"
-        spec = _relu_spec(op)
-        if spec is not None:
-            return _RuleReLU(relu_rule, spec)(args[0])
-        fused = _fused_relu_spec(op)
-        strided = self.rule == "deconvnet-fixed" and _is_strided_conv(op)
-        if fused is None and not strided:
+        name = self._next_name(op)
+        kind = applier.kind(op)
+        if kind in LINEAR:
+            output = self._apply_linear(op, args, kwargs, kind, name)
+        else:
+            output = op(*args, **kwargs)
+            rule = applier.rule(kind, name)
+            if kind in ACTIVATION:
+                act = act_spec(_relu_spec(op))
+                applier.note_activation(kind, rule, act, op)
+                if rule is not None and rule.kind == "elementwise":
+                    output = applier.elementwise(rule, act, args[0], output)
+            elif kind == "batchnorm":
+                merged = applier.batchnorm(op, args[0], output) if applier.merge else None
+                if merged is not None:
+                    output = merged
+                elif rule is not None and rule.kind == "elementwise":
+                    output = applier.elementwise(rule, None, args[0], output)
+            elif kind == "identity":
+                applier.padding(op, args[0], output)
+            elif rule is not None and kind in ("sum", "gate", "avgpool"):
+                xs = [t for t in keras.tree.flatten(args) if isinstance(t, keras.KerasTensor)]
+                if kind == "avgpool" and rule.kind == "basic":
+                    output = applier.basic_op(rule, lambda t: op(t, **kwargs), xs[:1], output)
+                elif kind == "sum" and rule.kind == "basic" and len(xs) >= 2:
+                    output = applier.basic_op(rule, _sum, xs, output)
+                elif kind == "gate" and rule.kind == "gate" and len(xs) >= 2:
+                    output = applier.gate(xs, output)
+        return applier.mask(name, output) if isinstance(op, keras.layers.Layer) else output
+
+    def _apply_linear(self, op: Any, args: tuple, kwargs: dict, kind: str, name: str) -> Any:
+        """A convolution / dense layer under the composite: its pre-activation carries
+        the layer's rule, a fused activation is split off and gets its own."""
+        applier = self.applier
+        rule = applier.rule(kind, name)
+        if rule is not None and rule.kind == "strided-fix" and not _is_strided_conv(op):
+            rule = None
+        activation = getattr(op, "activation", None)
+        fused = activation is not None and activation is not keras.activations.linear
+        relu = _fused_relu_spec(op)
+        act_kind = ("relu" if relu is not None else "activation") if fused else None
+        act_rule = applier.composite.rule_for(act_kind, name) if fused else None
+        if fused:
+            applier.note_activation(act_kind, act_rule, act_spec(relu), op)
+        if rule is None and (act_rule is None or act_rule.kind != "elementwise"):
             return op(*args, **kwargs)
-        _, z = self._twin(op, args, kwargs, activation="linear")     # the pre-activation
-        if strided:
+        z = self._twin(op, args, kwargs, activation="linear")[1] if fused else op(*args, **kwargs)
+        if rule is not None and rule.kind == "strided-fix":
             unit_stride, _ = self._twin(op, args, kwargs, activation="linear", strides=1)
             z = _StridedDeconv(unit_stride)(args[0], z)
-        if fused is not None:
-            return _RuleReLU(relu_rule, fused)(z)
-        activation = getattr(op, "activation", None)
-        if activation is None or activation is keras.activations.linear:
+        elif rule is not None and rule.kind == "basic":
+            z = applier.linear(rule, op, args[0], z, single_consumer=self.consumers == 1)
+        if not fused:
             return z
-        return keras.layers.Activation(activation)(z)    # e.g. a strided conv with a sigmoid
+        y = keras.layers.Activation(activation)(z)
+        if act_rule is not None and act_rule.kind == "elementwise":
+            y = applier.elementwise(act_rule, act_spec(relu), z, y)
+        return y
+
+    def _next_name(self, op: Any) -> str:
+        """The name `_record` will give this call of `op`."""
+        name = getattr(op, "name", type(op).__name__)
+        calls = self._calls.get(id(op), 0)
+        return name if calls == 0 else f"{name}#{calls}"
 
     def _twin(self, op: keras.layers.Layer, args: tuple, kwargs: dict,
               **config: Any) -> tuple[keras.layers.Layer, Any]:
@@ -332,6 +367,7 @@ class _FlatGraph:
     records: list[_Record]
     tensor_index: list[int | None]   # record -> index into model.outputs[1:], None if not a tensor
     warnings: list[str]
+    unapplied: dict[str, int] = None  # activation type -> count the composite has no rule for
 
 
 def _select_output(structure: Any, output: str | int | None) -> Any:
@@ -348,6 +384,8 @@ def _select_output(structure: Any, output: str | int | None) -> Any:
             raise BadModel(f"model output has {len(structure)} items; output index {index!r} "
                            "is out of range")
         return structure[index]
+    if output is not None and output not in (0, -1):
+        raise BadModel(f"the spec names output {output!r}, but the model has a single output tensor")
     return structure
 
 
@@ -464,7 +502,14 @@ class KerasBackend:
                     value = cache[key] = build()
         return value
 
-    def _graph(self, rule: str | None) -> _FlatGraph:
+    def _graph(self, rule: str | Composite | None) -> _FlatGraph:
+        if rule is not None and rule not in self._graphs and len(self._graphs) > 24:
+            with self._lock:   # bounded: every composite (epsilon, channel mask) is a graph
+                keep = {k: v for k, v in self._graphs.items() if not isinstance(k, Composite)}
+                self._graphs.clear()
+                self._graphs.update(keep)
+                self._functions = {k: v for k, v in self._functions.items() if not isinstance(k[1], Composite)}
+                self._starts = {k: v for k, v in self._starts.items() if not isinstance(k, Composite)}
         return self._cached(self._graphs, rule, lambda: self._build_graph(rule))
 
     def _new_input(self) -> Any:
@@ -551,9 +596,11 @@ class KerasBackend:
                 tensor_index.append(unique[id(record.output)])
             else:
                 tensor_index.append(None)
+        label = rule.name if isinstance(rule, Composite) else rule
         flat = keras.Model(inputs, [selected, *tensors],
-                           name=f"{self.model.name}_flat" + (f"_{rule}" if rule else ""))
-        return _FlatGraph(flat, walker.records, tensor_index, walker.warnings)
+                           name=f"{self.model.name}_flat" + (f"_{label}" if label else ""))
+        unapplied = dict(walker.applier.unapplied) if walker.applier is not None else {}
+        return _FlatGraph(flat, walker.records, tensor_index, walker.warnings, unapplied)
 
     def _from_graph(self, layer: str) -> _FromGraph:
         info = self._tensor_layer(layer)
@@ -791,9 +838,15 @@ class KerasBackend:
             raise BadParameter(f"input must be {want} with (H, W, C) = {expected}, got {x.shape}")
         return tf.constant(x)
 
-    def _check_rule(self, rule: str | None) -> None:
-        if rule is not None and rule not in self.rules:
+    def _check_rule(self, rule: str | Composite | None) -> None:
+        if rule is not None and not isinstance(rule, Composite) and rule not in self.rules:
             raise BadParameter(f"unknown ReLU rule {rule!r}; expected one of {self.rules}")
+
+    def unapplied(self, rule: str | Composite | None) -> dict[str, int]:
+        """{activation type: count} of activations the composite `rule` (or rule string)
+        maps no rule to (e.g. SiLU under guided backprop): they keep their gradient."""
+        self._check_rule(rule)
+        return {} if rule is None else dict(self._graph(rule).unapplied or {})
 
     def _check_kind(self, kind: str) -> None:
         if kind not in ("logit", "prob"):
@@ -862,9 +915,19 @@ class KerasBackend:
         sizes = [d for i, t in enumerate(graph.model.outputs[1:])        # whole or empty
                  for d in ((1, *t.shape[1:]) if i in wanted else (0,) * len(t.shape))]
         start = self._capture_start(rule, sorted(wanted), input_grad)
+        errors: list[BaseException] = []   # what the decider raised inside the traced pass
         if callable(objective):   # decided from this very forward pass (no second forward)
             call_id = next(self._call_ids)
-            self._deciders[call_id] = objective
+            decide = objective
+
+            def deciding(logits: np.ndarray) -> Objective:
+                try:
+                    return decide(logits)
+                except BaseException as exc:   # re-raised below, outside TensorFlow
+                    errors.append(exc)
+                    raise
+
+            self._deciders[call_id] = deciding
             tail = [tf.constant(call_id, tf.int64)]
             fn = self._function("capture_deferred", rule, start=start)
         else:
@@ -872,8 +935,13 @@ class KerasBackend:
             fn = self._function("capture", rule, start=start)
         try:
             with tf.device(self.device):
-                z, y, x_grad, outputs, grads, means = _guarded(
-                    "capture", fn, self._batch(x, single=True), tf.constant(sizes, tf.int32), *tail)
+                try:
+                    z, y, x_grad, outputs, grads, means = _guarded(
+                        "capture", fn, self._batch(x, single=True), tf.constant(sizes, tf.int32), *tail)
+                except NeuroscopeError:
+                    if errors:   # our own decider raised inside the traced pass: that error, as itself
+                        raise errors[0] from None
+                    raise
         finally:
             if callable(objective):
                 self._deciders.pop(call_id, None)

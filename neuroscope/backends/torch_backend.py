@@ -17,69 +17,31 @@ import torch
 from torch import nn
 
 from ..errors import BadModel, BadParameter, Cancelled
+from ..propagation.composites import Composite, composite_for
+from ..propagation.rules import ActSpec
 from .base import OPTIONAL_RULES, RULES, Capture, LayerInfo, Objective
-from .torch_model import (OUTPUT_KINDS, RELU_LIKE, FunctionalRules, HeadMode, InplaceWatch, guarded, head_kind,
-                          is_activation_module, model_error, private_copy)
+from .torch_model import (OUTPUT_KINDS, RELU_LIKE, CallerError, FunctionalRules, HeadMode, InplaceWatch, guarded,
+                          head_kind, is_activation_module, model_error, private_copy)
+from .torch_rules import RulePlan, _Elementwise, apply_entry, build_plan, residual_mode
 
 
-class _ReluRule(torch.autograd.Function):
-    """ReLU-like forward with a guided-backprop / deconvnet backward."""
-
-    @staticmethod
-    def forward(ctx, x, forward_fn, slope: float, upper: float, guided: bool):  # noqa: D401
-        ctx.save_for_backward(x)
-        ctx.slope, ctx.upper, ctx.guided = slope, upper, guided
-        return forward_fn(x)
+class _MaskChannels(torch.autograd.Function):
+    """Identity forward; the backward keeps only the given channels (CRP's conditioning)."""
 
     @staticmethod
-    def backward(ctx, dy):
-        (x,) = ctx.saved_tensors
-        g = dy.clamp(min=0)
-        if ctx.guided:  # dy * [dy > 0] * f'(x)
-            deriv = torch.where(x > 0, torch.ones_like(x), torch.full_like(x, ctx.slope))
-            if ctx.upper != float("inf"):
-                deriv = deriv * (x < ctx.upper)
-            g = g * deriv
-        return g, None, None, None, None
-
-
-class _StridedDeconv(torch.autograd.Function):
-    """A strided convolution's output (unchanged) whose backward is the strided-artefact
-    fix of Oramas et al. 2019: the top signal is resized (nearest) to the stride-1 output
-    size and back-projected with stride 1, instead of the transposed strided convolution
-    that inserts zeros between its values (checkerboard artefacts)."""
+    def forward(ctx, x, channels):  # noqa: D401
+        ctx.channels = channels
+        return x.view_as(x)
 
     @staticmethod
-    def forward(ctx, x, conv, holder):  # noqa: D401
-        ctx.conv, ctx.in_hw = conv, tuple(x.shape[-2:])
-        return holder[0]  # the conv output, computed by the module (passed boxed: not an input)
-
-    @staticmethod
-    def backward(ctx, dy):
-        conv = ctx.conv
-        (kh, kw), (dh, dw) = conv.kernel_size, conv.dilation
-        ph, pw = (0, 0) if conv.padding == "valid" else conv.padding
-        h1 = ctx.in_hw[0] + 2 * ph - dh * (kh - 1)   # output size of the same conv at stride 1
-        w1 = ctx.in_hw[1] + 2 * pw - dw * (kw - 1)
-        up = nn.functional.interpolate(dy, size=(h1, w1), mode="nearest")
-        dx = nn.functional.conv_transpose2d(up, conv.weight.to(dy.dtype), None, stride=1, padding=(ph, pw),
-                                            groups=conv.groups, dilation=conv.dilation)
-        return dx, None, None
+    def backward(ctx, g):
+        mask = torch.zeros(g.shape[1], dtype=g.dtype, device=g.device)
+        mask[list(ctx.channels)] = 1
+        return g * mask.reshape([1, -1] + [1] * (g.dim() - 2)), None
 
 
-def _is_strided_conv(module: nn.Module) -> bool:
-    return isinstance(module, nn.Conv2d) and max(module.stride) > 1
-
-
-def _relu_params(module: nn.Module) -> tuple[float, float] | None:
-    """(negative slope, upper cut-off) if `module` is a ReLU-like activation, else None."""
-    if isinstance(module, nn.ReLU):
-        return 0.0, float("inf")
-    if isinstance(module, nn.Hardtanh) and module.min_val == 0.0:  # ReLU6 is Hardtanh(0, 6)
-        return 0.0, float(module.max_val)
-    if isinstance(module, nn.LeakyReLU):
-        return float(module.negative_slope), float("inf")
-    return None
+def _mask_channels(out: torch.Tensor, channels) -> torch.Tensor:
+    return _MaskChannels.apply(out, tuple(channels))
 
 
 def _concat(parts: list):
@@ -98,6 +60,15 @@ def _first_conv_channels(module: nn.Module) -> int:
     return 3
 
 
+def _functional_relu_rule(composite: Composite | None):
+    """The composite's rule for ReLU-likes when it is elementwise (guided, deconvnet):
+    what functional F.relu calls get (torch_model.FunctionalRules); else None."""
+    if composite is None:
+        return None
+    rule = composite.rule_for("relu")
+    return rule if rule is not None and getattr(rule, "kind", None) == "elementwise" else None
+
+
 def _select_output(out, selector):
     if isinstance(out, dict):
         if selector is None:
@@ -106,12 +77,14 @@ def _select_output(out, selector):
             raise BadModel(f"model output has no key {selector!r}; keys: {sorted(map(str, out))}")
         return out[selector]
     if isinstance(out, (tuple, list)):
-        idx = 0 if selector is None else int(selector)
-        if not -len(out) <= idx < len(out):
+        idx = 0 if selector is None else selector
+        if isinstance(idx, bool) or not isinstance(idx, int) or not -len(out) <= idx < len(out):
             raise BadModel(f"model output has {len(out)} items; output index {idx} is out of range")
         return out[idx]
     if not isinstance(out, torch.Tensor):
         raise BadModel(f"model returned {type(out).__name__}; expected a tensor, a dict or a tuple of tensors")
+    if selector is not None and selector not in (0, -1):
+        raise BadModel(f"the spec names output {selector!r}, but the model returns a single tensor")
     return out
 
 
@@ -188,6 +161,7 @@ class TorchBackend:
         self._lock = threading.Lock()
         self._chains: dict[str, dict[str, list[str]] | None] | None = None  # module -> children in call order
         self._uppers: dict[str, list[nn.Module] | None] = {}                 # layer -> modules above a cut
+        self._plans: dict[Composite, RulePlan] = {}                          # rule plans (torch_rules)
         self._head: tuple[str, str | None] | None = None   # (kind, module name or None = functional)
         self.functional_activations: dict[str, int] = {}   # F.relu / F.silu ... calls outside modules (probe)
         if output_kind != "logits":
@@ -259,19 +233,18 @@ class TorchBackend:
         first recorded output; a recorded output that does not depend on an earlier one
         becomes a leaf. Gradients w.r.t. the recorded outputs are unchanged, but nothing
         below them is kept for a backward (a 1024x2048 capture: ~1 GB instead of ~3)."""
-        if rule is not None and rule not in self.rules:
-            raise BadParameter(f"unknown ReLU rule {rule!r}; expected one of {self.rules}")
         if rule is not None and self.scripted:
             raise BadParameter(f"the {rule} rule needs the model's activations, which a TorchScript "
                                "model hides; load the Python model (a spec) for this method")
+        composite = composite_for(rule)
+        plan = self._plan(composite) if composite is not None else None
         owner = threading.get_ident()
         counts: dict[str, int] = defaultdict(int)
-        guided = rule == "guided"
-        fix_strides = rule == "deconvnet-fixed"
         base_names = {k.split("#")[0] for k in want}
+        masks = dict(composite.masks) if composite is not None else {}
         handles = []
 
-        def make_hook(name: str, relu: tuple[float, float] | None, strided: bool):
+        def make_hook(name: str, entry):
             def hook(module, inputs, out):
                 if threading.get_ident() != owner:
                     return None
@@ -279,10 +252,12 @@ class TorchBackend:
                 counts[name] += 1
                 key = name if k == 0 else f"{name}#{k}"
                 replaced = None
-                if relu is not None and inputs and isinstance(inputs[0], torch.Tensor):
-                    replaced = out = _ReluRule.apply(inputs[0], module.forward, relu[0], relu[1], guided)
-                elif strided and inputs and isinstance(inputs[0], torch.Tensor) and torch.is_grad_enabled():
-                    replaced = out = _StridedDeconv.apply(inputs[0], module, [out.detach()])
+                if entry is not None and entry.rule is not None:
+                    new = apply_entry(entry, module, inputs, out)
+                    if new is not out:
+                        replaced = out = new
+                if key in masks and isinstance(out, torch.Tensor) and out.requires_grad:
+                    replaced = out = _mask_channels(out, masks[key])
                 if key in want and isinstance(out, torch.Tensor):
                     if grad_from_want:
                         torch.set_grad_enabled(True)  # for the rest of this forward (restored by the caller)
@@ -295,17 +270,18 @@ class TorchBackend:
             return hook
 
         functional = nullcontext()
-        if rule is not None and any(k in RELU_LIKE for k in self._probed().functional_activations):
+        relu_rule = _functional_relu_rule(composite)
+        if relu_rule is not None and any(k in RELU_LIKE for k in self._probed().functional_activations):
             # F.relu & co. called by the model's forward (no module to hook): the same rule
-            functional = FunctionalRules(
-                lambda x, out, p: _ReluRule.apply(x, lambda _t, o=out.detach(): o, p[0], p[1], guided))
+            functional = FunctionalRules(lambda x, out, p: _Elementwise.apply(
+                x, relu_rule, ActSpec(slope=p[0], upper=p[1]), [out.detach()]))
         try:
             for name, module in self._by_name.items():
-                relu = _relu_params(module) if rule is not None else None
-                strided = fix_strides and _is_strided_conv(module)
-                if name in base_names or relu is not None or strided:
-                    handles.append(module.register_forward_hook(make_hook(name, relu, strided)))
-            with functional:
+                entry = plan.entries.get(name) if plan is not None else None
+                if name in base_names or (entry is not None and entry.rule is not None) \
+                        or name in {m.split("#")[0] for m in masks}:
+                    handles.append(module.register_forward_hook(make_hook(name, entry)))
+            with residual_mode(plan, composite) if plan is not None else nullcontext(), functional:
                 yield
         finally:
             for h in handles:
@@ -315,6 +291,26 @@ class TorchBackend:
         """Self, after the probe forward (layers, in-place outputs, functional activations)."""
         self.layers()
         return self
+
+    def _plan(self, composite: Composite) -> RulePlan:
+        """Which rule each module gets under `composite` (built once, cached)."""
+        plan = self._plans.get(composite)
+        if plan is None:
+            plan = build_plan(self, composite)
+            with self._lock:
+                if len(self._plans) > 32:   # bounded: per-layer composites are many
+                    self._plans.clear()
+                self._plans[composite] = plan
+        return plan
+
+    def unapplied(self, rule) -> dict[str, int]:
+        """{activation type: count} of activation modules the composite `rule` (or rule
+        string) maps no rule to (e.g. SiLU under guided backprop): they keep their
+        gradient. Functional calls outside modules (F.silu, ...) are listed apart in
+        `functional_activations`; the ReLU-likes among them (`functional_rule_kinds`) get
+        the composite's ReLU rule through `FunctionalRules`."""
+        composite = composite_for(rule)
+        return {} if composite is None else dict(self._plan(composite).unapplied)
 
     # ------------------------------------------------------------- contract
     def layers(self) -> list[LayerInfo]:
@@ -516,7 +512,10 @@ class TorchBackend:
         with grad_mode, self._hooks(want, rule, records, grad_from_want=not input_grad):
             z = self._logits(self._run(xt), tuple(xt.shape[-2:]), 1)
             if callable(objective):  # decided from this very forward pass (no second forward)
-                objective = objective(z[0].detach().float().cpu().numpy())
+                try:
+                    objective = objective(z[0].detach().float().cpu().numpy())
+                except Exception as exc:  # noqa: BLE001 -- the caller's, not the model's: raised as is
+                    raise CallerError(exc) from exc
             y = self._objective(z, objective, "logit")
         missing = want - set(records)
         if missing:

@@ -257,10 +257,21 @@ def model_error(exc: BaseException, call: str, names: dict[int, str]) -> Neurosc
     return BadModel(f"the model failed {place} ({call}): {type(exc).__name__}: {_first_line(exc)}")
 
 
+class CallerError(Exception):
+    """An exception of the caller's own code run inside a pass (an objective decider):
+    `guarded` re-raises the original, unwrapped."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(str(exc))
+        self.exc = exc
+
+
 def guarded(call: str, names: dict[int, str], fn: Callable, *args, **kwargs):
     """fn(*args, **kwargs) with framework errors turned into `model_error`."""
     try:
         return fn(*args, **kwargs)
+    except CallerError as wrapped:
+        raise wrapped.exc from None
     except NeuroscopeError:
         raise
     except Exception as exc:  # noqa: BLE001 -- any framework error of a model pass

@@ -40,7 +40,7 @@ def prefill(ex, preps: Sequence, targets: Sequence, methods: Sequence[str], *, l
     method of `methods`; returns the methods served. Images whose target fails are left
     out (their `explain` raises the same error on its own)."""
     from ..methods.registry import check_params, get_method
-    if len(preps) < 2:
+    if len(preps) < 2 or getattr(ex.backend, "max_batch", None) == 1:   # a model running one image per pass
         return []
     layers, input_grad, gradients, served = set(), False, False, []
     for m in methods:
@@ -62,12 +62,15 @@ def prefill(ex, preps: Sequence, targets: Sequence, methods: Sequence[str], *, l
     x = np.concatenate([p.x for p in preps])
     layers = sorted(layers)
     fw = ex.backend.framework
-    if fw == "torch":
-        caps = _torch_pass(ex, preps, targets, x, layers, input_grad, gradients)
-    elif fw == "keras":
-        caps = _keras_pass(ex, preps, targets, x, layers, input_grad, gradients)
-    else:
+    passes = {"torch": _torch_pass, "keras": _keras_pass}
+    if fw not in passes:
         return []
+    try:
+        caps = passes[fw](ex, preps, targets, x, layers, input_grad, gradients)
+    except (Cancelled, NeuroscopeError):
+        raise
+    except Exception:  # noqa: BLE001 -- e.g. a model that takes one image per pass: each
+        return []      # image's own explain runs (and reports a real error itself)
     from ..engine import _capture_bytes
     for prep, (rt, cap) in zip(preps, caps):
         if cap is not None:
@@ -103,7 +106,7 @@ def _torch_pass(ex, preps, targets, x, layers, input_grad, gradients):
     records: dict = {}
     xt = b._to_tensor(x, requires_grad=input_grad)
     with torch.enable_grad(), b._hooks(set(layers), None, records, grad_from_want=not input_grad):
-        z = b._logits(b.module(xt), tuple(xt.shape[-2:]))
+        z = b._logits(b._run(xt), tuple(xt.shape[-2:]))   # _run: the logits under a softmax head
         logits = z.detach().float().cpu().numpy()
         decided = [_decide(ex, p, t, logits[i]) for i, (p, t) in enumerate(zip(preps, targets))]
         ys = [b._objective(z[i:i + 1], rt.objective, "logit") if rt is not None else None

@@ -29,9 +29,10 @@ def signed_max_abs(g: np.ndarray) -> np.ndarray:
     return out
 
 
-def input_grads(ctx, x: np.ndarray, rule: str | None = None) -> np.ndarray:
-    """d y / d x for a batch [N, h, w, 3] (chunked), with an optional ReLU rule."""
-    if rule is not None and rule not in getattr(ctx.backend, "rules", RULES):
+def input_grads(ctx, x: np.ndarray, rule=None) -> np.ndarray:
+    """d y / d x for a batch [N, h, w, 3] (chunked), with an optional backward rule: a
+    rule string (backends/base.py RULES) or a `propagation.Composite`."""
+    if isinstance(rule, str) and rule not in getattr(ctx.backend, "rules", RULES):
         raise BadParameter(f"{ctx.info.name}: the {ctx.backend.framework} backend has no rule {rule!r}")
     if rule is not None and hasattr(ctx, "note_rule"):
         ctx.note_rule(rule)                       # the engine warns about activations it misses

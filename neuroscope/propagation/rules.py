@@ -1,0 +1,335 @@
+"""Rules: how the backward signal crosses one layer. One small class per rule.
+
+Rules are written once against a tiny array namespace ``ops`` that each backend passes
+in (torch or TensorFlow tensors support ``+ - * / > >= <``; ``ops`` adds ``clamp``,
+``where``, ``ones_like``, ``zeros_like`` and ``per_channel``).
+
+Three shapes of rule, told apart by ``kind``:
+
+* ``"basic"`` (Zennit's BasicHook; the LRP rules): for a layer ``z = f(x; w, b)`` the
+  backend evaluates ``z_k = f(in_k(x); param_k(w), param_k(b))`` for every *pass* k the
+  rule lists, maps the incoming relevance R to output gradients ``g_k = mapper(R, z)``,
+  back-propagates them through f to get ``d_k`` and returns ``reduce(in(x), d)``.
+  Layers with several inputs (a residual sum) are reduced per input.
+* ``"elementwise"``: ``backward(dy, x, act, ops)`` for activations, where ``act`` is the
+  activation's `ActSpec` (None when it is not ReLU-like); returning None means "this rule
+  does not apply here" and the backend counts the layer as unapplied (a warning).
+* ``"gate"`` / ``"strided-fix"``: the gate and deconvnet's stride fix, whose few lines of
+  framework code live in the backends.
+
+The LRP rules follow Zennit 0.5.1 exactly (same passes, same stabiliser: ``z + eps`` for
+``z >= 0``, ``z - eps`` otherwise), so maps agree with Zennit's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class ActSpec:
+    """A ReLU-like activation: f'(x) = 1 for threshold < x < upper, slope below threshold."""
+
+    slope: float = 0.0
+    threshold: float = 0.0
+    upper: float = float("inf")
+
+
+def stabilize(z: Any, eps: float, ops: Any) -> Any:
+    """z + eps * sign(z), with sign(0) = +1 (Zennit's `stabilize`)."""
+    return ops.where(z >= 0, z + eps, z - eps)
+
+
+def _same(t: Any, ops: Any) -> Any:
+    return t
+
+
+def _keep(p: Any, name: str, ops: Any) -> Any:
+    return p
+
+
+def _zero_bias(mod: Callable) -> Callable:
+    def param(p: Any, name: str, ops: Any) -> Any:
+        return ops.zeros_like(p) if name == "bias" else mod(p, name, ops)
+    param.zero_bias = True   # with a zero input this pass contributes exactly nothing
+    return param
+
+
+def _positive(t: Any, ops: Any) -> Any:
+    return ops.clamp(t, lo=0.0)
+
+
+def _negative(t: Any, ops: Any) -> Any:
+    return ops.clamp(t, hi=0.0)
+
+
+_negative.negative_part = True   # backends may skip a zero-bias pass when the input has no negatives
+
+
+def _param_positive(p: Any, name: str, ops: Any) -> Any:
+    return ops.clamp(p, lo=0.0)
+
+
+def _param_negative(p: Any, name: str, ops: Any) -> Any:
+    return ops.clamp(p, hi=0.0)
+
+
+class Rule:
+    """Base class. Subclasses are frozen dataclasses: hashable, equal by value (a
+    composite is a cache key of the backends)."""
+
+    kind = "none"
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+
+# ------------------------------------------------------------------ basic (LRP) rules
+
+class BasicRule(Rule):
+    """A rule of the BasicHook form (see the module docstring)."""
+
+    kind = "basic"
+    #: False for rules that use no weights (Norm): any linear layer, pooling or sum.
+    needs_params = True
+
+    def passes(self) -> list[tuple[Callable, Callable]]:
+        """[(input modifier (x, ops) -> x', param modifier (p, name, ops) -> p'), ...];
+        name is "weight" or "bias"."""
+        return [(_same, _keep)]
+
+    def mapper(self, out_grad: Any, outputs: list, ops: Any) -> list:
+        """Output gradients, one per pass (None: that pass gets none)."""
+        raise NotImplementedError
+
+    def reduce(self, inputs: list, grads: list, ops: Any) -> Any:
+        """Relevance at the input from the passes' inputs and input gradients."""
+        return inputs[0] * grads[0]
+
+
+@dataclass(frozen=True)
+class Epsilon(BasicRule):
+    """LRP-epsilon: R_i = x_i * sum_j w_ij R_j / (z_j + eps sign z_j). epsilon=0: LRP-0."""
+
+    epsilon: float = 1e-6
+
+    def mapper(self, out_grad, outputs, ops):
+        return [out_grad / stabilize(outputs[0], self.epsilon, ops)]
+
+
+@dataclass(frozen=True)
+class Norm(Epsilon):
+    """Epsilon with a stabiliser only, for layers without weights: average pooling and
+    residual sums (each addend gets relevance in proportion to its contribution)."""
+
+    needs_params = False
+
+
+@dataclass(frozen=True)
+class ZPlus(BasicRule):
+    """LRP-z+ (alpha=1, beta=0): only positive contributions x+ w+ and x- w- count."""
+
+    stabilizer: float = 1e-6
+
+    def passes(self):
+        return [(_positive, _param_positive), (_negative, _zero_bias(_param_negative))]
+
+    def mapper(self, out_grad, outputs, ops):
+        g = out_grad / stabilize(outputs[0] + outputs[1], self.stabilizer, ops)
+        return [g, g]
+
+    def reduce(self, inputs, grads, ops):
+        return inputs[0] * grads[0] + inputs[1] * grads[1]
+
+
+@dataclass(frozen=True)
+class AlphaBeta(BasicRule):
+    """LRP-alpha-beta: alpha times the positive minus beta times the negative
+    contributions, each normalised by its own total (alpha - beta = 1)."""
+
+    alpha: float = 2.0
+    beta: float = 1.0
+    stabilizer: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.alpha < 0 or self.beta < 0 or abs(self.alpha - self.beta - 1.0) > 1e-9:
+            raise ValueError("alpha-beta needs alpha, beta >= 0 and alpha - beta = 1")
+
+    def passes(self):
+        return [(_positive, _param_positive), (_negative, _zero_bias(_param_negative)),
+                (_positive, _param_negative), (_negative, _zero_bias(_param_positive))]
+
+    def mapper(self, out_grad, outputs, ops):
+        pos = out_grad / stabilize(outputs[0] + outputs[1], self.stabilizer, ops)
+        neg = out_grad / stabilize(outputs[2] + outputs[3], self.stabilizer, ops)
+        return [pos, pos, neg, neg]
+
+    def reduce(self, inputs, grads, ops):
+        return (self.alpha * (inputs[0] * grads[0] + inputs[1] * grads[1])
+                - self.beta * (inputs[2] * grads[2] + inputs[3] * grads[3]))
+
+
+@dataclass(frozen=True)
+class Gamma(BasicRule):
+    """Generalised LRP-gamma: positive weights boosted by gamma (for positive outputs;
+    negative ones for negative outputs), which favours positive evidence."""
+
+    gamma: float = 0.25
+    stabilizer: float = 1e-6
+
+    def passes(self):
+        g = self.gamma
+
+        def boost(lo, hi, zero_bias):
+            def param(p, name, ops):
+                if zero_bias and name == "bias":
+                    return ops.zeros_like(p)
+                return p + g * ops.clamp(p, lo=lo, hi=hi)
+            param.zero_bias = zero_bias
+            return param
+
+        return [(_positive, boost(0.0, None, False)), (_negative, boost(None, 0.0, True)),
+                (_positive, boost(None, 0.0, False)), (_negative, boost(0.0, None, True)),
+                (_same, _keep)]
+
+    def mapper(self, out_grad, outputs, ops):
+        zero = ops.zeros_like(out_grad)
+        pos = ops.where(outputs[4] > 0, out_grad / stabilize(outputs[0] + outputs[1], self.stabilizer, ops), zero)
+        neg = ops.where(outputs[4] < 0, out_grad / stabilize(outputs[2] + outputs[3], self.stabilizer, ops), zero)
+        return [pos, pos, neg, neg, None]
+
+    def reduce(self, inputs, grads, ops):
+        return sum(inputs[k] * grads[k] for k in range(4))
+
+
+@dataclass(frozen=True)
+class ZBox(BasicRule):
+    """LRP-z^B for the input layer of bounded pixels: ``low`` / ``high`` are the lowest
+    and highest model-input values per input channel (preprocessed 0 and 255)."""
+
+    low: tuple[float, ...] = (0.0,)
+    high: tuple[float, ...] = (1.0,)
+    stabilizer: float = 1e-6
+
+    def passes(self):
+        low, high = self.low, self.high
+        return [(_same, _keep),
+                (lambda x, ops: ops.per_channel(low, x), _param_positive),
+                (lambda x, ops: ops.per_channel(high, x), _param_negative)]
+
+    def mapper(self, out_grad, outputs, ops):
+        g = out_grad / stabilize(outputs[0] - outputs[1] - outputs[2], self.stabilizer, ops)
+        return [g, g, g]
+
+    def reduce(self, inputs, grads, ops):
+        return inputs[0] * grads[0] - inputs[1] * grads[1] - inputs[2] * grads[2]
+
+
+def _ones(t: Any, ops: Any) -> Any:
+    return ops.ones_like(t)
+
+
+@dataclass(frozen=True)
+class WSquare(BasicRule):
+    """LRP-w^2: relevance spread in proportion to the squared weights (input-independent)."""
+
+    stabilizer: float = 1e-6
+
+    def passes(self):
+        return [(_ones, lambda p, name, ops: p * p)]
+
+    def mapper(self, out_grad, outputs, ops):
+        return [out_grad / stabilize(outputs[0], self.stabilizer, ops)]
+
+    def reduce(self, inputs, grads, ops):
+        return grads[0]
+
+
+@dataclass(frozen=True)
+class Flat(BasicRule):
+    """LRP-flat: relevance spread uniformly over each output's receptive field."""
+
+    stabilizer: float = 1e-6
+
+    def passes(self):
+        return [(_ones, _zero_bias(lambda p, name, ops: ops.ones_like(p)))]
+
+    def mapper(self, out_grad, outputs, ops):
+        return [out_grad / stabilize(outputs[0], self.stabilizer, ops)]
+
+    def reduce(self, inputs, grads, ops):
+        return grads[0]
+
+
+# ------------------------------------------------------------------ elementwise rules
+
+class ElementwiseRule(Rule):
+    kind = "elementwise"
+    #: True: applies to ReLU-like activations only (others are reported as unapplied)
+    needs_relu = False
+
+    def backward(self, dy: Any, x: Any, act: ActSpec | None, ops: Any) -> Any:
+        """Signal below the activation, or None when the rule does not apply to it."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Pass(ElementwiseRule):
+    """The signal passes unchanged (LRP: activations, an unmerged BatchNorm)."""
+
+    def backward(self, dy, x, act, ops):
+        return dy
+
+
+@dataclass(frozen=True)
+class GuidedReLU(ElementwiseRule):
+    """Guided backpropagation: dy * [dy > 0] * f'(x), on ReLU-like activations only."""
+
+    needs_relu = True
+
+    def backward(self, dy, x, act, ops):
+        if act is None:
+            return None
+        zero = ops.zeros_like(dy)
+        deriv_ok = (x > act.threshold) if act.slope == 0.0 else None
+        g = ops.where(dy > 0, dy, zero)
+        if deriv_ok is not None:
+            g = ops.where(deriv_ok, g, zero)
+        else:   # leaky: slope below the threshold
+            g = ops.where(x > act.threshold, g, g * act.slope)
+        if act.upper != float("inf"):
+            g = ops.where(x < act.upper, g, zero)
+        return g
+
+
+@dataclass(frozen=True)
+class Deconvnet(ElementwiseRule):
+    """Deconvnet: dy * [dy > 0]; the activation's derivative is ignored."""
+
+    needs_relu = True
+
+    def backward(self, dy, x, act, ops):
+        if act is None:
+            return None
+        return ops.where(dy > 0, dy, ops.zeros_like(dy))
+
+
+# ------------------------------------------------------------------ framework-coded rules
+
+@dataclass(frozen=True)
+class Gate(Rule):
+    """Signal-take-all for ``y = a * g`` with a broadcast gate g ([N, C, 1, 1] attention,
+    squeeze-excite): all relevance goes to the operand of the output's shape, none to the
+    gate (Arras et al. 2017's rule for multiplicative gates)."""
+
+    kind = "gate"
+
+
+@dataclass(frozen=True)
+class StridedFix(Rule):
+    """Deconvnet's strided-artefact fix (Oramas et al. 2019): a convolution with stride
+    s > 1 back-projects the signal resized (nearest) to its stride-1 output size with
+    stride 1, instead of inserting zeros."""
+
+    kind = "strided-fix"
