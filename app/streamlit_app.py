@@ -30,9 +30,11 @@ PAGES = [
     ("app_pages/model.py", "Model", ":material/account_tree:"),
     ("app_pages/evaluate.py", "Evaluate", ":material/speed:"),
     ("app_pages/results.py", "Results", ":material/table_view:"),
+    ("app_pages/concepts.py", "Concepts", ":material/category:"),
 ]
 
-st.set_page_config(page_title="Neuroscope", page_icon=":material/visibility:", layout="wide")
+# a local file: a ":material/..." page icon makes the browser fetch the favicon from a font CDN
+st.set_page_config(page_title="Neuroscope", page_icon=str(Path(APP_DIR) / "assets" / "favicon.png"), layout="wide")
 navigation = st.navigation([st.Page(path, title=title, icon=icon, default=i == 0)
                             for i, (path, title, icon) in enumerate(PAGES)])
 st.sidebar.title("Neuroscope")

@@ -152,8 +152,9 @@ def outline(image: np.ndarray, mask: np.ndarray, colour=(255, 255, 0), width: in
 
 
 def filter_grid(acts: np.ndarray, order: np.ndarray | None = None, cols: int = 8, tile: int = 96,
-                cmap: str = "viridis", pad: int = 2) -> np.ndarray:
-    """Channels [K, h, w] -> one RGB grid image, each tile min-max scaled on its own."""
+                cmap: str = "viridis", pad: int = 2, numbers: bool = False) -> np.ndarray:
+    """Channels [K, h, w] -> one RGB grid image, each tile min-max scaled on its own;
+    `numbers` writes each tile's channel index in its corner."""
     k = acts.shape[0]
     order = np.arange(k) if order is None else np.asarray(order)
     rows = max(1, int(np.ceil(len(order) / cols)))
@@ -166,6 +167,17 @@ def filter_grid(acts: np.ndarray, order: np.ndarray | None = None, cols: int = 8
         tile_img = colorize((a - lo) / (hi - lo) if hi > lo else np.zeros_like(a), cmap)
         r, c = divmod(i, cols)
         grid[pad + r * (th + pad): pad + r * (th + pad) + th, pad + c * (tw + pad): pad + c * (tw + pad) + tw] = tile_img
+    if numbers:
+        from PIL import ImageDraw
+        canvas = Image.fromarray(grid)
+        draw = ImageDraw.Draw(canvas)
+        for i, ch in enumerate(order):
+            r, c = divmod(i, cols)
+            x, y = pad + c * (tw + pad), pad + r * (th + pad)
+            text = str(int(ch))
+            draw.rectangle([x, y, x + 6 * len(text) + 3, y + 11], fill=(0, 0, 0))
+            draw.text((x + 2, y), text, fill=(255, 255, 255))
+        grid = np.asarray(canvas)
     return grid
 
 

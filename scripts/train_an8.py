@@ -1,11 +1,11 @@
-"""Train the an8-parts classifier on the an8 set and convert it to Keras.
+"""Train the roofsign-an8 classifier on the an8 set and convert it to Keras.
 
     nice -n 10 python scripts/train_an8.py [--train 6000] [--minutes 15]
 
 Seeded (torch and the generator), one thread (the machine is shared). Training seeds
 0..N-1, held-out test seeds from an8.TEST_SEED0 (1000 images). Stops at --minutes or when
 the held-out accuracy reaches --target after an epoch. Writes
-assets/weights/an8-parts.pth and assets/weights/an8-parts.keras (the Keras twin, weights
+assets/weights/roofsign-an8.pth and assets/weights/roofsign-an8.keras (the Keras twin, weights
 copied by name, reloaded with safe_mode=True and its logits checked against torch) and
 prints a JSON line with the accuracy, epochs and time (for the model card).
 """
@@ -46,11 +46,11 @@ def accuracy(model, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--train", type=int, default=6000)
+    ap.add_argument("--train", type=int, default=4000)
     ap.add_argument("--test", type=int, default=1000)
     ap.add_argument("--minutes", type=float, default=15.0)
     ap.add_argument("--target", type=float, default=0.985)
-    ap.add_argument("--out", default=str(ROOT / "assets" / "weights" / "an8-parts"))
+    ap.add_argument("--out", default=str(ROOT / "assets" / "weights" / "roofsign-an8"))
     args = ap.parse_args()
     os.nice(10)
     torch.set_num_threads(1)
@@ -62,7 +62,7 @@ def main() -> int:
     x_test, y_test = to_input(xt), torch.from_numpy(yt)
     print(f"data: {len(x_train)} train, {len(x_test)} test in {time.time() - t0:.0f} s", flush=True)
     model = An8Net(4)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     loss_fn = nn.CrossEntropyLoss()
     g = torch.Generator().manual_seed(0)
     epoch, acc = 0, 0.0
@@ -79,7 +79,7 @@ def main() -> int:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         acc = accuracy(model, x_test, y_test)
         print(f"epoch {epoch}: loss {total / len(order):.4f}, held-out accuracy {acc:.4f}, "
               f"{time.time() - t0:.0f} s", flush=True)

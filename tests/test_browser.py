@@ -324,8 +324,9 @@ def test_a_detour_through_upload_keeps_the_choices(page):
     assert summary.inner_text() == before                       # same image, same clicked region
     assert sidebar.get_by_label("Scene seed").input_value() == str(SCENE_SEED)
     assert layer.inner_text() == chosen
-    assert [c.split(" · ")[0] for c in page.locator(
-        '.st-key-overlays [data-testid="stImageCaption"]').all_inner_texts()] == ["grad-cam", "saliency"]
+    captions = page.locator('.st-key-overlays [data-testid="stImageCaption"]')
+    expect(captions).to_have_count(2, timeout=TIMEOUT_MS)
+    assert [c.split(" · ")[0] for c in captions.all_inner_texts()] == ["grad-cam", "saliency"]
     no_errors(page)
 
 
@@ -371,3 +372,14 @@ def test_results_page_opens_a_row_in_explain(page, server):
         "grad-cam", timeout=TIMEOUT_MS)
     wait_idle(page)
     no_errors(page)
+
+
+def test_concepts_page_shows_the_relevant_filters_of_the_class_with_atlas_crops(page, server):
+    from playwright.sync_api import expect
+    go(page, "Concepts")
+    if server["model"] == "drivescene-seg":   # its bundled interpretation
+        expect(page.locator(".st-key-concepts_atlas [data-testid='stImage']").first).to_be_visible(timeout=TIMEOUT_MS)
+        expect(page.get_by_text(re.compile(r"relevant filters of"))).to_be_visible()
+    wait_idle(page)
+    no_errors(page)
+    page.screenshot(path=str(ARTIFACTS / "concepts.png"))

@@ -10,6 +10,7 @@ from dashboard.state import KEEP, Keys
 from neuroscope import render
 from neuroscope.errors import NeuroscopeError
 from neuroscope.interactive import channel_order, channel_stats
+from neuroscope.interpret.concepts import relevant_channels
 
 SORTS = {"importance": "importance for the target", "activation": "mean activation", "index": "channel index"}
 GRID_COLS = 8
@@ -39,7 +40,7 @@ def filter_grid(sel: state.Selection, acts: np.ndarray, order: np.ndarray, mean_
                                   key=Keys.scoped("layers_page", sel.model_key, sel.layer, per_page), **KEEP))
     cmap = c3.selectbox("Tile colormap", ["viridis", "inferno", "gray", "jet"], key="layers_cmap", **KEEP)
     shown = order[(page_no - 1) * per_page: page_no * per_page]
-    grid = render.filter_grid(acts, shown, cols=GRID_COLS, tile=96, cmap=cmap)
+    grid = render.filter_grid(acts, shown, cols=GRID_COLS, tile=96, cmap=cmap, numbers=True)
     rows = -(-len(shown) // GRID_COLS)
     key = channel_key(sel)
 
@@ -104,6 +105,11 @@ def page(sel: state.Selection) -> None:
     except NeuroscopeError as exc:
         st.error(f"{exc}")
         return
+    marks = relevant_channels(ex, sel.layer, sel.resolved.class_name)
+    if marks:   # the model's interpretation (Concepts page) lists these for the class
+        st.markdown(f"Relevant filters of **{sel.resolved.class_name}** in this layer (model interpretation, "
+                    "see Concepts): " + ", ".join(map(str, marks)))
+        state.session().shown["layers_relevant"] = marks
     sort = st.radio("Sort channels by", list(SORTS), format_func=SORTS.get, horizontal=True, key="layers_sort",
                     **KEEP)
     filter_grid(sel, acts, channel_order(sort, mean_act, importance), mean_act, importance, sort)

@@ -37,8 +37,10 @@ def page(sel: state.Selection) -> None:
             hide_index=True, width="stretch")
         st.subheader("Classes")
         table = pd.DataFrame({"id": range(len(ex.classes)), "name": ex.classes})
-        if ex.task == "segmentation":
-            table["colour"] = [charts.hex_colour(c) for c in ex.palette[: len(ex.classes)]]
+        if ex.task == "segmentation":   # the colour as a swatch, not as hex text
+            colours = [charts.hex_colour(c) for c in ex.palette[: len(ex.classes)]]
+            table["colour"] = ""
+            table = table.style.apply(lambda col: [f"background-color: {c}" for c in colours], subset=["colour"])
         st.dataframe(table, hide_index=True, width="stretch", height=320)
     with right:
         st.subheader("Architecture")

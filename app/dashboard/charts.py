@@ -73,15 +73,15 @@ def confusion_heatmap(matrix: np.ndarray, names: list[str], counts: np.ndarray) 
                 "pixels": int(counts[t, p])} for t in rows for p in rows]
     df = pd.DataFrame.from_records(records)
     base = alt.Chart(df).encode(
-        x=alt.X("predicted:N", sort=used, axis=alt.Axis(labelOverlap=False)),
-        y=alt.Y("truth:N", sort=used, axis=alt.Axis(labelOverlap=False)),
+        x=alt.X("predicted:N", sort=used, axis=alt.Axis(labelOverlap=False, labelAngle=-45, labelLimit=160)),
+        y=alt.Y("truth:N", sort=used, axis=alt.Axis(labelOverlap=False, labelLimit=160)),
         tooltip=["truth", "predicted", alt.Tooltip("fraction:Q", format=".1%"), "pixels:Q"])
     heat = base.mark_rect().encode(color=alt.Color("fraction:Q", scale=alt.Scale(scheme="blues", domain=[0, 1])))
     text = base.mark_text(fontSize=9).encode(
         text=alt.Text("fraction:Q", format=".0%"),
         color=alt.condition(alt.datum.fraction > 0.5, alt.value("white"), alt.value("black")),
         opacity=alt.condition(alt.datum.fraction >= 0.005, alt.value(1), alt.value(0)))
-    size = max(240, 26 * len(used))
+    size = max(420, 34 * len(used))      # cells large enough for their percentages
     return (heat + text).properties(width=size, height=size)
 
 

@@ -38,8 +38,10 @@ def target_picture(sel: state.Selection, bound: tuple[int, int] = MAX_DISPLAY) -
     pic = shown(sel.image, bound)
     if sel.resolved is not None and sel.resolved.mask is not None and not sel.resolved.mask.all():
         pic = render.outline(pic, resize_labels(sel.resolved.mask, pic.shape[:2]), colour=(255, 255, 0), width=2)
-    if sel.clicks:
-        pic = render.mark_points(pic, to_display(sel.clicks, sel.image.shape[:2], pic.shape[:2]), colour=(255, 0, 255))
+    mode = state.choice(state.Keys.REGION_MODE)
+    points = sel.clicks[-1:] if mode == "clicked" else sel.clicks[-2:] if mode == "box" else []
+    if points:   # only the clicks the region uses
+        pic = render.mark_points(pic, to_display(points, sel.image.shape[:2], pic.shape[:2]), colour=(255, 0, 255))
     return pic
 
 
@@ -63,7 +65,7 @@ UNITS = {
     "cam": "class activation (relative units)",
     "activation": "activation",
     "gradient": "gradient of the target score",
-    "perturbation": "change of the target score",
+    "perturbation": "drop of the target score",
     "feature": "feature relevance (relative units)",
     "segmentation": "relevance for the region (relative units)",
     "evidence": "evidence for the target (score units)",
@@ -114,13 +116,13 @@ class Display:
         lo, hi, symmetric = render.scale_range(m, sign, self.percentile)
         unit = UNITS.get(family, "relevance")
         if symmetric:
-            label = f"{unit}: red raises the target score, blue lowers it"
+            label = f"{unit}: red raises it, blue lowers it"
         elif signed and sign != "both":
             label = f"{unit}, {'positive' if sign == 'positive' else 'negative (as magnitude)'} part only"
         else:
             label = unit
         if self.percentile < 100:
-            label += f"; clipped at the {self.percentile:g}th percentile"
+            label += f" (clip {self.percentile:g}%)"
         return state.memo("legend", (self, signed, family, width), lambda: render.colorbar(
             self.colormap(signed), lo, hi, width=width, label=label, symmetric=symmetric), refs=(m,), size=24)
 

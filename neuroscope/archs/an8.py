@@ -1,13 +1,13 @@
-"""The an8-parts classifier: a small plain CNN for the an8 set (`neuroscope.synth.an8`),
+"""The roofsign-an8 classifier: a small plain CNN for the an8 set (`neuroscope.synth.an8`),
 in torch and as its Keras twin with the same layer names (weights copied by name with
 `neuroscope.convert.copy_torch_weights`).
 
-    features.0  conv 3->16, 3x3          features.1 ReLU   (stride 1)
-    features.2  conv 16->32, 3x3, s2     features.3 ReLU   (stride 2)
-    features.4  conv 32->64, 3x3, s2     features.5 ReLU   (stride 4)
-    features.6  conv 64->64, 3x3         features.7 ReLU   (stride 4)
-    features.8  conv 64->128, 3x3, s2    features.9 ReLU   (stride 8)
-    pool (global average) -> fc 128 -> 4
+    features.0  conv 3->16, 3x3          features.1 BN   features.2 ReLU    (stride 1)
+    features.3  conv 16->32, 3x3, s2     features.4 BN   features.5 ReLU    (stride 2)
+    features.6  conv 32->64, 3x3, s2     features.7 BN   features.8 ReLU    (stride 4)
+    features.9  conv 64->64, 3x3         features.10 BN  features.11 ReLU   (stride 4)
+    features.12 conv 64->128, 3x3, s2    features.13 BN  features.14 ReLU   (stride 8)
+    pool (global MAX: the class is one small part somewhere) -> fc 128 -> 4
 """
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ class An8Net(nn.Module):
         super().__init__()
         layers = []
         for cin, cout, stride in CHANNELS:
-            layers += [nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.ReLU()]
+            layers += [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
         self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = nn.AdaptiveMaxPool2d(1)
         self.fc = nn.Linear(CHANNELS[-1][1], num_classes)
 
     def forward(self, x):
@@ -47,11 +47,12 @@ def keras_an8_net(num_classes: int = 4, input_shape: tuple = (96, 96, 3)):
     x = inp = keras.Input(input_shape, name="input")
     for i, (_, cout, stride) in enumerate(CHANNELS):
         if stride == 1:
-            x = L.Conv2D(cout, 3, padding="same", name=f"features.{2 * i}")(x)
+            x = L.Conv2D(cout, 3, padding="same", use_bias=False, name=f"features.{3 * i}")(x)
         else:   # torch's padding=1 with stride 2: pad both sides, then a valid conv
-            x = L.ZeroPadding2D(1, name=f"features.{2 * i}.pad")(x)
-            x = L.Conv2D(cout, 3, strides=stride, name=f"features.{2 * i}")(x)
-        x = L.ReLU(name=f"features.{2 * i + 1}")(x)
-    x = L.GlobalAveragePooling2D(name="pool")(x)
+            x = L.ZeroPadding2D(1, name=f"features.{3 * i}.pad")(x)
+            x = L.Conv2D(cout, 3, strides=stride, use_bias=False, name=f"features.{3 * i}")(x)
+        x = L.BatchNormalization(epsilon=1e-5, name=f"features.{3 * i + 1}")(x)
+        x = L.ReLU(name=f"features.{3 * i + 2}")(x)
+    x = L.GlobalMaxPooling2D(name="pool")(x)
     x = L.Dense(num_classes, name="fc")(x)
     return keras.Model(inp, x, name="an8_parts")

@@ -221,18 +221,20 @@ def bn_pairs(backend: Any) -> dict[str, str]:
 def _basic_backward(rule, fn: Callable, params: tuple, xs: tuple, relevance: torch.Tensor) -> list:
     # A pass on the negative part of inputs without negatives (after a ReLU) with a zero
     # bias outputs exactly 0 and adds exactly 0: skipped (half of z+ / alpha-beta / gamma)
-    no_negatives = None
+    passes = rule.passes()
+    no_negatives = any(getattr(m, "negative_part", False) for m, _ in passes) \
+        and all(not bool((x < 0).any()) for x in xs)
     with torch.enable_grad():
         ins, outs = [], []
-        for in_mod, param_mod in rule.passes():
-            if getattr(in_mod, "negative_part", False) and getattr(param_mod, "zero_bias", False):
-                if no_negatives is None:
-                    no_negatives = all(not bool((x < 0).any()) for x in xs)
-                if no_negatives:
-                    ins.append(None)
-                    outs.append(0.0)
-                    continue
-            xi = [in_mod(x.detach(), OPS).detach().requires_grad_(True) for x in xs]
+        for in_mod, param_mod in passes:
+            if no_negatives and getattr(in_mod, "negative_part", False) and getattr(param_mod, "zero_bias", False):
+                ins.append(None)
+                outs.append(0.0)
+                continue
+            if no_negatives and getattr(in_mod, "positive_part", False):
+                xi = [x.detach().requires_grad_(True) for x in xs]   # x >= 0: its own positive part
+            else:
+                xi = [in_mod(x.detach(), OPS).detach().requires_grad_(True) for x in xs]
             if rule.needs_params and params:
                 w, b = params
                 w = param_mod(w, "weight", OPS)

@@ -125,12 +125,27 @@ def photo_items() -> list[EvalItem]:
     return items
 
 
+# ----------------------------------------------------------------- an8 set
+def an8_items(n: int = 40) -> list[EvalItem]:
+    """Held-out an8 images (`neuroscope.synth.an8`, seeds from TEST_SEED0): the true class,
+    evidence = the exact mask of the class-discriminative part (the roof sign)."""
+    from ..synth.an8 import CLASSES, TEST_SEED0, an8_sample
+    from ..targets import Target
+    items = []
+    for seed in range(TEST_SEED0, TEST_SEED0 + n):
+        s = an8_sample(seed)
+        items.append(EvalItem(f"an8-{seed}", s.image, Target.classification(CLASSES[s.label]), s.part))
+    return items
+
+
 EVAL_SETS: dict[str, EvalSet] = {
     s.name: s for s in (
         EvalSet("drivescene-eval", "segmentation", "12 generated street scenes, one car or traffic sign each",
                 lambda: drivescene_items(12)),
         EvalSet("drivescene-mini", "segmentation", "the first 3 scenes of drivescene-eval", lambda: drivescene_items(3)),
         EvalSet("photos-eval", "classification", "bundled ImageNet photos with hand-drawn object boxes", photo_items),
+        EvalSet("an8-eval", "classification", "40 held-out an8 cars (class = roof-sign colour); evidence: the sign",
+                lambda: an8_items(40)),
     )
 }
 

@@ -6,7 +6,7 @@ import time
 
 
 def add_arguments(c) -> None:
-    c.add_argument("--set", dest="interp_set", help="drivescene-train | imagenet-samples")
+    c.add_argument("--set", dest="interp_set", help="drivescene-train | imagenet-samples | an8-train")
     c.add_argument("--images", help="folder of images (instead of --set)")
     c.add_argument("--labels", help="folder of label maps <stem>_labels.png (segmentation) or labels.json (classification)")
     c.add_argument("--out", required=True, help="output folder (a rerun continues an unfinished run)")

@@ -36,7 +36,8 @@ MAX_IMAGES = 20000
 ACTIVATION_TYPES = ("ReLU", "ReLU6", "LeakyReLU", "PReLU", "ELU", "GELU", "SiLU", "Hardswish", "Activation")
 TRAIN_SCENES = 500               # drivescene-train: seeds 0..499 (the segmenter's training seeds)
 SETS = {"drivescene-train": "generated street scenes (seeds 0..N-1, 256x512; the segmenter's training seeds)",
-        "imagenet-samples": "the bundled photos in assets/images (labels: the model's top-1)"}
+        "imagenet-samples": "the bundled photos in assets/images (labels: the model's top-1)",
+        "an8-train": "an8 cars (neuroscope.synth.an8, training seeds 0..N-1, default 500; labels: the true class)"}
 
 
 def default_layers(layers) -> list[str]:
@@ -76,6 +77,13 @@ def set_items(name: str | None, images: str | None = None, labels: str | None = 
                 from ..synth import generate_scene
                 return generate_scene(seed).image
             return [Item(f"scene-{s}", lambda s=s: scene(s)) for s in range(n)], {"set": name, "count": n}
+        if name == "an8-train":
+            n = 500 if count is None else count
+            if not 1 <= n <= MAX_IMAGES:
+                raise BadParameter(f"--count must be 1..{MAX_IMAGES}, got {n}")
+            from ..synth.an8 import an8_sample
+            return ([Item(f"an8-{s}", lambda s=s: an8_sample(s).image, lambda s=s: an8_sample(s).label)
+                     for s in range(n)], {"set": name, "count": n})
         if name == "imagenet-samples":
             paths = sorted(p for p in (ASSETS / "images").iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
             paths = paths[:count] if count else paths

@@ -138,24 +138,41 @@ def _torch_backproject(backend, x, picks, rule, layers):
 
 
 def _keras_backproject(backend, x, picks, rule, layers):
+    """A traced forward for the activations, the picks, then ONE traced call per pick count:
+    a forward to the layers and one backward per pick from a persistent tape (the top
+    signal of pick i is dense per layer: its channel's activation x weight, zeros elsewhere)."""
     import keras
     import tensorflow as tf
+    layers = list(layers)
+    _, outs = _keras_outputs(backend, x, layers)
+    acts = {n: outs[n][0] for n in layers}
+    chosen = list(picks(acts))
+    if not chosen:
+        return acts, []
     graph = backend._graph(rule)
     idx = [graph.tensor_index[backend._layer_pos[n]] for n in layers]
-    model = _keras_model(backend, ("backproject", rule, tuple(layers)), lambda: keras.Model(
-        graph.model.inputs, [graph.model.outputs[1 + i] for i in idx]))
+    n = len(chosen)
+
+    def build():
+        model = keras.Model(graph.model.inputs, [graph.model.outputs[1 + i] for i in idx])
+        H, W = backend.input_size
+        specs = [tf.TensorSpec([1, H, W, backend._channels], tf.float32)]
+        specs += [tf.TensorSpec([n, *acts[l].shape[1:], acts[l].shape[0]], tf.float32) for l in layers]
+
+        @tf.function(input_signature=specs, autograph=False)
+        def fn(xb, *tops):
+            with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
+                tape.watch(xb)
+                a = keras.tree.flatten(model(xb, training=False))
+                ys = [tf.add_n([tf.reduce_sum(o[0] * t[i]) for o, t in zip(a, tops)]) for i in range(n)]
+            return tf.stack([tape.gradient(y, xb)[0] for y in ys])
+        return fn
+
+    fn = _keras_model(backend, ("backproject", rule, tuple(layers), n), build)
+    tops = {l: np.zeros((n, *acts[l].shape[1:], acts[l].shape[0]), np.float32) for l in layers}
+    for i, (layer, channel, weight) in enumerate(chosen):
+        a = acts[layer][channel]
+        tops[layer][i, :, :, channel] = a if weight is None else a * weight
     with tf.device(backend.device):
-        xb = backend._batch(x, single=True)
-        with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
-            tape.watch(xb)
-            outs = keras.tree.flatten(model(xb, training=False))
-            acts = {n: np.moveaxis(o.numpy()[0], -1, 0) for n, o in zip(layers, outs)}
-            chosen = list(picks(acts))
-            ys = []
-            for layer, channel, weight in chosen:
-                a = outs[list(layers).index(layer)][0, :, :, channel]
-                top = tf.stop_gradient(a) if weight is None else tf.stop_gradient(a) * tf.constant(weight, a.dtype)
-                ys.append(tf.reduce_sum(a * top))
-        grads = [tape.gradient(y, xb)[0].numpy() for y in ys]
-        del tape
-    return acts, grads
+        grads = fn(backend._batch(x, single=True), *[tf.constant(tops[l]) for l in layers]).numpy()
+    return acts, list(grads)

@@ -64,6 +64,7 @@ def _negative(t: Any, ops: Any) -> Any:
 
 
 _negative.negative_part = True   # backends may skip a zero-bias pass when the input has no negatives
+_positive.positive_part = True   # ... and take the input itself as its positive part
 
 
 def _param_positive(p: Any, name: str, ops: Any) -> Any:

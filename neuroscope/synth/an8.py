@@ -40,7 +40,8 @@ def _jitter(rng, colour, amount=18.0):
 def an8_sample(seed: int, size: tuple[int, int] = SIZE, label: int | None = None) -> An8Sample:
     rng = np.random.default_rng([seed, 8])
     H, W = size
-    label = int(rng.integers(len(CLASSES))) if label is None else int(label)
+    drawn = int(rng.integers(len(CLASSES)))     # always drawn: a given label changes nothing else
+    label = drawn if label is None else int(label)
     yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
     # background: sky gradient above a horizon, ground below, a few blobs of clutter
     horizon = rng.uniform(0.45, 0.7) * H
