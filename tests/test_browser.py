@@ -146,6 +146,10 @@ def page(chromium_path, server):
         try:
             context = browser.new_context(viewport={"width": 1440, "height": 1180}, accept_downloads=True)
             pg = context.new_page()
+            outside: list[str] = []     # every asset must come from the app's own server
+            pg.on("request", lambda r: None if r.url.startswith(("http://127.0.0.1", "data:", "blob:"))
+                  else outside.append(r.url))
+            pg.outside = outside
             pg.goto(server["url"])
             yield pg
         finally:
@@ -223,6 +227,8 @@ def test_click_a_car_and_compare_two_methods(page, server):
         expect(pictures.nth(i)).to_have_js_property("complete", True, timeout=TIMEOUT_MS)
         assert pictures.nth(i).evaluate("img => img.naturalWidth") > 0
     no_errors(page)
+
+    assert page.outside == [], page.outside          # favicon and fonts served locally, no CDN
 
     shot = ARTIFACTS / "explain.png"
     page.screenshot(path=str(shot))
