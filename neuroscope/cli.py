@@ -67,8 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     v = command("evaluate", "faithfulness and localisation metrics of methods", model=True)
     v.add_argument("image", nargs="?")
     v.add_argument("--set", dest="eval_set")
-    v.add_argument("--methods", required=True)
+    v.add_argument("--methods")
     v.add_argument("--sanity", action="store_true")
+    v.add_argument("--parts", action="store_true", help="Harada's validity check of part contributions")
+    v.add_argument("--objects", type=int, default=100, help="--parts: generated objects to evaluate")
     v.add_argument("--dataset", help="a folder (glob, list) of images: metrics through the batch machinery")
     v.add_argument("--labels", help="with --dataset: folder of label PNGs (<stem>_labels.png): model IoU, confusion")
     from .batch.cli import add_engine_arguments
@@ -78,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     batch_arguments(command("batch", "explain every image of a folder, glob, list or video", model=True))
     from .interpret.cli import add_arguments as interpret_arguments
     interpret_arguments(command("interpret", "find the relevant filters of each class (Oramas et al.)", model=True))
+    y = command("synth", "write generated street scenes with labels, instances and parts")
+    y.add_argument("--seed", type=int, required=True)
+    y.add_argument("--count", type=int, required=True)
+    y.add_argument("--out", required=True)
+    y.add_argument("--size", type=_size, default=(256, 512), help="HxW (default 256x512)")
+    pa = command("parts", "part contributions of a clicked object (segmentation)", model=True, image=True)
+    pa.add_argument("--region", required=True, help="X,Y (a pixel of the object) or X0,Y0,X1,Y1")
+    pa.add_argument("--class", dest="class_id", help="class id or exact name (default: the class at the pixel)")
     return p
 
 
@@ -337,7 +347,22 @@ def cmd_bench(args):
 
 
 def cmd_evaluate(args):
+    if args.parts:
+        from .evaluation.parts import run_cli as run_parts
+        return run_parts(args)
+    if not args.methods:
+        raise CliError("evaluate needs --methods (or --parts)")
     from .evaluation.cli import run_cli
+    return run_cli(args)
+
+
+def cmd_synth(args):
+    from .synth.cli import run_cli
+    return run_cli(args)
+
+
+def cmd_parts(args):
+    from .parts.cli import run_cli
     return run_cli(args)
 
 
@@ -353,7 +378,8 @@ def cmd_interpret(args):
 
 
 COMMANDS = {"batch": cmd_batch, "models": cmd_models, "layers": cmd_layers, "methods": cmd_methods, "predict": cmd_predict,
-            "explain": cmd_explain, "bench": cmd_bench, "evaluate": cmd_evaluate, "interpret": cmd_interpret}
+            "explain": cmd_explain, "bench": cmd_bench, "evaluate": cmd_evaluate, "interpret": cmd_interpret,
+            "synth": cmd_synth, "parts": cmd_parts}
 
 
 if __name__ == "__main__":

@@ -404,3 +404,20 @@ def test_a_slow_method_waits_for_compute_and_cancel_stops_it(monkeypatch):
     assert "occlusion" not in shown(at, "maps")
     assert any("Cancelled after" in w.value for w in at.warning)
     assert ex.stats["explain"] - before <= 2                           # grad-cam at the new layer (+ occlusion)
+
+
+def test_a_click_on_the_gallery_sheet_picks_the_picture_under_it(monkeypatch):
+    monkeypatch.syspath_prepend(str(APP.parent))
+    from dashboard import state
+    names = state.gallery_names("classification")
+    sheet = state.gallery_sheet(tuple(names))
+    rows = -(-len(names) // state.GALLERY_COLS)
+    h, w = state.GALLERY_TILE
+    assert sheet.shape[:2] == (rows * h, state.GALLERY_COLS * w)
+    shown_w, shown_h = sheet.shape[1] / 2, sheet.shape[0] / 2      # displayed at half size
+    for i in range(len(names)):
+        r, c = divmod(i, state.GALLERY_COLS)
+        click = {"x": (c + 0.5) * shown_w / state.GALLERY_COLS, "y": (r + 0.5) * shown_h / rows,
+                 "width": shown_w, "height": shown_h}
+        assert state.gallery_index(click, len(names)) == i
+    assert state.gallery_index(None, len(names)) is None

@@ -146,6 +146,10 @@ def page(chromium_path, server):
         try:
             context = browser.new_context(viewport={"width": 1440, "height": 1180}, accept_downloads=True)
             pg = context.new_page()
+            outside: list[str] = []     # every asset must come from the app's own server
+            pg.on("request", lambda r: None if r.url.startswith(("http://127.0.0.1", "data:", "blob:"))
+                  else outside.append(r.url))
+            pg.outside = outside
             pg.goto(server["url"])
             yield pg
         finally:
@@ -224,10 +228,26 @@ def test_click_a_car_and_compare_two_methods(page, server):
         assert pictures.nth(i).evaluate("img => img.naturalWidth") > 0
     no_errors(page)
 
+    assert page.outside == [], page.outside          # favicon and fonts served locally, no CDN
+
     shot = ARTIFACTS / "explain.png"
     page.screenshot(path=str(shot))
     if os.environ.get("NEUROSCOPE_UPDATE_SCREENSHOT"):  # refresh the README picture on demand
         shutil.copyfile(shot, SCREENSHOT)
+
+    # the Parts view of the clicked car: parts outlined, shares beside drops, the Spearman sentence
+    parts = page.locator(".st-key-parts_view")
+    expect(parts).to_contain_text("Spearman(share, drop)", timeout=TIMEOUT_MS)
+    expect(parts.locator('[data-testid="stImage"] img')).to_have_count(1)
+    expect(parts.locator('[data-testid="stVegaLiteChart"]')).to_have_count(1)
+    if server["model"] == "drivescene-seg":
+        from neuroscope.parts import part_contributions
+        from neuroscope.targets import Target
+        want = part_contributions(engine, image, Target.segmentation(region=(x, y))).spearman
+        shown = re.search(r"Spearman\(share, drop\) = ([+-]\d\.\d\d)", parts.inner_text()).group(1)
+        assert shown == f"{want:+.2f}", (shown, want)
+    no_errors(page)
+    page.screenshot(path=str(ARTIFACTS / "parts.png"), full_page=True)
 
 
 def test_downloads_arrive_with_the_maps_and_this_sessions_target(page, tmp_path):

@@ -96,12 +96,14 @@ def test_files_round_trip(tmp_path):
     s = generate_scene(42)
     paths = save_scene(s, tmp_path / "scene-42")
     assert sorted(p.name for p in paths.values()) == [
-        "scene-42.png", "scene-42_instances.json", "scene-42_instances.png", "scene-42_labels.png"]
+        "scene-42.png", "scene-42_instances.json", "scene-42_instances.png", "scene-42_labels.png",
+        "scene-42_parts.png"]
     assert Image.open(paths["labels"]).mode == "L"
     assert Image.open(paths["instances"]).mode.startswith("I;16")
     objects = json.loads(paths["objects"].read_text())
-    assert objects == s.objects and all(set(o) == {"id", "class_id", "bbox"} for o in objects)
+    assert objects == s.objects and all(set(o) == {"id", "class_id", "bbox", "parts"} for o in objects)
     back = load_scene(tmp_path / "scene-42")
     assert np.array_equal(back.image, s.image)
     assert np.array_equal(back.labels, s.labels)
     assert np.array_equal(back.instances, s.instances)
+    assert np.array_equal(back.parts, s.parts)

@@ -6,7 +6,7 @@ from typing import Callable
 
 import streamlit as st
 
-from dashboard import charts, exports, jobs, state, views
+from dashboard import charts, exports, jobs, parts_view, state, views
 from dashboard.state import KEEP, Keys
 from neuroscope.errors import NeuroscopeError
 from neuroscope.interactive import cost, duration, interactive_params, methods_for, prefetch_layers, record_run
@@ -213,6 +213,7 @@ def page(sel: state.Selection) -> None:
     shown["maps"] = {m: r.map for m, r in results.items()}
     if results:
         exports.download_buttons(sel, results, overlays)
+    parts_view.render(sel)   # the clicked object's parts, their shares and drops (Harada et al.)
 
 
 state.show(page)

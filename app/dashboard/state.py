@@ -323,6 +323,51 @@ def thumbnails(names: tuple[str, ...], height: int = 72) -> list[np.ndarray]:
     return out
 
 
+GALLERY_COLS = 2
+GALLERY_TILE = (72, 128)    # (H, W) of one thumbnail cell in the clickable gallery
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def gallery_sheet(names: tuple[str, ...]) -> np.ndarray:
+    """The gallery's thumbnails in a GALLERY_COLS-wide grid of equal cells (white padding)."""
+    from neuroscope.images import resize_rgb
+    h, w = GALLERY_TILE
+    rows = -(-len(names) // GALLERY_COLS)
+    sheet = np.full((rows * h, GALLERY_COLS * w, 3), 255, np.uint8)
+    for i, name in enumerate(names):
+        img = gallery_image(name)
+        s = min(h / img.shape[0], w / img.shape[1])
+        small = resize_rgb(img, (max(1, round(img.shape[0] * s)), max(1, round(img.shape[1] * s))))
+        r, c = divmod(i, GALLERY_COLS)
+        y, x = r * h + (h - small.shape[0]) // 2, c * w + (w - small.shape[1]) // 2
+        sheet[y:y + small.shape[0], x:x + small.shape[1]] = small
+    return sheet
+
+
+def gallery_index(value: dict | None, count: int) -> int | None:
+    """The thumbnail under a click on the gallery sheet (displayed pixels), or None."""
+    if not value or "x" not in value:
+        return None
+    rows = -(-count // GALLERY_COLS)
+    col = min(GALLERY_COLS - 1, int(value["x"] / max(1.0, float(value.get("width") or 1)) * GALLERY_COLS))
+    row = min(rows - 1, int(value["y"] / max(1.0, float(value.get("height") or 1)) * rows))
+    i = row * GALLERY_COLS + col
+    return i if 0 <= i < count else None
+
+
+def gallery_grid(names: list[str], key: str) -> None:
+    """Clickable thumbnails: a click chooses that bundled image (the selectbox follows)."""
+    from streamlit_image_coordinates import streamlit_image_coordinates
+
+    def on_click() -> None:
+        i = gallery_index(st.session_state.get("gallery_click"), len(names))
+        if i is not None:
+            set_choice(key, names[i])
+    streamlit_image_coordinates(gallery_sheet(tuple(names)), key="gallery_click", width="stretch",
+                                on_click=on_click, cursor="pointer")
+    st.caption(" · ".join(names))
+
+
 def scene_generator() -> Callable | None:
     """`neuroscope.synth.generate_scene` when the generator is installed, else None."""
     try:
@@ -357,8 +402,8 @@ def _pick_image(sb, task: str, quiet: bool = False) -> tuple[np.ndarray, str, st
         name = sb.selectbox("Bundled image", names, key=Keys.gallery(task), **KEEP)
         if quiet:
             return None
-        with sb.expander("Gallery"):
-            st.image(thumbnails(tuple(names)), caption=names)
+        with sb.expander("Gallery (click a picture)"):
+            gallery_grid(names, Keys.gallery(task))
         try:
             return gallery_image(name), f"gallery:{name}", name, gallery_truth(name)
         except NeuroscopeError as exc:
@@ -474,7 +519,7 @@ def _pick_target(sb, ex: Explainer, pred, model_key: str, image_key: str,
 def _layer_label(info) -> Callable[[str], str]:
     def fmt(n: str) -> str:
         l = info[n]
-        return f"{n} · {l.type} · {'×'.join(map(str, l.shape))} · stride {l.stride}"
+        return f"{n} · {l.type} · {l.shape[0]} ch · /{l.stride}"
     return fmt
 
 

@@ -205,6 +205,14 @@ class _Mask(keras.layers.Layer):
         return input_shape
 
 
+def activation_name(op: Any) -> str:
+    """What a warning calls an activation: the function of an Activation layer or of a
+    fused `activation=` ("swish", "gelu"), else the layer type ("ELU", "Softmax")."""
+    fn = getattr(op, "activation", None)
+    name = getattr(fn, "__name__", None)
+    return name if name and name != "linear" else type(op).__name__
+
+
 class RuleApplier:
     """Per walk: which rule each layer call gets, and the wrapped outputs."""
 
@@ -234,7 +242,7 @@ class RuleApplier:
     def note_activation(self, kind: str, rule: Any, act: ActSpec | None, op: Any) -> None:
         if kind in ACTIVATION and self.wants_activations and (
                 rule is None or (getattr(rule, "needs_relu", False) and act is None)):
-            self.unapplied[type(op).__name__] += 1
+            self.unapplied[activation_name(op)] += 1
 
     # ------------------------------------------------------------------ wrappers
 

@@ -12,7 +12,9 @@ from .scene import Scene
 
 def save_scene(scene: Scene, stem_path: str | Path, image_format: str = "png") -> dict[str, Path]:
     """Write <stem>.png|.jpg, <stem>_labels.png (uint8 trainIds), <stem>_instances.png
-    (uint16) and <stem>_instances.json; returns the paths by role."""
+    (uint16), <stem>_instances.json (objects with their part table) and, when the scene
+    has a part map, <stem>_parts.png (uint8 part ids, `neuroscope.synth.parts`); returns
+    the paths by role."""
     stem = Path(stem_path)
     stem.parent.mkdir(parents=True, exist_ok=True)
     fmt = image_format.lower().lstrip(".")
@@ -30,6 +32,9 @@ def save_scene(scene: Scene, stem_path: str | Path, image_format: str = "png") -
     Image.fromarray(scene.labels.astype(np.uint8), mode="L").save(paths["labels"], optimize=True)
     Image.fromarray(scene.instances.astype(np.uint16)).save(paths["instances"], optimize=True)
     paths["objects"].write_text(json.dumps(scene.objects) + "\n")
+    if scene.parts is not None:
+        paths["parts"] = stem.with_name(stem.name + "_parts.png")
+        Image.fromarray(scene.parts.astype(np.uint8), mode="L").save(paths["parts"], optimize=True)
     return paths
 
 
@@ -43,4 +48,6 @@ def load_scene(stem_path: str | Path) -> Scene:
     labels = np.asarray(Image.open(stem.with_name(stem.name + "_labels.png")), np.uint8)
     instances = np.asarray(Image.open(stem.with_name(stem.name + "_instances.png"))).astype(np.uint16)
     objects = json.loads(stem.with_name(stem.name + "_instances.json").read_text())
-    return Scene(image=image, labels=labels, instances=instances, objects=objects)
+    parts_path = stem.with_name(stem.name + "_parts.png")
+    parts = np.asarray(Image.open(parts_path), np.uint8) if parts_path.exists() else None
+    return Scene(image=image, labels=labels, instances=instances, objects=objects, parts=parts)

@@ -11,6 +11,8 @@ from scipy import ndimage
 from .canvas import LayeredCanvas, StreetCamera
 from .classes import (BUILDING, BUS, CAR, FENCE, IGNORE, PERSON, POLE, ROAD, SIDEWALK, SKY,
                       TERRAIN, TRAFFIC_LIGHT, TRAFFIC_SIGN, TRUCK, VEGETATION)
+from .parts import (ARM, BODY, HEAD, LAMP, LEG, LIGHT, LIGHT_HOUSING, LIGHT_POLE, PLATE, SIGN_PLATE,
+                    SIGN_POLE, TORSO, WHEEL, WINDOW, clean_parts, object_part_table)
 
 
 @dataclass
@@ -20,8 +22,9 @@ class Scene:
     image: np.ndarray                 # uint8 [H, W, 3]
     labels: np.ndarray                # uint8 [H, W], Cityscapes trainIds, 255 = ignore
     instances: np.ndarray             # uint16 [H, W], 0 = no instance
-    objects: list[dict] = field(default_factory=list)  # {"id", "class_id", "bbox": [x0, y0, x1, y1]}
+    objects: list[dict] = field(default_factory=list)  # {"id", "class_id", "bbox": [x0, y0, x1, y1], "parts"}
     seed: int | None = None
+    parts: np.ndarray | None = None   # uint8 [H, W], part ids (neuroscope.synth.parts), 0 = none
 
 
 # Texture amplitude (low-frequency blotches, per-pixel grain) per class, in grey levels.
@@ -545,12 +548,15 @@ class _Builder:
         lit = int(r.integers(3))
         side = -1 if s == 0 else 1
         arm = r.uniform(2.5, 6)
+        # The pole is part of the light it carries, else of its signs (a bare lamp post: none).
+        pole_part = LIGHT_POLE if kind in ("light", "light_arm") else SIGN_POLE if signs else 0
 
         def draw(c: LayeredCanvas):
             cam = self.cam
             k = cam.scale(z)
             hw = max(0.09 * k, 0.6) / k
-            c.fill(cam.project([x - hw, x + hw, x + hw * 0.8, x - hw * 0.8], z, [0, 0, hp, hp]), pole_col, POLE)
+            c.fill(cam.project([x - hw, x + hw, x + hw * 0.8, x - hw * 0.8], z, [0, 0, hp, hp]), pole_col, POLE,
+                   part=pole_part)
             if self.sunny:
                 c.cast_shadow(np.concatenate([cam.project([x - hw, x + hw], z, 0),
                                               cam.project([x - self.sun_side * hp * self.sun_len + hw,
@@ -564,7 +570,8 @@ class _Builder:
             if kind in ("light", "light_arm"):
                 if kind == "light_arm":
                     xa = x - side * arm
-                    c.fill(cam.project([x, xa, xa, x], z, [hp - 0.15, hp - 0.15, hp, hp]), pole_col, POLE)
+                    c.fill(cam.project([x, xa, xa, x], z, [hp - 0.15, hp - 0.15, hp, hp]), pole_col, POLE,
+                           part=LIGHT_POLE)
                     boxes = [(xa + side * 0.6, hp - 0.25), (x, 3.2)]
                 else:
                     boxes = [(x, hp)]
@@ -578,7 +585,7 @@ class _Builder:
         cam = self.cam
         bw, bh = 0.34, 0.95
         c.fill(cam.project([x - bw / 2, x + bw / 2, x + bw / 2, x - bw / 2], z - 0.05,
-                           [top - bh, top - bh, top, top]), (35, 35, 30), TRAFFIC_LIGHT)
+                           [top - bh, top - bh, top, top]), (35, 35, 30), TRAFFIC_LIGHT, part=LIGHT_HOUSING)
         k = cam.scale(z - 0.05)
         if bw * k < 3:
             return
@@ -587,7 +594,7 @@ class _Builder:
             cu, cv = cam.project(x, z - 0.05, top - 0.17 - i * 0.3)[0]
             rp = 0.11 * k
             col = cols[i] if i == lit else tuple(int(v * 0.25) for v in cols[i])
-            c.paint_ellipse([cu - rp, cv - rp, cu + rp, cv + rp], col)
+            c.paint_ellipse([cu - rp, cv - rp, cu + rp, cv + rp], col, part=LAMP)
 
     def _sign(self, c, x, z, ys, size, shape, rim, inner, back) -> None:
         cam = self.cam
@@ -608,7 +615,7 @@ class _Builder:
             sy = ry * (np.sqrt(2) if shape in ("square", "rect") else 1.0)
             return np.stack([cu + scale * sx * np.cos(t), cv + scale * sy * np.sin(t)], 1)
 
-        c.fill(ring(1.0), rim, TRAFFIC_SIGN)
+        c.fill(ring(1.0), rim, TRAFFIC_SIGN, part=SIGN_PLATE)
         if rp > 3 and not back:
             c.paint(ring(0.7), inner)
 
@@ -637,19 +644,19 @@ class _Builder:
             for sgn in (-1, 1):  # legs
                 fx = x + sgn * (0.09 * slim + stride * 0.5)
                 c.fill(cam.project([x + sgn * 0.02, x + sgn * w * 0.85, fx + sgn * 0.06, fx - sgn * 0.06], z,
-                                   [hip, hip, 0, 0]), leg_col, PERSON, inst)
+                                   [hip, hip, 0, 0]), leg_col, PERSON, inst, LEG)
             bottom = hip - (0.25 * hgt if coat else 0.0)
-            c.fill(cam.project([x - w, x + w, x + w * 1.1, x - w * 1.1], z, [bottom, bottom, sh, sh]), top_col, PERSON, inst)
+            c.fill(cam.project([x - w, x + w, x + w * 1.1, x - w * 1.1], z, [bottom, bottom, sh, sh]), top_col, PERSON, inst, TORSO)
             for sgn in (-1, 1):  # arms
                 xa = x + sgn * w * 1.1
                 c.fill(cam.project([xa, xa + sgn * 0.08, xa + sgn * 0.1 - sgn * stride * 0.3, xa - sgn * stride * 0.3],
-                                   z, [sh, sh - 0.05, hip - 0.05, hip - 0.02]), top_col, PERSON, inst)
+                                   z, [sh, sh - 0.05, hip - 0.05, hip - 0.02]), top_col, PERSON, inst, ARM)
             cu, cv = cam.project(x, z, hgt - 0.12 * hgt / 1.7)[0]
             k = cam.scale(z)
             rx, ry = 0.1 * k, 0.12 * k
-            c.fill_ellipse([cu - rx, cv - ry, cu + rx, cv + ry], skin, PERSON, inst)
+            c.fill_ellipse([cu - rx, cv - ry, cu + rx, cv + ry], skin, PERSON, inst, HEAD)
             c.fill([[cu - rx, cv - ry * 0.1], [cu + rx, cv - ry * 0.1], [cu + rx * 0.9, cv - ry * 1.05],
-                    [cu - rx * 0.9, cv - ry * 1.05]], hair, PERSON, inst)
+                    [cu - rx * 0.9, cv - ry * 1.05]], hair, PERSON, inst, HEAD)
         return draw
 
     def _vehicle_drawer(self, kind: int, x: float, z: float, dims, front: bool):
@@ -685,75 +692,75 @@ class _Builder:
             if see_side:
                 side_col = body_c * shade_side
                 if kind == CAR:
-                    c.fill(cam.project(xs, [z, z + length, z + length, z], [0.28, 0.28, 0.95, 0.95]), side_col, kind, inst)
+                    c.fill(cam.project(xs, [z, z + length, z + length, z], [0.28, 0.28, 0.95, 0.95]), side_col, kind, inst, BODY)
                     c.fill(cam.project(xs, [z + 0.2 * length, z + 0.85 * length, z + 0.75 * length, z + 0.35 * length],
-                                       [0.95, 0.95, hgt, hgt]), side_col, kind, inst)
+                                       [0.95, 0.95, hgt, hgt]), side_col, kind, inst, BODY)
                     c.paint(cam.project(xs, [z + 0.25 * length, z + 0.8 * length, z + 0.72 * length, z + 0.38 * length],
-                                        [1.0, 1.0, hgt - 0.07, hgt - 0.07]), glass)
+                                        [1.0, 1.0, hgt - 0.07, hgt - 0.07]), glass, WINDOW)
                     wheels = [z + 0.18 * length, z + 0.8 * length]
                     rw = 0.33
                 elif kind == BUS:
-                    c.fill(cam.project(xs, [z, z + length, z + length, z], [0.25, 0.25, hgt, hgt]), side_col, kind, inst)
+                    c.fill(cam.project(xs, [z, z + length, z + length, z], [0.25, 0.25, hgt, hgt]), side_col, kind, inst, BODY)
                     c.paint(cam.project(xs, [z + 0.3, z + length - 0.3, z + length - 0.3, z + 0.3],
-                                        [1.25, 1.25, hgt - 0.35, hgt - 0.35]), glass)
+                                        [1.25, 1.25, hgt - 0.35, hgt - 0.35]), glass, WINDOW)
                     for zp in np.arange(z + 1.5, z + length - 0.5, 1.6):
                         c.paint(cam.project(xs, [zp, zp + 0.12, zp + 0.12, zp], [1.25, 1.25, hgt - 0.35, hgt - 0.35]),
-                                side_col)
+                                side_col, BODY)
                     wheels = [z + 2.0, z + length - 2.8]
                     rw = 0.5
                 else:
                     lc = length - 2.4
-                    c.fill(cam.project(xs, [z, z + lc, z + lc, z], [0.6, 0.6, hgt, hgt]), side_col, kind, inst)
+                    c.fill(cam.project(xs, [z, z + lc, z + lc, z], [0.6, 0.6, hgt, hgt]), side_col, kind, inst, BODY)
                     c.fill(cam.project(xs, [z + lc + 0.2, z + length, z + length, z + lc + 0.2], [0.4, 0.4, 2.8, 2.8]),
-                           np.asarray(cab_col) * shade_side, kind, inst)
+                           np.asarray(cab_col) * shade_side, kind, inst, BODY)
                     c.paint(cam.project(xs, [z + lc + 0.5, z + length - 0.3, z + length - 0.3, z + lc + 0.5],
-                                        [1.7, 1.7, 2.5, 2.5]), glass)
+                                        [1.7, 1.7, 2.5, 2.5]), glass, WINDOW)
                     wheels = [z + 1.2, z + 2.6, z + length - 1.3]
                     rw = 0.5
                 t = np.linspace(0, 2 * np.pi, 10, endpoint=False)
                 for zw in wheels:
-                    c.fill(cam.project(xs, zw + rw * np.cos(t), rw + rw * np.sin(t)), (22, 22, 24), kind, inst)
+                    c.fill(cam.project(xs, zw + rw * np.cos(t), rw + rw * np.sin(t)), (22, 22, 24), kind, inst, WHEEL)
                     c.paint(cam.project(xs, zw + rw * 0.45 * np.cos(t), rw + rw * 0.45 * np.sin(t)), (120, 120, 125))
             # Near face (rear, or front when oncoming/parked facing us).
             if kind == CAR:
-                c.fill(cam.project([xl + 0.25, xr - 0.25, xr - 0.25, xl + 0.25], z, [0, 0, 0.4, 0.4]), (20, 20, 22), kind, inst)
+                c.fill(cam.project([xl + 0.25, xr - 0.25, xr - 0.25, xl + 0.25], z, [0, 0, 0.4, 0.4]), (20, 20, 22), kind, inst, BODY)
                 c.fill(cam.project([xl, xr, xr, xr - 0.05, xl + 0.05, xl], z, [0.25, 0.25, 0.85, 0.97, 0.97, 0.85]),
-                       body_c, kind, inst)
+                       body_c, kind, inst, BODY)
                 c.fill(cam.project([xl + 0.12, xr - 0.12, xr - 0.3, xl + 0.3], z + 0.5, [0.95, 0.95, hgt, hgt]),
-                       body_c * 0.92, kind, inst)
+                       body_c * 0.92, kind, inst, BODY)
                 c.paint(cam.project([xl + 0.22, xr - 0.22, xr - 0.36, xl + 0.36], z + 0.5,
-                                    [1.0, 1.0, hgt - 0.08, hgt - 0.08]), glass)
+                                    [1.0, 1.0, hgt - 0.08, hgt - 0.08]), glass, WINDOW)
                 lamp = (245, 240, 215) if front else (200, 20, 25)
                 for a, b in ((xl + 0.06, xl + 0.38), (xr - 0.38, xr - 0.06)):
-                    c.paint(cam.project([a, b, b, a], z, [0.68, 0.68, 0.84, 0.84]), lamp)
-                c.paint(cam.project([x - 0.25, x + 0.25, x + 0.25, x - 0.25], z, [0.38, 0.38, 0.5, 0.5]), (225, 225, 220))
+                    c.paint(cam.project([a, b, b, a], z, [0.68, 0.68, 0.84, 0.84]), lamp, LIGHT)
+                c.paint(cam.project([x - 0.25, x + 0.25, x + 0.25, x - 0.25], z, [0.38, 0.38, 0.5, 0.5]), (225, 225, 220), PLATE)
                 if front:
                     c.paint(cam.project([x - 0.45, x + 0.45, x + 0.45, x - 0.45], z, [0.55, 0.55, 0.7, 0.7]), (30, 30, 32))
             elif kind == BUS:
-                c.fill(cam.project([xl, xr, xr, xl], z, [0.22, 0.22, hgt, hgt]), body_c, kind, inst)
-                c.fill(cam.project([xl + 0.2, xr - 0.2, xr - 0.2, xl + 0.2], z, [0, 0, 0.25, 0.25]), (20, 20, 22), kind, inst)
+                c.fill(cam.project([xl, xr, xr, xl], z, [0.22, 0.22, hgt, hgt]), body_c, kind, inst, BODY)
+                c.fill(cam.project([xl + 0.2, xr - 0.2, xr - 0.2, xl + 0.2], z, [0, 0, 0.25, 0.25]), (20, 20, 22), kind, inst, BODY)
                 ya = 0.9 if front else 1.6
-                c.paint(cam.project([xl + 0.12, xr - 0.12, xr - 0.12, xl + 0.12], z, [ya, ya, hgt - 0.3, hgt - 0.3]), glass)
+                c.paint(cam.project([xl + 0.12, xr - 0.12, xr - 0.12, xl + 0.12], z, [ya, ya, hgt - 0.3, hgt - 0.3]), glass, WINDOW)
                 if front:
                     c.paint(cam.project([xl + 0.3, xr - 0.3, xr - 0.3, xl + 0.3], z, [hgt - 0.28, hgt - 0.28, hgt - 0.06, hgt - 0.06]),
                             (250, 170, 40))
                 lamp = (245, 240, 215) if front else (200, 20, 25)
                 for a, b in ((xl + 0.08, xl + 0.4), (xr - 0.4, xr - 0.08)):
-                    c.paint(cam.project([a, b, b, a], z, [0.45, 0.45, 0.7, 0.7]), lamp)
+                    c.paint(cam.project([a, b, b, a], z, [0.45, 0.45, 0.7, 0.7]), lamp, LIGHT)
             else:
                 if front:
                     c.fill(cam.project([xl + 0.05, xr - 0.05, xr - 0.05, xl + 0.05], z + 2.4, [0.6, 0.6, hgt, hgt]),
-                           body_c * 0.85, kind, inst)
-                    c.fill(cam.project([xl + 0.1, xr - 0.1, xr - 0.1, xl + 0.1], z, [0.0, 0.0, 2.8, 2.8]), cab_col, kind, inst)
-                    c.paint(cam.project([xl + 0.25, xr - 0.25, xr - 0.25, xl + 0.25], z, [1.6, 1.6, 2.55, 2.55]), glass)
+                           body_c * 0.85, kind, inst, BODY)
+                    c.fill(cam.project([xl + 0.1, xr - 0.1, xr - 0.1, xl + 0.1], z, [0.0, 0.0, 2.8, 2.8]), cab_col, kind, inst, BODY)
+                    c.paint(cam.project([xl + 0.25, xr - 0.25, xr - 0.25, xl + 0.25], z, [1.6, 1.6, 2.55, 2.55]), glass, WINDOW)
                     c.paint(cam.project([x - 0.6, x + 0.6, x + 0.6, x - 0.6], z, [0.45, 0.45, 0.9, 0.9]), (40, 40, 42))
                 else:
-                    c.fill(cam.project([xl + 0.2, xr - 0.2, xr - 0.2, xl + 0.2], z, [0, 0, 0.65, 0.65]), (25, 25, 27), kind, inst)
-                    c.fill(cam.project([xl, xr, xr, xl], z, [0.6, 0.6, hgt, hgt]), body_c, kind, inst)
+                    c.fill(cam.project([xl + 0.2, xr - 0.2, xr - 0.2, xl + 0.2], z, [0, 0, 0.65, 0.65]), (25, 25, 27), kind, inst, BODY)
+                    c.fill(cam.project([xl, xr, xr, xl], z, [0.6, 0.6, hgt, hgt]), body_c, kind, inst, BODY)
                     c.paint(cam.project([x - 0.03, x + 0.03, x + 0.03, x - 0.03], z, [0.7, 0.7, hgt - 0.1, hgt - 0.1]),
                             body_c * 0.6)
                     for a, b in ((xl + 0.05, xl + 0.3), (xr - 0.3, xr - 0.05)):
-                        c.paint(cam.project([a, b, b, a], z, [0.45, 0.45, 0.6, 0.6]), (200, 20, 25))
+                        c.paint(cam.project([a, b, b, a], z, [0.45, 0.45, 0.6, 0.6]), (200, 20, 25), LIGHT)
         return draw
 
     # ------------------------------------------------------------------ finish
@@ -814,13 +821,17 @@ class _Builder:
         image = self.post(c)
         labels = np.asarray(c.labels, np.uint8).copy()
         instances = np.asarray(c.instances, np.int32).astype(np.uint16)
+        parts = clean_parts(np.asarray(c.parts, np.uint8).copy(), labels)
         objects = []
         for i, sl in enumerate(ndimage.find_objects(instances.astype(np.int32)), start=1):
             if sl is None:
                 continue
             objects.append({"id": i, "class_id": self.instance_class[i],
                             "bbox": [int(sl[1].start), int(sl[0].start), int(sl[1].stop), int(sl[0].stop)]})
-        return Scene(image=image, labels=labels, instances=instances, objects=objects)
+        table = object_part_table(instances, parts, [o["id"] for o in objects])
+        for o in objects:
+            o["parts"] = table[o["id"]]
+        return Scene(image=image, labels=labels, instances=instances, objects=objects, parts=parts)
 
 
 def generate_scene(seed: int, size: tuple[int, int] = (256, 512)) -> Scene:
