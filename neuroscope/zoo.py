@@ -110,30 +110,6 @@ def read_spec(path: str | os.PathLike, allow_code: bool = True, files: dict[str,
     return spec_from_dict(raw, base=path.parent, allow_code=allow_code, path=path, files=files)
 
 
-def _spec_file(value: Any, key: str, base: Path, upload: bool, files: dict[str, Path] | None) -> Path | None:
-    """The file a spec's `key` names. Local specs: relative to the spec's folder. Uploaded
-    specs: only a file uploaded with it, by its upload name; any other path is refused
-    (for `weights`, None: the uploaded model file takes its place)."""
-    if not isinstance(value, str) or not value.strip():
-        raise BadModel(f"spec {key!r} must be a file name, got {value!r}")
-    if not upload:
-        return base / value
-    if files and value in files:
-        return Path(files[value])
-    if key == "weights":
-        return None
-    raise BadModel(f"an uploaded spec may name only files uploaded with it; {key} = {value!r} is not one "
-                   f"(list the {key} inline instead)")
-
-
-def _numbers(raw: dict, key: str, n: int, default: tuple) -> tuple[float, ...]:
-    value = raw.get(key, default)
-    if (not isinstance(value, (list, tuple)) or len(value) != n
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
-        raise BadModel(f"spec {key} must be a list of {n} finite numbers, got {value!r}")
-    return tuple(float(v) for v in value)
-
-
 def spec_from_dict(raw: dict, base: Path | None = None, allow_code: bool = True,
                    path: Path | None = None, files: dict[str, Path] | None = None) -> ModelSpec:
     """Validate a spec's keys and types (one-line `BadModel` on any problem); see `read_spec`."""
