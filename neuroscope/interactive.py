@@ -9,8 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import threading
+import weakref
+
+import numpy as np
 
 from .methods import registry
 from .methods.registry import MethodInfo
@@ -104,7 +106,6 @@ class Prefetcher:
     """
 
     def __init__(self, keep: int = 2):
-        import threading
         self._cond = threading.Condition()
         self._pending: dict[Any, Any] = {}
         self._running: Any = None
@@ -113,7 +114,6 @@ class Prefetcher:
 
     def submit(self, key, fn) -> bool:
         """Queue `fn()` under `key`; False when the same key is already queued or running."""
-        import threading
         with self._cond:
             if key == self._running or key in self._pending:
                 return False
@@ -224,7 +224,7 @@ def duration(seconds: float) -> str:
 
 
 _PASS_LOCK = threading.Lock()
-_forward_s: "weakref.WeakKeyDictionary | None" = None      # explainer -> seconds of one batched forward per image
+_forward_s: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # explainer -> seconds of one batched forward per image
 _per_pass: dict = {}                                 # (id(explainer), method) -> measured seconds per pass
 
 
@@ -232,12 +232,8 @@ def forward_seconds(explainer) -> float:
     """Seconds of one forward of one image in a batch of the chunk size: measured once per
     model (a warm-up call, then the median of two) on a blank input."""
     import time
-    import weakref
     from .methods.chunks import MAX_CHUNK, PIXELS_PER_CHUNK
-    global _forward_s
     with _PASS_LOCK:
-        if _forward_s is None:
-            _forward_s = weakref.WeakKeyDictionary()
         hit = _forward_s.get(explainer)
     if hit is not None:
         return hit
@@ -275,7 +271,7 @@ def cost(explainer, method: str, params: dict | None = None, layer: str | None =
         info.family in ("cam", "activation") and not info.slow)
     with _PASS_LOCK:
         measured = _per_pass.get((id(explainer), method))
-        known = None if _forward_s is None else _forward_s.get(explainer)
+        known = _forward_s.get(explainer)
     if measured is not None:
         return Cost(passes, passes * measured, gradient, True)
     if passes <= ALWAYS_PASSES and known is None:   # runs anyway: do not spend passes measuring
@@ -294,7 +290,6 @@ class Job:
     """
 
     def __init__(self, fn, label: str = ""):
-        import threading
         import time
         self.label = label
         self.fraction, self.message = 0.0, "starting"

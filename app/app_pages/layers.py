@@ -40,7 +40,8 @@ def filter_grid(sel: state.Selection, acts: np.ndarray, order: np.ndarray, mean_
                                   key=Keys.scoped("layers_page", sel.model_key, sel.layer, per_page), **KEEP))
     cmap = c3.selectbox("Tile colormap", ["viridis", "inferno", "gray", "jet"], key="layers_cmap", **KEEP)
     shown = order[(page_no - 1) * per_page: page_no * per_page]
-    grid = render.filter_grid(acts, shown, cols=GRID_COLS, tile=96, cmap=cmap, numbers=True)
+    grid = state.memo("filter_grid", (tuple(shown.tolist()), cmap), lambda: render.filter_grid(
+        acts, shown, cols=GRID_COLS, tile=96, cmap=cmap, numbers=True), refs=(acts,), size=4)
     rows = -(-len(shown) // GRID_COLS)
     key = channel_key(sel)
 
@@ -74,16 +75,19 @@ def layer_sweep(sel: state.Selection, names: list[str]) -> None:
     st.subheader("Layer sweep")
     every = st.toggle(f"All {len(names)} spatial layers (default: blocks only)", key="layers_sweep_all", **KEEP)
     chosen = names if every else strip_layers(names)
+    picture = views.shown(sel.image, SWEEP_THUMB)
+
+    def build() -> tuple[dict, list]:   # the maps and their thumbnails: once per image, target and layers
+        maps = sel.explainer.sweep(sel.image, sel.target, layers=chosen)
+        return maps, [render.overlay(picture, maps[n], "inferno", 0.5, "both", 99.5) for n in chosen]
     try:
         with st.spinner("Grad-CAM at every layer…"):
-            maps = sel.explainer.sweep(sel.image, sel.target, layers=chosen)
+            maps, thumbs = state.memo("sweep", (sel.model_key, sel.image_key, sel.target.key(), tuple(chosen)),
+                                      build, refs=(sel.explainer, picture), size=1)
     except NeuroscopeError as exc:
         st.error(f"{exc}")
         return
     state.session().shown["sweep"] = maps
-    picture = views.shown(sel.image, SWEEP_THUMB)
-    display = views.Display("inferno", 0.5, "both", 99.5)
-    thumbs = [display.overlay(picture, maps[n], signed=False) for n in chosen]
     st.caption(f"Grad-CAM of {sel.resolved.class_name} at {len(chosen)} layers from one capture, "
                "input side first.")
     with st.container(key="sweep", height=420 if len(chosen) > 24 else "content"):

@@ -313,16 +313,6 @@ def gallery_truth(name: str) -> np.ndarray | None:
     return truth.read_labels(path.read_bytes()) if path.is_file() else None
 
 
-@st.cache_resource(show_spinner=False, max_entries=8)
-def thumbnails(names: tuple[str, ...], height: int = 72) -> list[np.ndarray]:
-    from neuroscope.images import resize_rgb
-    out = []
-    for name in names:
-        img = gallery_image(name)
-        out.append(resize_rgb(img, (height, max(1, round(img.shape[1] * height / img.shape[0])))))
-    return out
-
-
 GALLERY_COLS = 2
 GALLERY_TILE = (72, 128)    # (H, W) of one thumbnail cell in the clickable gallery
 

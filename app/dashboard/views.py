@@ -113,18 +113,20 @@ class Display:
     def legend(self, m: np.ndarray, signed: bool, family: str, width: int = 320) -> np.ndarray:
         """The colour bar of this map: its end values, 0 for a signed scale, units and sign."""
         sign = self.sign_for(signed)
-        lo, hi, symmetric = render.scale_range(m, sign, self.percentile)
-        unit = UNITS.get(family, "relevance")
-        if symmetric:
-            label = f"{unit}: red raises it, blue lowers it"
-        elif signed and sign != "both":
-            label = f"{unit}, {'positive' if sign == 'positive' else 'negative (as magnitude)'} part only"
-        else:
-            label = unit
-        if self.percentile < 100:
-            label += f" (clip {self.percentile:g}%)"
-        return state.memo("legend", (self, signed, family, width), lambda: render.colorbar(
-            self.colormap(signed), lo, hi, width=width, label=label, symmetric=symmetric), refs=(m,), size=24)
+
+        def build() -> np.ndarray:   # scale_range reads the whole map: only on a memo miss
+            lo, hi, symmetric = render.scale_range(m, sign, self.percentile)
+            unit = UNITS.get(family, "relevance")
+            if symmetric:
+                label = f"{unit}: red raises it, blue lowers it"
+            elif signed and sign != "both":
+                label = f"{unit}, {'positive' if sign == 'positive' else 'negative (as magnitude)'} part only"
+            else:
+                label = unit
+            if self.percentile < 100:
+                label += f" (clip {self.percentile:g}%)"
+            return render.colorbar(self.colormap(signed), lo, hi, width=width, label=label, symmetric=symmetric)
+        return state.memo("legend", (self, signed, family, width), build, refs=(m,), size=24)
 
     def empties(self, m: np.ndarray, signed: bool) -> bool:
         return render.empty_after_sign(m, self.sign_for(signed))
