@@ -71,9 +71,6 @@ def file_stem(image_id: str) -> str:
 def target_of(record: dict, task: str):
     from ..targets import Target, parse_region
     region = record.get("region")
-    if task == "classification" and region:
-        from ..errors import BadTarget
-        raise BadTarget("a region applies to segmentation models only")
     return Target(class_id=record.get("class"), region=parse_region(region) if region else None,
                   contrast=record.get("contrast"), task=task)
 
@@ -130,12 +127,12 @@ def run_chunk(ex, records: list[dict], settings: Settings) -> list[dict]:
             todo = [item for item in group if method in _wanted(item[0], settings)]
             results = explain_many(ex, [p for _, p, _ in todo], method, [t for _, _, t in todo], layer=layer,
                                    params=settings.params.get(method))
-            for (rec, prep, _), res in zip(todo, results):
+            for (rec, prep, target), res in zip(todo, results):
                 if isinstance(res, Exception):
                     rows[rec["image"], method] = _row(rec, method, status=FAILED, error=_message(res))
                     continue
                 try:
-                    rows[rec["image"], method] = _done_row(ex, rec, prep, method, res, settings,
+                    rows[rec["image"], method] = _done_row(ex, rec, prep, target, method, res, settings,
                                                            shared.get(method, 0.0))
                 except Cancelled:
                     raise
@@ -154,7 +151,7 @@ def _message(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def _done_row(ex, rec: dict, prep, method: str, res, settings: Settings, shared_ms: float = 0.0) -> dict:
+def _done_row(ex, rec: dict, prep, target, method: str, res, settings: Settings, shared_ms: float = 0.0) -> dict:
     """`shared_ms`: this map's share of a batched model pass (added to its time_ms)."""
     m = res.map
     t = res.meta["target"]
@@ -166,7 +163,7 @@ def _done_row(ex, rec: dict, prep, method: str, res, settings: Settings, shared_
                map_abs_mean=float(np.abs(m).mean()))
     if settings.metrics:
         from .. import metrics
-        rt = ex.resolve(prep, target_of(rec, ex.task))
+        rt = ex.resolve(prep, target)
         scores = metrics.evaluate_map(ex, prep, res, rt, None, steps=settings.metric_steps)
         js = scores.as_json()
         row.update(deletion_auc=js.get("deletion_auc"), insertion_auc=js.get("insertion_auc"))

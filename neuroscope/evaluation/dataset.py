@@ -34,9 +34,7 @@ def find_labels(image_id: str, image_path: str, labels_dir: Path) -> Path | None
 
 def model_confusion(ex, records: list[dict], labels_dir: Path) -> tuple[np.ndarray, int, list[str]]:
     """Summed confusion matrix, images counted, and per-image problems."""
-    from PIL import Image
-
-    from ..images import load_image
+    from ..images import load_image, load_labels
     n = len(ex.classes)
     total = np.zeros((n, n), np.int64)
     used, problems = 0, []
@@ -46,10 +44,7 @@ def model_confusion(ex, records: list[dict], labels_dir: Path) -> tuple[np.ndarr
             problems.append(f"{rec['image']}: no label file")
             continue
         try:
-            with Image.open(path) as im:
-                if im.mode not in ("L", "P"):
-                    raise ValueError(f"label image mode {im.mode}, expected L or P")
-                truth = np.asarray(im, np.uint8)
+            truth = load_labels(path.read_bytes(), path.name)
             pred = ex.predict(load_image(rec["path"])).labels
             if pred.shape != truth.shape:
                 raise ValueError(f"labels {truth.shape[1]}x{truth.shape[0]} but image {pred.shape[1]}x{pred.shape[0]}")

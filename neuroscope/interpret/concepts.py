@@ -21,10 +21,7 @@ def interpretation_of(explainer) -> Interpretation | None:
     it = _bundled(explainer.spec.name)
     if it is None or it.task != explainer.task:
         return None
-    shapes = {l.name: l.shape for l in explainer.layers()}
-    if any(shapes.get(l["name"]) is None or shapes[l["name"]][0] != l["channels"] for l in it.layers):
-        return None
-    return it
+    return None if it.misfit_layer(explainer.layers()) is not None else it
 
 
 def ranked_filters(it: Interpretation, class_name: str) -> list[dict]:

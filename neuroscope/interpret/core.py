@@ -328,6 +328,8 @@ def iter_atlas_crops(it: Interpretation, layer: str, channel: int, size: int = 6
     from the interpretation's image set: a window of 3 strides (at least 48 px) around
     the position of the maximum, at model resolution."""
     from PIL import Image
+
+    from ..images import load_image
     if not it.atlas:
         return
     j = it.filter_index(layer, channel)
@@ -337,7 +339,7 @@ def iter_atlas_crops(it: Interpretation, layer: str, channel: int, size: int = 6
     if "set" in src:
         items, _ = set_items(src["set"], count=src.get("count") or len(src.get("images", [])) or None)
     else:
-        items = [Item(Path(p).name, (lambda p=p: __import__("neuroscope.images", fromlist=["x"]).load_image(p)))
+        items = [Item(Path(p).name, lambda p=p: load_image(p))
                  for p in src["images"]]
     half = max(24, 3 * stride // 2)
     for v, i, r, c in zip(*(it.atlas[k][j] for k in ("value", "image", "row", "col"))):

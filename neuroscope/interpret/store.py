@@ -69,6 +69,13 @@ class Interpretation:
                                f"(it saw no sample of it; classes: {known}{'...' if len(self.classes) > 12 else ''})")
         return self.classes[class_name]
 
+    def misfit_layer(self, model_layers) -> dict | None:
+        """The first interpreted layer that the model (its `LayerInfo`s) lacks or has with
+        another channel count, or None when the interpretation fits."""
+        shapes = {l.name: l.shape for l in model_layers}
+        return next((l for l in self.layers if shapes.get(l["name"]) is None
+                     or shapes[l["name"]][0] != l["channels"]), None)
+
     def weights(self, class_name: str) -> np.ndarray:
         """w_c [F] (dense) of a class."""
         w = np.zeros(self.num_filters, np.float32)

@@ -82,12 +82,10 @@ def relevant_filters(ctx) -> np.ndarray:
     if it.task != ctx.backend.task:
         raise BadParameter(f"relevant-filters: the interpretation is of a {it.task} model, not {ctx.backend.task}")
     layers = [l["name"] for l in it.layers]
-    known = {l.name: l for l in ctx.backend.layers()}
-    for l in it.layers:
-        info = known.get(l["name"])
-        if info is None or info.shape is None or info.shape[0] != l["channels"]:
-            raise BadParameter(f"relevant-filters: the interpretation ({it.model}) does not fit this model: "
-                               f"layer {l['name']} with {l['channels']} channels")
+    bad = it.misfit_layer(ctx.backend.layers())
+    if bad is not None:
+        raise BadParameter(f"relevant-filters: the interpretation ({it.model}) does not fit this model: "
+                           f"layer {bad['name']} with {bad['channels']} channels")
     class_name = ctx.target.class_name
     w = it.weights(class_name)
     if not (w > 0).any():
