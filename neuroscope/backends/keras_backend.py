@@ -551,11 +551,10 @@ class KerasBackend:
             node = op._inbound_nodes[node_index]
             args, kwargs = node.arguments.args, node.arguments.kwargs
             kind = None
-            if isinstance(op, keras.layers.Softmax) and op.axis in (-1, len(selected.shape) - 1):
+            last_axis = getattr(op, "axis", -1) in (-1, len(selected.shape) - 1)
+            if isinstance(op, (keras.layers.Softmax, _SoftmaxOp)) and last_axis:
                 kind = "probabilities"
-            elif isinstance(op, _SoftmaxOp) and getattr(op, "axis", -1) in (-1, len(selected.shape) - 1):
-                kind = "probabilities"
-            elif isinstance(op, _LogSoftmaxOp) and getattr(op, "axis", -1) in (-1, len(selected.shape) - 1):
+            elif isinstance(op, _LogSoftmaxOp) and last_axis:
                 kind = "log-probabilities"
             elif isinstance(op, _SigmoidOp):
                 kind = "sigmoid"

@@ -104,28 +104,27 @@ def act_spec(spec: Any) -> ActSpec | None:
     return ActSpec(0.0, float(spec.threshold), float("inf") if spec.max_value is None else float(spec.max_value))
 
 
+def _with_bias(f: Callable) -> Callable:
+    """f(x, w) as f(x, w, b): plus the bias when there is one."""
+    def fn(x, w, b):
+        y = f(x, w)
+        return y if b is None else y + b
+    return fn
+
+
 def _linear_fn(op: Any) -> tuple[Callable, Any, Any, Callable]:
     """(f(x, w, b), kernel, bias, shape a per-output-channel vector for the kernel)."""
     if isinstance(op, BaseConvTranspose):
-        def fn(x, w, b):
-            y = keras.ops.conv_transpose(x, w, op.strides, op.padding, op.output_padding, op.data_format,
-                                         op.dilation_rate)
-            return y if b is None else y + b
-        return fn, op.kernel, op.bias, lambda v, w: tf.reshape(v, [-1, 1])
+        return (_with_bias(lambda x, w: keras.ops.conv_transpose(x, w, op.strides, op.padding, op.output_padding,
+                                                                 op.data_format, op.dilation_rate)),
+                op.kernel, op.bias, lambda v, w: tf.reshape(v, [-1, 1]))
     if isinstance(op, BaseDepthwiseConv):
-        def fn(x, w, b):
-            y = keras.ops.depthwise_conv(x, w, op.strides, op.padding, op.data_format, op.dilation_rate)
-            return y if b is None else y + b
-        return fn, op.kernel, op.bias, lambda v, w: tf.reshape(v, w.shape[-2:])
+        return (_with_bias(lambda x, w: keras.ops.depthwise_conv(x, w, op.strides, op.padding, op.data_format,
+                                                                 op.dilation_rate)),
+                op.kernel, op.bias, lambda v, w: tf.reshape(v, w.shape[-2:]))
     if isinstance(op, BaseConv):
-        def fn(x, w, b):
-            y = op.convolution_op(x, w)
-            return y if b is None else y + b
-        return fn, op.kernel, op.bias, lambda v, w: v
-    def fn(x, w, b):
-        y = keras.ops.matmul(x, w)
-        return y if b is None else y + b
-    return fn, op.kernel, op.bias, lambda v, w: v
+        return _with_bias(op.convolution_op), op.kernel, op.bias, lambda v, w: v
+    return _with_bias(keras.ops.matmul), op.kernel, op.bias, lambda v, w: v
 
 
 def _basic_backward(rule, fn: Callable, params: tuple, xs: list, relevance: tf.Tensor) -> list:

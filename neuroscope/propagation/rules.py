@@ -293,12 +293,9 @@ class GuidedReLU(ElementwiseRule):
         if act is None:
             return None
         zero = ops.zeros_like(dy)
-        deriv_ok = (x > act.threshold) if act.slope == 0.0 else None
         g = ops.where(dy > 0, dy, zero)
-        if deriv_ok is not None:
-            g = ops.where(deriv_ok, g, zero)
-        else:   # leaky: slope below the threshold
-            g = ops.where(x > act.threshold, g, g * act.slope)
+        # f'(x): 1 above the threshold, the slope below it (0 for ReLU, leaky otherwise)
+        g = ops.where(x > act.threshold, g, zero if act.slope == 0.0 else g * act.slope)
         if act.upper != float("inf"):
             g = ops.where(x < act.upper, g, zero)
         return g
