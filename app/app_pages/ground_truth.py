@@ -32,11 +32,19 @@ def upload_truth(sel: state.Selection) -> None:
     sel.truth = labels
 
 
+def confusion_of(sel: state.Selection, image_key: str, predict, labels: np.ndarray) -> np.ndarray:
+    """The confusion matrix of one image, memoised per session (model, image, labels): a rerun
+    (another class's error map) and the data-set table reuse it instead of recounting."""
+    n = len(sel.explainer.classes)
+    return state.memo("confusion", (sel.model_key, image_key, n),
+                      lambda: truth.confusion(predict().labels, labels, n), refs=(sel.explainer, labels), size=64)
+
+
 def this_image(sel: state.Selection) -> None:
     ex, n = sel.explainer, len(sel.explainer.classes)
     pred = sel.prediction.labels
     try:
-        matrix = truth.confusion(pred, sel.truth, n)
+        matrix = confusion_of(sel, sel.image_key, lambda: sel.prediction, sel.truth)
     except NeuroscopeError as exc:
         st.error(f"{exc}")
         return
@@ -78,16 +86,11 @@ def dataset(sel: state.Selection) -> None:
     bar = st.progress(0.0) if len(items) > 1 else None
     for i, (key, name) in enumerate(items):
         if key == sel.image_key:
-            image, labels, pred = sel.image, sel.truth, sel.prediction
+            labels, predict = sel.truth, lambda: sel.prediction
         else:
-            image, labels = state.gallery_image(name), state.gallery_truth(name)
-            try:
-                pred = ex.predict(image)
-            except NeuroscopeError as exc:
-                st.warning(f"{name}: {exc}")
-                continue
+            labels, predict = state.gallery_truth(name), lambda name=name: ex.predict(state.gallery_image(name))
         try:
-            total += truth.confusion(pred.labels, labels, n)
+            total += confusion_of(sel, key, predict, labels)
             used.append(name)
         except NeuroscopeError as exc:
             st.warning(f"{name}: {exc}")
