@@ -465,7 +465,7 @@ class TorchBackend:
         except (BadParameter, Cancelled):
             raise
         except Exception as exc:  # noqa: BLE001 -- a framework error, or a batch the model cannot take
-            if n < 2 or self.max_batch == 1:
+            if n < 2:
                 raise model_error(exc, call, self._names) from None
             error = model_error(exc, call, self._names)
         try:
