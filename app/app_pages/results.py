@@ -58,8 +58,8 @@ def page() -> None:
     label = {str(r): next((str(r.relative_to(b)) for b in base if b in r.parents or b == r), str(r)) for r in runs}
     folder = st.selectbox("Batch output folder", [str(r) for r in runs], format_func=label.get,
                           key="results_folder", **KEEP)
-    run = state.memo("results_run", (folder, Path(folder, results.RESULTS).stat().st_mtime),
-                     lambda: results.load_run(Path(folder)))
+    stamp = (folder, Path(folder, results.RESULTS).stat().st_mtime)
+    run = state.memo("results_run", stamp, lambda: results.load_run(Path(folder)))
     df = run.table
     meta = run.meta
     st.caption(f"model **{meta.get('model', '?')}** · {meta.get('images', '?')} images · "
@@ -105,6 +105,17 @@ def page() -> None:
 
     st.subheader("Gallery")
     done = rows[rows["status"] == "done"].head(GALLERY)
+    tiles, captions = state.memo("results_gallery", (*stamp, tuple(done.index)), lambda: gallery(run, done),
+                                  size=2)
+    if tiles:
+        with st.container(key="results_gallery"):
+            st.image(tiles, caption=captions, width=220)
+    state.session().shown["results:gallery"] = len(tiles)
+
+
+def gallery(run, done) -> tuple[list, list[str]]:
+    """The gallery's tiles at display size and their captions (read from disk: memoised by the page)."""
+    from neuroscope.images import resize_rgb
     tiles, captions = [], []
     for r in results.records(done):
         if r.get("overlay_file") and (run.folder / r["overlay_file"]).is_file():
@@ -120,10 +131,7 @@ def page() -> None:
             tiles.append(render.overlay(image, m) if image is not None and image.shape[:2] == m.shape
                          else render.colorize(render.scale_map(m)))
         captions.append(f"{r['image']} · {r['method']}")
-    if tiles:
-        with st.container(key="results_gallery"):
-            st.image([views.shown(t) for t in tiles], caption=captions, width=220)
-    state.session().shown["results:gallery"] = len(tiles)
+    return [resize_rgb(t, views.display_size(t.shape)) for t in tiles], captions
 
 
 page()
