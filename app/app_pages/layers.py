@@ -63,9 +63,12 @@ def filter_grid(sel: state.Selection, acts: np.ndarray, order: np.ndarray, mean_
     with right:
         ch = int(st.number_input("Channel", min_value=0, max_value=k - 1, value=int(order[0]), step=1, key=key,
                                  **KEEP))
-        display = views.Display("inferno", 0.6, "positive", 99.5)
         picture = views.shown(sel.image, (400, 560))
-        st.image(display.overlay(picture, acts[ch], signed=False), width="stretch",
+        # memoised by channel (acts[ch] is a new view each run: Display.overlay's memo would miss
+        # and fill up, evicting the Explain page's overlays)
+        enlarged = state.memo("channel_overlay", (ch,), lambda: render.overlay(
+            picture, acts[ch], "inferno", 0.6, "both", 99.5), refs=(acts, picture), size=4)
+        st.image(enlarged, width="stretch",
                  caption=f"channel {ch} over the image · mean activation {mean_act[ch]:.3g} · "
                          f"importance {importance[ch]:.3g}")
     st.altair_chart(charts.channel_stats(mean_act, importance, ch), width="stretch")
