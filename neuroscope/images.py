@@ -1,23 +1,27 @@
 """Image reading, the ONE shared preprocessing step, and map resizing (CONTRACT.md §1)."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
 import os
 import struct
 import warnings
-from typing import Sequence, Union
+from typing import Iterator, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 from .errors import BadImage
-from .limits import limit
+from .limits import LIMITS, limit
+from .limits import check_image_pixels as _check_pixels
 
 #: Defaults of the image limits (limits.py: NEUROSCOPE_MAX_IMAGE_PIXELS / _BYTES override them).
-MAX_PIXELS = 50_000_000
-MAX_BYTES = 50 * 1024 * 1024
+MAX_PIXELS = LIMITS["image_pixels"].default
+MAX_BYTES = LIMITS["image_bytes"].default
+
+_FORMATS = "JPEG, PNG, BMP, GIF, TIFF, WebP"
 
 ImageLike = Union[str, os.PathLike, bytes, np.ndarray, Image.Image]
 
@@ -36,7 +40,6 @@ def load_image(source: ImageLike) -> np.ndarray:
     if isinstance(source, Image.Image):
         _check_pixels(source.width, source.height)
         return _checked(_pil_to_rgb(source))
-    max_bytes = limit("image_bytes")
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         name = "uploaded image"
@@ -46,9 +49,7 @@ def load_image(source: ImageLike) -> np.ndarray:
             raise BadImage(f"{name} is a directory, not an image file")
         if not os.path.isfile(name):
             raise BadImage(f"image not found: {name}")
-        if os.path.getsize(name) > max_bytes:
-            raise BadImage(f"image file too large ({os.path.getsize(name):,} bytes; the limit is {max_bytes:,}, "
-                           "NEUROSCOPE_MAX_IMAGE_BYTES)")
+        _check_bytes(os.path.getsize(name), name)        # before reading it
         try:
             with open(name, "rb") as fh:
                 data = fh.read()
@@ -57,71 +58,59 @@ def load_image(source: ImageLike) -> np.ndarray:
     else:
         raise BadImage(f"expected an image (a path, encoded bytes, a PIL image or an array), "
                        f"got {type(source).__name__}")
-    if not data:
-        raise BadImage(f"{name} is empty")
-    if len(data) > max_bytes:
-        raise BadImage(f"image too large ({len(data):,} bytes; the limit is {max_bytes:,}, NEUROSCOPE_MAX_IMAGE_BYTES)")
-    try:
-        with warnings.catch_warnings():
-            # Pillow's own bomb warning (> 89 Mpx) would print; our limit is checked just below
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                _check_pixels(im.width, im.height, name)          # the header's claim
-                im.load()
-                return _checked(_pil_to_rgb(im), name)                # what was decoded
-    except BadImage:
-        raise
-    except Image.DecompressionBombError:
-        raise BadImage(f"{name} is too large (Pillow refuses it as a decompression bomb); the limit is "
-                       f"{limit('image_pixels'):,} pixels (NEUROSCOPE_MAX_IMAGE_PIXELS)") from None
-    except UnidentifiedImageError:
-        raise BadImage(f"cannot read {name} as an image: not a known format (JPEG, PNG, BMP, GIF, TIFF, WebP)") from None
-    except (OSError, SyntaxError, ValueError, EOFError, MemoryError, struct.error, IndexError, TypeError,
-            KeyError, ZeroDivisionError) as exc:   # Pillow's decoders raise all of these on broken files
-        text = " ".join(str(exc).split())[:200]
-        raise BadImage(f"cannot read {name} as an image (JPEG, PNG, BMP, GIF, TIFF, WebP): "
-                       f"{text or type(exc).__name__}") from None
+    with _opened(data, name, unknown=f"cannot read {name} as an image: not a known format ({_FORMATS})",
+                 broken=f"cannot read {name} as an image ({_FORMATS})") as im:
+        im.load()
+        return _checked(_pil_to_rgb(im), name)                # what was decoded
 
 
 def load_labels(data: bytes, name: str = "the label image") -> np.ndarray:
     """A label PNG (uint8 class ids, 255 = ignore) -> uint8 [H, W], with the image limits:
     pixels checked from the header before decoding and again after; one-line `BadImage`."""
-    if not data:
-        raise BadImage(f"{name} is empty")
-    max_bytes = limit("image_bytes")
-    if len(data) > max_bytes:
-        raise BadImage(f"{name} is too large ({len(data):,} bytes; the limit is {max_bytes:,}, "
-                       "NEUROSCOPE_MAX_IMAGE_BYTES)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                _check_pixels(im.width, im.height, name)
-                if im.mode not in ("L", "P"):
-                    raise BadImage(f"{name} must be 8-bit single-channel (mode L or P), not mode {im.mode}")
-                labels = np.asarray(im, dtype=np.uint8).copy()
-    except BadImage:
-        raise
-    except Image.DecompressionBombError:
-        raise BadImage(f"{name} is too large (Pillow refuses it as a decompression bomb); the limit is "
-                       f"{limit('image_pixels'):,} pixels (NEUROSCOPE_MAX_IMAGE_PIXELS)") from None
-    except UnidentifiedImageError:
-        raise BadImage(f"cannot read {name}: not a PNG (or another known image format)") from None
-    except (OSError, SyntaxError, ValueError, EOFError, MemoryError, struct.error, IndexError, TypeError,
-            KeyError, ZeroDivisionError) as exc:
-        text = " ".join(str(exc).split())[:200]
-        raise BadImage(f"cannot read {name}: {text or type(exc).__name__}") from None
+    with _opened(data, name, unknown=f"cannot read {name}: not a PNG (or another known image format)",
+                 broken=f"cannot read {name}") as im:
+        if im.mode not in ("L", "P"):
+            raise BadImage(f"{name} must be 8-bit single-channel (mode L or P), not mode {im.mode}")
+        labels = np.asarray(im, dtype=np.uint8).copy()
     if labels.ndim != 2:
         raise BadImage(f"{name} must be single-channel, got shape {list(labels.shape)}")
     _check_pixels(labels.shape[1], labels.shape[0], name)
     return labels
 
 
-def _check_pixels(width: int, height: int, name: str = "image") -> None:
-    cap = limit("image_pixels")
-    if width * height > cap:
-        raise BadImage(f"{name} is too large: {width}x{height} = {width * height:,} pixels; the limit is "
-                       f"{cap:,} (NEUROSCOPE_MAX_IMAGE_PIXELS)")
+def _check_bytes(size: int, name: str) -> None:
+    cap = limit("image_bytes")
+    if size > cap:
+        raise BadImage(f"{name} is too large ({size:,} bytes; the limit is {cap:,}, NEUROSCOPE_MAX_IMAGE_BYTES)")
+
+
+@contextlib.contextmanager
+def _opened(data: bytes, name: str, unknown: str, broken: str) -> Iterator[Image.Image]:
+    """Encoded image bytes, opened for the `with` body under the image limits: empty and
+    byte-size checks, the header's pixel claim checked before any decoding (Pillow's own
+    bomb warning silenced: our limit is the lower one), and whatever Pillow raises, in
+    opening or in the body, turned into a one-line `BadImage` (`unknown`: not an image
+    format; `broken`: the prefix for a decoder's error)."""
+    if not data:
+        raise BadImage(f"{name} is empty")
+    _check_bytes(len(data), name)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                _check_pixels(im.width, im.height, name)          # the header's claim
+                yield im
+    except BadImage:
+        raise
+    except Image.DecompressionBombError:
+        raise BadImage(f"{name} is too large (Pillow refuses it as a decompression bomb); the limit is "
+                       f"{limit('image_pixels'):,} pixels (NEUROSCOPE_MAX_IMAGE_PIXELS)") from None
+    except UnidentifiedImageError:
+        raise BadImage(unknown) from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError, struct.error, IndexError, TypeError,
+            KeyError, ZeroDivisionError) as exc:   # Pillow's decoders raise all of these on broken files
+        text = " ".join(str(exc).split())[:200]
+        raise BadImage(f"{broken}: {text or type(exc).__name__}") from None
 
 
 def _checked(rgb: np.ndarray, name: str = "image") -> np.ndarray:

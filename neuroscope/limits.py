@@ -31,7 +31,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .errors import BadParameter
+from .errors import BadImage, BadParameter
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def check_input_size(size: tuple[int, int], upload: bool = False, what: str = "m
 
 
 def check_image_pixels(width: int, height: int, what: str = "image") -> None:
-    from .errors import BadImage
+    """Refuse an image of more pixels than the image limit (images.py checks the header and the decoded image)."""
     cap = limit("image_pixels")
     if width * height > cap:
         raise BadImage(f"{what} is too large: {width}x{height} = {_fmt(width * height)} pixels; the limit is "

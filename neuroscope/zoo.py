@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BadModel, NeuroscopeError
-from .limits import check_input_size, limit
+from .limits import LIMITS, check_input_size, limit
 
 #: How a model's output relates to class logits (CONTRACT.md §6 `output_kind`).
 OUTPUT_KINDS = ("logits", "probabilities", "log-probabilities", "sigmoid")
@@ -23,7 +23,7 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BUNDLED_SPECS = ASSETS / "models"
 TASKS = ("classification", "segmentation")
 FRAMEWORKS = ("torch", "keras")
-MAX_MODEL_BYTES = 1 << 30   # the default of limits "model_bytes" (NEUROSCOPE_MAX_MODEL_BYTES)
+MAX_MODEL_BYTES = LIMITS["model_bytes"].default   # NEUROSCOPE_MAX_MODEL_BYTES overrides it (limits.py)
 
 
 @dataclass
@@ -129,10 +129,7 @@ def spec_from_dict(raw: dict, base: Path | None = None, allow_code: bool = True,
     if not (isinstance(size, list) and len(size) == 2
             and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
         raise BadModel(f"spec input_size must be [H, W] positive integers, got {size!r}")
-    try:
-        check_input_size(size, upload=upload, what="spec input_size")
-    except NeuroscopeError as exc:
-        raise BadModel(str(exc)) from None
+    _check_size(size, upload, "spec input_size")
     base = base or Path(".")
     classes = raw.get("classes")
     if isinstance(classes, str):
@@ -192,10 +189,6 @@ def spec_from_dict(raw: dict, base: Path | None = None, allow_code: bool = True,
         raise BadModel("spec factory_kwargs must be a table of keyword arguments")
     # TOML has no null: the string "None" passes Python's None (e.g. weights_backbone = "None")
     factory_kwargs = {str(k): (None if v == "None" else v) for k, v in factory_kwargs.items()}
-    for key in ("mean", "std"):
-        if key in raw and not (isinstance(raw[key], (list, tuple)) and raw[key]
-                               and all(isinstance(v, (int, float)) for v in raw[key])):
-            raise BadModel(f"spec {key} must be a list of numbers, one per input channel")
     weights = raw.get("weights")
     known = {"name", "framework", "task", "input_size", "classes", "fully_convolutional", "value_range", "mean",
              "std", "palette", "weights", "architecture", "output", "output_kind", "description", "channels",
@@ -227,6 +220,14 @@ def _spec_file(value: Any, key: str, base: Path, upload: bool, files: dict[str, 
         return None
     raise BadModel(f"an uploaded spec may name only files uploaded with it; {key} = {value!r} is not one "
                    f"(list the {key} inline instead)")
+
+
+def _check_size(size, upload: bool, what: str) -> None:
+    """`limits.check_input_size`, refused as the `BadModel` a model load raises."""
+    try:
+        check_input_size(size, upload=upload, what=what)
+    except NeuroscopeError as exc:
+        raise BadModel(str(exc)) from None
 
 
 def _numbers(raw: dict, key: str, default: tuple, n: int | None = None) -> tuple[float, ...]:
@@ -283,10 +284,7 @@ def load_model(source: Any, *, trusted: bool = False, input_size: tuple[int, int
         obj, owned = source, False
         spec = _spec_for_object(obj, fields, device)
     if input_size is not None:
-        try:
-            check_input_size(input_size, upload=not allow_code, what="--input-size")
-        except NeuroscopeError as exc:
-            raise BadModel(str(exc)) from None
+        _check_size(input_size, not allow_code, "--input-size")
         if not spec.fully_convolutional and tuple(input_size) != tuple(spec.input_size):
             raise BadModel(f"--input-size needs a fully convolutional model; {spec.name} runs at "
                            f"{spec.input_size[0]}x{spec.input_size[1]} only")
@@ -419,10 +417,7 @@ def _spec_for_file(path: Path, fields: dict, trusted: bool = False, upload: bool
             fields = {**fields, "input_size": [224, 224]}   # any size: a fully convolutional input
         if upload:
             size = fields.get("input_size") or [shape[1], shape[2]]
-            try:
-                check_input_size(size, upload=True, what=f"{path.name} input")
-            except NeuroscopeError as exc:
-                raise BadModel(str(exc)) from None
+            _check_size(size, True, f"{path.name} input")
         spec = _spec_for_object(model, {"name": path.stem, **fields})
         return replace(spec, weights=path.resolve()), model
     if suffix in (".pt", ".pth", ".ckpt", ".bin", ".jit", ".torchscript", ".ts"):
