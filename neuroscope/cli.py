@@ -241,7 +241,6 @@ def _params(pairs: list[str]) -> dict[str, Any]:
 
 
 def cmd_explain(args):
-    import numpy as np
     ex = _explainer(args)
     params = _params(args.param)
     if args.channel is not None:
@@ -282,8 +281,6 @@ def _write_map(path: str, res, ex, image) -> None:
 
 
 def cmd_bench(args):
-    import numpy as np
-    from .engine import Explainer
     from .images import load_image
     ex = _explainer(args)
     image = load_image(args.image)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BadModel, NeuroscopeError
-from .limits import LIMITS, check_input_size, limit
+from .limits import check_input_size, limit
 
 #: How a model's output relates to class logits (CONTRACT.md §6 `output_kind`).
 OUTPUT_KINDS = ("logits", "probabilities", "log-probabilities", "sigmoid")
@@ -23,7 +23,6 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BUNDLED_SPECS = ASSETS / "models"
 TASKS = ("classification", "segmentation")
 FRAMEWORKS = ("torch", "keras")
-MAX_MODEL_BYTES = LIMITS["model_bytes"].default   # NEUROSCOPE_MAX_MODEL_BYTES overrides it (limits.py)
 
 
 @dataclass

@@ -10,7 +10,6 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from neuroscope import Explainer, Target, load_model  # noqa: E402

@@ -27,7 +27,8 @@ import streamlit as st
 from neuroscope import Explainer, Target, load_model
 from neuroscope.errors import BadImage, BadModel, NeuroscopeError
 from neuroscope.images import load_image
-from neuroscope.zoo import ASSETS, MAX_MODEL_BYTES, bundled_specs, read_spec
+from neuroscope.limits import limit
+from neuroscope.zoo import ASSETS, bundled_specs, read_spec
 
 from . import truth
 
@@ -265,8 +266,9 @@ def _upload_model(sb) -> tuple[str, str, Explainer | None]:
                  "pickle can run code. Write a spec with architecture = 'module:factory' on the server and start "
                  f"the app with {EXTRA_SPECS_ENV}=path/to/spec.toml.")
         return UPLOAD_MODEL, "upload", None
-    if up.size > MAX_MODEL_BYTES:
-        st.error(f"The model file is too large ({up.size >> 20} MB); the limit is {MAX_MODEL_BYTES >> 20} MB.")
+    cap = limit("model_bytes")   # NEUROSCOPE_MAX_MODEL_BYTES applies to uploads too
+    if up.size > cap:
+        st.error(f"The model file is too large ({up.size >> 20} MB); the limit is {cap >> 20} MB.")
         return UPLOAD_MODEL, "upload", None
     ids = (up.file_id, spec_up.file_id if spec_up else None)
     s = session()

@@ -23,7 +23,7 @@ from keras.src.ops import numpy as knp
 from ..errors import BadParameter
 from ..propagation.canonizers import MergeBatchNorm
 from ..propagation.composites import Composite
-from ..propagation.kinds import ACTIVATION, LINEAR
+from ..propagation.kinds import ACTIVATION
 from ..propagation.rules import ActSpec, Pass
 
 

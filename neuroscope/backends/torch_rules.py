@@ -11,8 +11,8 @@ weight is ever written (merged BatchNorm parameters are computed on the side).
 from __future__ import annotations
 
 import threading
-from collections import Counter, defaultdict
-from contextlib import ExitStack, contextmanager
+from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
