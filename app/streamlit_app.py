@@ -21,7 +21,7 @@ if APP_DIR not in sys.path:  # `dashboard` lives beside this file
 
 import streamlit as st  # noqa: E402
 
-from dashboard import state  # noqa: E402
+from dashboard import state, timing  # noqa: E402
 
 PAGES = [
     ("app_pages/explain.py", "Explain", ":material/insights:"),
@@ -39,8 +39,10 @@ navigation = st.navigation([st.Page(path, title=title, icon=icon, default=i == 0
                             for i, (path, title, icon) in enumerate(PAGES)])
 st.sidebar.title("Neuroscope")
 try:
-    state.sidebar()
-    navigation.run()
+    with timing.run(navigation.title):   # NEUROSCOPE_APP_PROFILE=path: phases of this run (dashboard/timing.py)
+        with timing.phase("state"):
+            state.sidebar()
+        navigation.run()
 except Exception as exc:  # an unexpected failure: one line for the user, the traceback in the server log
     logging.getLogger("neuroscope.app").exception("page failed")
     detail = str(exc).strip().splitlines()

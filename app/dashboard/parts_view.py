@@ -14,7 +14,7 @@ import streamlit as st
 from PIL import Image
 from scipy import ndimage
 
-from dashboard import state
+from dashboard import state, timing
 from neuroscope.errors import NeuroscopeError
 from neuroscope.synth.parts import PART_PALETTE
 
@@ -89,7 +89,7 @@ def render(sel) -> None:
             st.caption("Click an object (a car, truck, bus, person, sign or traffic light) to see its parts.")
             return
         try:
-            with st.spinner("Finding the object's parts and measuring their drops…"):
+            with st.spinner("Finding the object's parts and measuring their drops…"), timing.phase("parts compute"):
                 result = state.memo("parts", (sel.model_key, sel.image_key, resolved.key()),
                                     lambda: part_contributions(explainer, image, target), refs=(explainer, image))
         except NeuroscopeError as exc:

@@ -30,7 +30,7 @@ from neuroscope.images import load_image
 from neuroscope.limits import limit
 from neuroscope.zoo import ASSETS, bundled_specs, read_spec
 
-from . import truth
+from . import timing, truth
 
 IMAGES = ASSETS / "images"
 EXTRA_SPECS_ENV = "NEUROSCOPE_EXTRA_SPECS"   # os.pathsep-separated local spec paths (operator-provided)
@@ -559,7 +559,7 @@ def sidebar() -> Selection | None:
         return None
     image, image_key, image_name, labels = picked
     try:
-        with st.spinner("Predicting…"):
+        with st.spinner("Predicting…"), timing.phase("predict"):
             pred = ex.predict(image)
     except NeuroscopeError as exc:
         st.error(f"{exc}. Try another image or model.")
@@ -571,7 +571,8 @@ def sidebar() -> Selection | None:
     resolved = None
     if target is not None:
         try:
-            resolved = ex.resolve(image, target)
+            with timing.phase("target"):
+                resolved = ex.resolve(image, target)
         except NeuroscopeError as exc:
             st.error(f"{exc}")
     sel = Selection(model_key, model_label, ex, image, image_key, image_name, labels, pred, layer, target,
