@@ -268,7 +268,7 @@ def main() -> None:
                 before, src = summary.inner_text(), map_src(page)
                 profile.mark()
                 t0 = time.time()
-                picture.click(position={"x": (x + 0.5) * box["width"] / 512, "y": (y + 0.5) * box["height"] / 256})
+                page.mouse.click(box["x"] + (x + 0.5) * box["width"] / 512, box["y"] + (y + 0.5) * box["height"] / 256)
                 wait_new_map(page, src, before)
                 t_map = time.time()
                 wait_idle(page)

@@ -160,18 +160,19 @@ def page(sel: state.Selection) -> None:
                 views.clickable(sel, picture)
             st.caption("Click an object to explain it; in box mode click two corners.")
         else:
-            st.image(views.shown(sel.image), width="stretch")
+            views.image(views.shown(sel.image), width="stretch")
     with right:
         if ex.task == "segmentation":
             with timing.phase("prediction picture"):
                 picture = views.prediction_picture(sel)
             with timing.phase("encode"):
-                st.image(picture, width="stretch", caption="Predicted classes")
+                views.image(picture, width="stretch", caption="Predicted classes")
             with timing.phase("charts"):
-                st.altair_chart(charts.class_shares(sel.prediction.pixel_shares()[:12], ex.palette), width="stretch")
+                views.chart("shares", sel.prediction, lambda: charts.class_shares(
+                    sel.prediction.pixel_shares()[:12], ex.palette))
         else:
             with timing.phase("charts"):
-                st.altair_chart(charts.top_classes(sel.prediction.top(5)), width="stretch")
+                views.chart("top", sel.prediction, lambda: charts.top_classes(sel.prediction.top(5)))
 
     if not chosen:
         st.info("Choose one or more methods in the sidebar.")
@@ -205,11 +206,13 @@ def page(sel: state.Selection) -> None:
                 with timing.phase("encode"):
                     if display.raw:
                         a, b = st.columns(2)
-                        a.image(overlays[m], width="stretch", caption=caption)
-                        b.image(display.raw_map(picture, res.map, res.meta["signed"]), width="stretch",
-                                caption=f"{m}: the map alone")
+                        with a:
+                            views.image(overlays[m], width="stretch", caption=caption)
+                        with b:
+                            views.image(display.raw_map(picture, res.map, res.meta["signed"]), width="stretch",
+                                        caption=f"{m}: the map alone")
                     else:
-                        st.image(overlays[m], width="stretch", caption=caption)
+                        views.image(overlays[m], width="stretch", caption=caption)
                 timing.mark("map sent")
                 if display.empties(res.map, res.meta["signed"]):
                     st.warning(f"{m} has no {views.SIGN_LABELS[display.sign].split()[0]} values: the sign filter "
@@ -217,7 +220,7 @@ def page(sel: state.Selection) -> None:
                 with timing.phase("legend"):
                     legend = display.legend(res.map, res.meta["signed"], infos[m].family)
                 with timing.phase("encode"):
-                    st.image(legend, width="stretch")
+                    views.image(legend, width="stretch")
                 for warning in res.meta.get("warnings", ()):   # e.g. activations a rule could not reach
                     st.warning(warning)
     if sel.layer is not None and any(infos[m].needs_layer and not infos[m].slow for m in results):
