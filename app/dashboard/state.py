@@ -25,6 +25,7 @@ import numpy as np
 import streamlit as st
 
 from neuroscope import Explainer, Target, load_model
+from neuroscope.engine import CachePool
 from neuroscope.errors import BadImage, BadModel, NeuroscopeError
 from neuroscope.images import load_image
 from neuroscope.limits import limit
@@ -196,10 +197,17 @@ def catalogue(extra: str) -> tuple[list[ModelEntry], list[str]]:
     return entries, problems
 
 
+@st.cache_resource(show_spinner=False)
+def cache_pool() -> CachePool:
+    """One byte budget for the engine caches of every model the server holds (limits
+    "server_cache_bytes"): without it each model kept up to 1.5 GiB of captures and results."""
+    return CachePool(limit("server_cache_bytes"))
+
+
 @st.cache_resource(show_spinner=False, max_entries=8)
 def explainer_for_spec(path: str) -> Explainer:
     """One Explainer per local spec, shared by all sessions (it is thread-safe)."""
-    return Explainer(load_model(read_spec(path)))
+    return Explainer(load_model(read_spec(path)), cache_pool=cache_pool())
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
@@ -214,13 +222,14 @@ def explainer_for_upload(digest: str, suffix: str, _model: bytes, _spec: bytes |
         model_path = folder / f"model{suffix}"
         model_path.write_bytes(_model)
         if _spec is None:
-            return Explainer(load_model(str(model_path), allow_code=False))
+            return Explainer(load_model(str(model_path), allow_code=False), cache_pool=cache_pool())
         spec_path = folder / "spec.toml"
         spec_path.write_bytes(_spec)
         spec = read_spec(spec_path, allow_code=False)
         if spec.framework != "keras":
             raise BadModel("an uploaded spec must describe the uploaded Keras file (framework = \"keras\")")
-        return Explainer(load_model(replace(spec, weights=model_path, path=None), allow_code=False))
+        return Explainer(load_model(replace(spec, weights=model_path, path=None), allow_code=False),
+                         cache_pool=cache_pool())
     except NeuroscopeError as exc:  # keep server paths out of the message
         raise type(exc)(str(exc).replace(str(model_path), "the uploaded file").replace(str(folder), "")) from None
     finally:
