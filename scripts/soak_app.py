@@ -125,7 +125,7 @@ def main() -> None:
                 act(page.mouse.click, box["x"] + rng.random() * box["width"], box["y"] + rng.random() * box["height"])
 
             def switch_layer() -> None:
-                box = sidebar.locator('[data-testid="stSelectbox"]').filter(has_text="Layer")
+                box = sidebar.get_by_role("combobox", name="Layer", exact=True)
                 if not box.count():
                     return
                 box.click()
