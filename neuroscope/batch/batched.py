@@ -109,7 +109,10 @@ def _torch_pass(ex, preps, targets, x, layers, input_grad, gradients):
         z = b._logits(b._run(xt), tuple(xt.shape[-2:]))   # _run: the logits under a softmax head
         logits = z.detach().float().cpu().numpy()
         decided = [_decide(ex, p, t, logits[i]) for i, (p, t) in enumerate(zip(preps, targets))]
-        ys = [b._objective(z[i:i + 1], rt.objective, "logit") if rt is not None else None
+        # unbind, not z[i:i + 1]: a slice's backward writes a zero tensor of the whole
+        # batch's size per image (B^2 traffic), unbind's one stack for the batch
+        zs = z.unbind(0)
+        ys = [b._objective(zs[i][None], rt.objective, "logit") if rt is not None else None
               for i, (rt, _) in enumerate(decided)]
     live = [y for y in ys if y is not None]
     if not live:
