@@ -16,8 +16,9 @@ engine is one process; its `--workers` only applies to Ray): the same cores.
 
 Ray modes (one run each): the wall time includes starting the actors inside the run; the
 script also reports `ray.init` seconds, when the first actor was ready (its Explainer
-loaded), and the steady rate = scenes / (last chunk finished - first chunk started, read
-inside the actors). Overhead = local / Ray - 1 at equal cores, end to end and steady.
+loaded), the steady rate = scenes / (last chunk finished - first chunk started, read
+inside the actors) and the workers' CPU ms per image inside the chunks (compare with the
+local CPU ms/image: it does not depend on the machine's load). Overhead = local / Ray - 1 at equal cores, end to end and steady.
 
 `--compute`: the bare model, forward + backward to the input, per image at batch 1, 2, 4,
 8 (CPU time, one thread): what batching can gain at all at this size on this CPU.
@@ -139,7 +140,8 @@ def main() -> int:
             results[method, label] = r["rate"]
             results[method, label + " steady"] = r["steady"]
             notes.append(f"{method} {label}: ray.init {r['init_s']:.1f} s, first actor ready {r['ready_s']:.1f} s "
-                         f"into the run (Explainer load {r['load_s']:.1f} s), run {r['wall_s']:.1f} s")
+                         f"into the run (Explainer load {r['load_s']:.1f} s), run {r['wall_s']:.1f} s, "
+                         f"workers' CPU {r['cpu_ms']:.1f} ms/image in the chunks")
             print(f"{method:10s} {label:22s} {r['rate']:7.2f} images/s end to end, {r['steady']:.2f} steady "
                   f"({notes[-1]})", flush=True)
     print(f"\n{args.model} at {h}x{w}, {args.scenes} generated scenes, chunks of {args.chunk}, "
@@ -183,15 +185,15 @@ def ray_run(args, method: str, workers: int, records, size) -> dict:
             t = time.time()
             super().__init__(settings)
             with open(trace, "a") as f:
-                f.write(f"{os.getpid()} init {t} {time.time()}\n")
+                f.write(f"{os.getpid()} init {t} {time.time()} 0\n")
 
         def __call__(self, batch):
             import os
             import time
-            t = time.time()
+            t, c = time.time(), time.process_time()
             out = super().__call__(batch)
             with open(trace, "a") as f:
-                f.write(f"{os.getpid()} call {t} {time.time()}\n")
+                f.write(f"{os.getpid()} call {t} {time.time()} {time.process_time() - c}\n")
             return out
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -217,14 +219,15 @@ def ray_run(args, method: str, workers: int, records, size) -> dict:
     finally:
         ray_engine.ExplainActor = real
         ray.shutdown()
-    inits, calls = [], []
+    inits, calls, cpu = [], [], 0.0
     for line in trace.read_text().splitlines():
-        _, kind, a, b = line.split()
+        _, kind, a, b, c = line.split()
         (inits if kind == "init" else calls).append((float(a) - start, float(b) - start))
+        cpu += float(c)
     ready = min(b for _, b in inits)
     steady = len(records) / (max(b for _, b in calls) - min(a for a, _ in calls))
     return {"rate": len(records) / wall, "steady": steady, "init_s": init_s, "ready_s": ready,
-            "load_s": min(b - a for a, b in inits), "wall_s": wall}
+            "load_s": min(b - a for a, b in inits), "wall_s": wall, "cpu_ms": cpu * 1000.0 / len(records)}
 
 
 if __name__ == "__main__":
