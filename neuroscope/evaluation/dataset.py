@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cli_args import CliError
-from .reports import confusion, fmt_value, iou, markdown_table, mean_iou
+from .reports import fmt_value, iou, markdown_table, mean_iou
 
 
 def find_labels(image_id: str, image_path: str, labels_dir: Path) -> Path | None:
