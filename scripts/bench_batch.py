@@ -163,7 +163,8 @@ def main() -> int:
             cells.append("n/a" if base is None else f"{(base / results[method, l] - 1) * 100:+.0f}% / "
                          f"{(base / results[method, l + ' steady'] - 1) * 100:+.0f}%")
         print(f"| {method} | " + " | ".join(cells) + " |")
-    print("\n(overhead = local images/s / Ray images/s - 1: +20% means Ray took 20% longer)")
+    if worker_counts:
+        print("\n(overhead = local images/s / Ray images/s - 1: +20% means Ray took 20% longer)")
     for n in notes:
         print("- " + n)
     return 0
