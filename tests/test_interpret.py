@@ -149,7 +149,9 @@ def test_interpret_finds_the_class_filter_and_resumes_after_a_cancel(tmp_path):
     assert sorted(p.name for p in (out / "partial").glob("batch-*.npz")) == ["batch-00000.npz"]
     seen = []
     it = interpret(ex, images=str(folder), out=out, batch=4, mu=0.5, progress=lambda f, m: seen.append(m))
-    assert len(seen) == 3 and seen[0].startswith("8/12")   # batch 0 was not recomputed
+    forward = seen[:seen.index("lasso for 2 classes")]
+    assert len(forward) == 2 and forward[0].startswith("8/12")   # batch 0 was not recomputed
+    assert seen[-1] == "LRP relevance 12/12 images (12 samples)"
     assert not (out / "partial").exists()
     assert it.images == 12 and it.X.shape == (12, 4)
     red = [(f["layer"], f["channel"]) for f in it.classes["red"]["filters"]]
@@ -157,8 +159,22 @@ def test_interpret_finds_the_class_filter_and_resumes_after_a_cancel(tmp_path):
     assert red[0] == ("relu", 0) and blue[0] == ("relu", 1)
     # the atlas: channel 0's strongest activations come from red images (odd indices)
     assert all(i % 2 == 1 for i in it.atlas["image"][0][:6])
+    # the per-class atlas from LRP: for red, channel 0 carries (nearly) all the relevance at
+    # the layer, at red images; its class average is a window of the red images
+    assert it.extra["relevance"]["method"] == "lrp" and it.extra["relevance"]["samples"] == 12
+    red_row = it.class_row("red")
+    assert int(np.argmax(it.R[red_row])) == 0 and it.R[red_row, 0] > 0.9
+    assert all(i % 2 == 1 for i in it.relevance_atlas["image"][red_row, 0] if i >= 0)
+    avg = it.class_average("red", "relu", 0)
+    assert avg is not None and avg[2] == 6 and avg[0].shape == (48, 48, 3)
+    centre = avg[0][18:30, 18:30].astype(float)                          # 16 px images in 48 px windows
+    assert centre[..., 0].mean() > centre[..., 2].mean() + 80            # red, not blue
     back = load_interpretation(out)
-    assert back.summary() == it.summary()
+    assert back.summary() == it.summary() and back.relevance_source == it.relevance_source
+    np.testing.assert_allclose(back.R, it.R)
+    np.testing.assert_array_equal(back.relevance_atlas["image"], it.relevance_atlas["image"])
+    np.testing.assert_allclose(back.relevance_atlas["value"], it.relevance_atlas["value"], rtol=1e-3)
+    np.testing.assert_array_equal(back.average["rgb"], it.average["rgb"])
 
 
 def test_interpret_cli_json_and_errors(tmp_path, capsys):

@@ -84,6 +84,28 @@ def _keras_outputs(backend, x, layers):
     return out[0].numpy(), {n: out[1 + i].numpy() for i, n in enumerate(layers)}
 
 
+def _keras_activations(backend, x, layers):
+    """{layer: [N, K, h, w]} from a sub-model that ends at the layers (no head, no logits)."""
+    import keras
+    import tensorflow as tf
+    graph = backend._graph(None)
+    idx = [graph.tensor_index[backend._layer_pos[n]] for n in layers]
+
+    def build():
+        flat = graph.model
+        model = keras.Model(flat.inputs, [flat.outputs[1 + i] for i in idx])
+
+        @tf.function(reduce_retracing=True, autograph=False)
+        def fn(xb):
+            return [tf.transpose(a, [0, 3, 1, 2]) for a in keras.tree.flatten(model(xb, training=False))]
+        return fn
+
+    fn = _keras_model(backend, ("activations", tuple(layers)), build)
+    with tf.device(backend.device):
+        out = fn(backend._batch(x))
+    return {n: out[i].numpy() for i, n in enumerate(layers)}
+
+
 # ----------------------------------------------------------------- backward
 def backproject(backend, x: np.ndarray, picks, rule: str = "deconvnet-fixed",
                 layers: Sequence[str] = ()) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
@@ -144,8 +166,7 @@ def _keras_backproject(backend, x, picks, rule, layers):
     import keras
     import tensorflow as tf
     layers = list(layers)
-    _, outs = _keras_outputs(backend, x, layers)
-    acts = {n: outs[n][0] for n in layers}
+    acts = {n: a[0] for n, a in _keras_activations(backend, x, layers).items()}
     chosen = list(picks(acts))
     if not chosen:
         return acts, []

@@ -27,25 +27,34 @@ _LOCK = threading.Lock()
 
 
 def load_for(spec_name: str, path: str):
-    """The interpretation at `path` ("" = the bundled one of the model), cached by file time."""
+    """The interpretation at `path` ("" = the bundled one of the model), read once and
+    re-read only when its JSON file changes (one stat per call)."""
+    import os
+
     from ..interpret.store import JSON_NAME, bundled_interpretation, load_interpretation
+    with _LOCK:
+        hit = _CACHE.get((spec_name, path))
+    if hit is not None:
+        f, stamp, it = hit
+        try:
+            if os.stat(f).st_mtime_ns == stamp:
+                return it
+        except OSError:
+            pass
     if not path:
         found = bundled_interpretation(spec_name)
         if found is None:
             raise BadParameter(f"relevant-filters: no bundled interpretation for {spec_name}; run "
                                "`neuroscope interpret MODEL --set ... --out DIR` and pass --param interpretation=DIR")
-        path = str(found)
-    p = Path(path)
+        p = found
+    else:
+        p = Path(path)
     f = p / JSON_NAME if p.is_dir() else p
-    key = (str(f.resolve()) if f.exists() else str(f), f.stat().st_mtime_ns if f.exists() else 0)
+    it = load_interpretation(p, arrays=False)
     with _LOCK:
-        it = _CACHE.get(key)
-    if it is None:
-        it = load_interpretation(p, arrays=False)
-        with _LOCK:
-            if len(_CACHE) > 16:
-                _CACHE.clear()
-            _CACHE[key] = it
+        if len(_CACHE) > 16:
+            _CACHE.clear()
+        _CACHE[(spec_name, path)] = (str(f), f.stat().st_mtime_ns, it)
     return it
 
 
