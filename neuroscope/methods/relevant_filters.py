@@ -101,17 +101,31 @@ def relevant_filters(ctx) -> np.ndarray:
         raise BadParameter(f"relevant-filters: the interpretation has no relevant filter for class {class_name!r}")
     mask = ctx.objective.mask
     chosen: list[tuple[str, int, float]] = []
-
-    def picks(acts):
-        r, masks = filter_evidence(it, class_name, acts, mask)
+    if ctx.backend.framework == "keras":     # one traced call: forward, evidence, top, backwards
+        from ..interpret.core import _pool
+        from ..interpret.passes import keras_backproject_top
+        shapes = {l.name: l.shape for l in ctx.backend.layers()}
+        masks = {l: np.ones(shapes[l][1:], np.float32) if mask is None else _pool(mask > 0, tuple(shapes[l][1:]))
+                 for l in layers}
+        r, order, all_grads = keras_backproject_top(ctx.backend, ctx.x, layers, w, masks, top)
         total = float(r[r > 0].sum())
-        order = [int(j) for j in np.argsort(-r, kind="stable")[:top] if r[j] > 0]
-        for j in order:
-            layer, ch = it.filter_of(j)
-            chosen.append((layer, ch, float(r[j]) / total))
-        return [(layer, ch, masks.get(layer)) for layer, ch, _ in chosen]
+        grads = []
+        for i, j in enumerate(order[:top]):
+            if r[j] > 0:
+                layer, ch = it.filter_of(int(j))
+                chosen.append((layer, ch, float(r[j]) / total))
+                grads.append(all_grads[i])
+    else:
+        def picks(acts):
+            r, masks = filter_evidence(it, class_name, acts, mask)
+            total = float(r[r > 0].sum())
+            order = [int(j) for j in np.argsort(-r, kind="stable")[:top] if r[j] > 0]
+            for j in order:
+                layer, ch = it.filter_of(j)
+                chosen.append((layer, ch, float(r[j]) / total))
+            return [(layer, ch, masks.get(layer)) for layer, ch, _ in chosen]
 
-    _, grads = backproject(ctx.backend, ctx.x, picks, "deconvnet-fixed", layers)
+        _, grads = backproject(ctx.backend, ctx.x, picks, "deconvnet-fixed", layers)
     ctx.extra["filters"] = [{"layer": l, "channel": c, "share": round(s, 4)} for l, c, s in chosen]
     ctx.extra["interpretation"] = it.model
     if not grads:   # none of the class's filters fires here
