@@ -29,7 +29,7 @@ from ..errors import Cancelled, NeuroscopeError
 COMPOSITE = "epsilon-plus-flat"
 RELEVANCE_IMAGES = 100          # default: the first 100 images of the set
 RELEVANCE_K = 4                 # per class and filter, the top positions kept
-AVERAGE_FILTERS = 12            # per class, the filters (by weight) with a class average
+AVERAGE_FILTERS = 16            # per class, the filters (by weight) with a class average
 AVERAGE_K = 8                   # windows averaged
 AVERAGE_SIZE = 48               # side of the stored average, pixels
 
