@@ -3,7 +3,7 @@ per-class atlas, the mean relevance shares and the class averages
 (`neuroscope.interpret.relevance`), without re-running the forward pass over the set.
 This is how the bundled interpretations in assets/interpretations/ got theirs:
 
-    python scripts/interpret_relevance.py MODEL [DIR] [--images 100]
+    python scripts/interpret_relevance.py MODEL [DIR] [--images N]   # default 32; the bundled: 100
 
 DIR defaults to the model's bundled interpretation. `neuroscope interpret` does the same
 pass at its end (--relevance-images).

@@ -265,3 +265,25 @@ def test_relevant_filters_parity_torch_keras_segmentation_uses_the_region(tmp_pa
     m = maps[0]
     car = truth == 13
     assert m[car].mean() > 3 * m[~car].mean()
+
+
+def test_strided_fix_as_one_strided_transpose_equals_resize_then_stride_one():
+    """torch's deconvnet-fixed backward of a strided conv (box-summed kernel, stride s) is
+    exactly "nearest x s, then the stride-1 transpose" (METHODS.md §2), grouped or not."""
+    from neuroscope.backends import torch_rules
+
+    class Saved:
+        pass
+    torch.manual_seed(0)
+    for cin, cout, k, s, p, hw, groups in [(3, 8, 3, 2, 1, (24, 32), 1), (8, 8, 3, 2, 1, (16, 16), 8),
+                                           (4, 6, 5, 2, 2, (20, 20), 1), (4, 6, 1, 2, 0, (16, 12), 1)]:
+        conv = nn.Conv2d(cin, cout, k, stride=s, padding=p, groups=groups)
+        dy = torch.randn(conv(torch.zeros(1, cin, *hw)).shape)
+        ctx = Saved()
+        ctx.conv, ctx.in_hw = conv, hw
+        got = torch_rules._StridedDeconv.backward(ctx, dy)[0]
+        h1, w1 = hw[0] + 2 * p - (k - 1), hw[1] + 2 * p - (k - 1)
+        assert (h1, w1) == (s * dy.shape[-2], s * dy.shape[-1])          # the fast path applies
+        up = nn.functional.interpolate(dy, size=(h1, w1), mode="nearest")
+        want = nn.functional.conv_transpose2d(up, conv.weight, None, stride=1, padding=p, groups=groups)
+        torch.testing.assert_close(got.detach(), want.detach(), rtol=1e-5, atol=1e-5)

@@ -14,7 +14,7 @@ def add_arguments(c) -> None:
     c.add_argument("--mu", type=float, default=None, help="L1 budget of each class's weights (default 0.2)")
     c.add_argument("--count", type=int, help="use the first N images of the set")
     c.add_argument("--relevance-images", type=int, default=None,
-                   help="LRP relevance per class (atlas, class averages) over the first N images (default 100; 0: skip)")
+                   help="LRP relevance per class (atlas, class averages) over the first N images (default 32; 0: skip)")
 
 
 def run_cli(args, explainer):

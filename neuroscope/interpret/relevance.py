@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import Cancelled, NeuroscopeError
 
 COMPOSITE = "epsilon-plus-flat"
-RELEVANCE_IMAGES = 100          # default: the first 100 images of the set
+RELEVANCE_IMAGES = 32           # default: the first 32 images of the set (~1 LRP backward per sample)
 RELEVANCE_K = 4                 # per class and filter, the top positions kept
 AVERAGE_FILTERS = 16            # per class, the filters (by weight) with a class average
 AVERAGE_K = 8                   # windows averaged
