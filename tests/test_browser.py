@@ -400,6 +400,9 @@ def test_concepts_page_shows_the_relevant_filters_of_the_class_with_atlas_crops(
         box = strip.bounding_box()
         strip.click(position={"x": 1.5 * box["width"] / STRIP_COLS, "y": 10})
         expect(average).to_contain_text(f"{names[1]}: class average for {cls}", timeout=TIMEOUT_MS)
+        expect(page.locator("p", has_text=f"Where {names[1]} is most relevant for {cls}")).to_be_visible(
+            timeout=TIMEOUT_MS)
+        expect(page.locator("p", has_text=f"{names[1]}: its strongest activations")).to_be_visible(timeout=TIMEOUT_MS)
     wait_idle(page)
     no_errors(page)
     page.screenshot(path=str(ARTIFACTS / "concepts.png"))

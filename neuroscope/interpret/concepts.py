@@ -43,7 +43,7 @@ def average_tile(it: Interpretation, class_name: str, layer: str, channel: int) 
     if got is None:
         return None
     rgb, m, _ = got
-    return overlay(rgb, m.astype(np.float32) / 255.0, "inferno", 0.5, "positive", 100.0, by_magnitude=True)
+    return overlay(rgb, m.astype(np.float32) / 255.0, "inferno", 0.4, "positive", 100.0, by_magnitude=True)
 
 
 STRIP_COLS = 8
