@@ -120,7 +120,7 @@ def page(sel: state.Selection) -> None:
     marks = layer_marks(ex, sel.layer, sel.resolved.class_name)
     if marks:   # the model's interpretation (Concepts page) lists these for the class: framed on the grid
         st.markdown(f"Relevant filters of **{sel.resolved.class_name}** in this layer (model interpretation, "
-                    "see Concepts), framed in orange on the grid: " + ", ".join(f"{c} ({m})" for c, m in marks.items()))
+                    "see Concepts), framed in orange on the grid: " + ", ".join(f"{c} {m}" for c, m in marks.items()))
     state.session().shown["layers_relevant"] = list(marks)
     sort = st.radio("Sort channels by", list(SORTS), format_func=SORTS.get, horizontal=True, key="layers_sort",
                     **KEEP)

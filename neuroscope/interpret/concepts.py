@@ -52,7 +52,7 @@ STRIP_TILE = 96
 
 def filter_strip(it: Interpretation, class_name: str, filters: list[dict], selected: int | None = None) -> np.ndarray:
     """The ranked filters of a class as one clickable picture: tile i = filter i's class
-    average (grey with its name when none is stored), labelled "#rank layer-end:channel",
+    average (grey when none is stored), labelled "#rank: channel",
     the selected one framed; STRIP_COLS tiles a row."""
     from ..render import tile_grid
     tiles, labels = [], []
@@ -76,12 +76,12 @@ def strip_index(click: dict | None, n: int, cols: int = STRIP_COLS) -> int | Non
 
 
 def layer_marks(explainer, layer: str, class_name: str) -> dict[int, str]:
-    """{channel: "#rank weight"} of the class's relevant filters in `layer` (rank among all
+    """{channel: "#rank (weight)"} of the class's relevant filters in `layer` (rank among all
     the class's relevant filters), for the Layers page's filter grid."""
     it = interpretation_of(explainer)
     if it is None or class_name not in it.classes:
         return {}
-    return {f["channel"]: f"#{i + 1} {f['weight']:.2f}" for i, f in enumerate(ranked_filters(it, class_name))
+    return {f["channel"]: f"#{i + 1} ({f['weight']:.2f})" for i, f in enumerate(ranked_filters(it, class_name))
             if f["layer"] == layer}
 
 
