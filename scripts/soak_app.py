@@ -6,10 +6,13 @@ Warm-up: every bundled model is picked once and every page visited once (so ever
 framework, model and page has allocated what it keeps). Then `--actions` user actions
 drawn from a seeded generator, as a lab user would: a click on the picture (a new region),
 a new generated scene, another layer, another model, another page and back to Explain.
-The server's RSS (/proc/PID/status) is printed after the warm-up and every `--every`
-actions; the slope is a least-squares fit of RSS over the second half of the actions, in MB
-per 100 actions (flat = within a few MB per 100 actions; scripts/soak.py does the same for
-the engine alone). With NEUROSCOPE_APP_PROFILE the app also logs each run's RSS.
+The server's RSS (/proc/PID/status) is read after every action and printed every
+`--every` actions. RSS is a sawtooth, not a line: freed memory stays in the heap until glibc
+trims it (up to 1 GiB per arena, neuroscope/runtime.py) and the engine caches fill up to
+their shared budget and then evict. So the summary gives, per quarter of the actions, the
+min / median / max RSS (bounded = the quarters' maxima stop rising), and two slopes in MB
+per 100 actions: a least-squares fit of every sample of the second half, and one of the
+quarters' maxima. Each script run's RSS is also in the profile log (NEUROSCOPE_APP_PROFILE).
 """
 from __future__ import annotations
 
@@ -160,8 +163,8 @@ def main() -> None:
                     go("Explain")
                 else:
                     fn()
+                samples.append((i, rss_mb(proc.pid)))
                 if i % args.every == 0:
-                    samples.append((i, rss_mb(proc.pid)))
                     print(f"action {i:4d}: RSS {samples[-1][1]:.0f} MB ({time.monotonic() - t_start:.0f} s)",
                           flush=True)
             browser.close()
@@ -181,9 +184,17 @@ def main() -> None:
     xs, ys = [a for a, _ in samples], [r for _, r in samples]
     load = os.getloadavg()
     print(f"\nactions: {counts}; load average {load[0]:.1f} at the end")
-    print(f"RSS after warm-up {ys[0]:.0f} MB, max {max(ys):.0f} MB, end {ys[-1]:.0f} MB; "
-          f"band over the second half {min(ys[len(ys) // 2:]):.0f}-{max(ys[len(ys) // 2:]):.0f} MB; "
-          f"slope over the second half {slope_per_100(xs, ys):+.1f} MB per 100 actions")
+    print(f"RSS after warm-up {ys[0]:.0f} MB, max {max(ys):.0f} MB, end {ys[-1]:.0f} MB")
+    print("\n| actions | min MB | median MB | max MB |\n|---|---:|---:|---:|")
+    quarters = np.array_split(np.arange(1, len(xs)), 4)
+    maxima = []
+    for q in quarters:
+        v = [ys[i] for i in q]
+        maxima.append((float(np.mean([xs[i] for i in q])), max(v)))
+        print(f"| {xs[q[0]]}-{xs[q[-1]]} | {min(v):.0f} | {np.median(v):.0f} | {max(v):.0f} |")
+    mx, my = zip(*maxima)
+    print(f"\nslope per 100 actions: all samples of the second half {slope_per_100(xs[1:], ys[1:]):+.0f} MB; "
+          f"the quarters' maxima {np.polyfit(mx, my, 1)[0] * 100:+.0f} MB")
     print(f"server log and profile: {folder}")
 
 
