@@ -48,6 +48,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--app", default=str(ROOT / "app" / "streamlit_app.py"))
     ap.add_argument("--chromium", default="/usr/bin/chromium")
+    ap.add_argument("--trace", action="store_true", help="tracemalloc in the server: the allocation sites that "
+                    "grew, every 20 script runs, in FOLDER/tracemalloc.txt (slow; app/dashboard/timing.py)")
     args = ap.parse_args()
     from playwright.sync_api import expect, sync_playwright
     from neuroscope.zoo import bundled_specs
@@ -61,6 +63,8 @@ def main() -> None:
                                                                     os.environ.get("PYTHONPATH")])))
     env["NEUROSCOPE_APP_PROFILE"] = str(folder / "profile.jsonl")   # each run's end: the actions wait for it
     profile = Profile(folder / "profile.jsonl")
+    if args.trace:
+        env["NEUROSCOPE_APP_TRACEMALLOC"] = str(folder / "tracemalloc.txt")
     log = folder / "streamlit.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port),

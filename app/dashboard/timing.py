@@ -17,6 +17,12 @@ import time
 from typing import Iterator
 
 ENV = "NEUROSCOPE_APP_PROFILE"
+#: With the profile on: NEUROSCOPE_APP_TRACEMALLOC=path traces Python allocations (numpy's
+#: included) and every TRACE_EVERY runs appends to `path` the allocation sites that grew
+#: most since the first snapshot (taken after TRACE_WARM runs). Slow: diagnosis only.
+TRACE_ENV = "NEUROSCOPE_APP_TRACEMALLOC"
+TRACE_WARM, TRACE_EVERY = 20, 20
+_trace: dict = {"runs": 0, "first": None}
 _local = threading.local()
 _write_lock = threading.Lock()
 
@@ -52,6 +58,8 @@ def run(page: str = "") -> Iterator[None]:
                     "marks": rec["marks"], "rss_mb": round(_rss_mb(), 1)}
             with _write_lock, open(os.environ[ENV], "a") as fh:
                 fh.write(json.dumps(line) + "\n")
+            if os.environ.get(TRACE_ENV):
+                _trace_step(os.environ[TRACE_ENV])
 
 
 def set_page(name: str) -> None:
@@ -94,3 +102,23 @@ def mark(name: str) -> None:
     rec = getattr(_local, "rec", None)
     if rec is not None and name not in rec["marks"]:
         rec["marks"][name] = round(1000 * (time.perf_counter() - rec["t0"]), 2)
+
+
+def _trace_step(path: str) -> None:
+    import tracemalloc
+    if not tracemalloc.is_tracing():
+        tracemalloc.start(6)
+    _trace["runs"] += 1
+    n = _trace["runs"]
+    if n == TRACE_WARM:
+        _trace["first"] = tracemalloc.take_snapshot()
+    elif n > TRACE_WARM and (n - TRACE_WARM) % TRACE_EVERY == 0 and _trace["first"] is not None:
+        snap = tracemalloc.take_snapshot()
+        stats = snap.compare_to(_trace["first"], "traceback")[:12]
+        with _write_lock, open(path, "a") as fh:
+            fh.write(f"=== run {n}: traced {tracemalloc.get_traced_memory()[0] / 2**20:.0f} MB, "
+                     f"RSS {_rss_mb():.0f} MB\n")
+            for st in stats:
+                fh.write(f"{st.size_diff / 2**20:+8.1f} MB ({st.count_diff:+d} blocks), now {st.size / 2**20:.1f} MB\n")
+                for line in st.traceback.format()[-12:]:
+                    fh.write(f"      {line}\n")
