@@ -186,6 +186,13 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
     xs, ys = [a for a, _ in samples], [r for _, r in samples]
+    profile.offset = 0
+    runs = [r for r in profile.since_mark() if "cache_mb" in r]
+    if runs:   # RSS minus what the engine caches hold, per quarter of the runs
+        rest = np.array([r["rss_mb"] - r["cache_mb"] for r in runs])
+        parts = np.array_split(rest[len(rest) // 4:], 3)
+        print("RSS minus the engine caches' bytes (script runs after the first quarter, in thirds): "
+              + ", ".join(f"{p.min():.0f}-{p.max():.0f} MB" for p in parts if len(p)))
     load = os.getloadavg()
     print(f"\nactions: {counts}; load average {load[0]:.1f} at the end")
     print(f"RSS after warm-up {ys[0]:.0f} MB, max {max(ys):.0f} MB, end {ys[-1]:.0f} MB")

@@ -18,10 +18,11 @@ from typing import Iterator
 
 ENV = "NEUROSCOPE_APP_PROFILE"
 #: With the profile on: NEUROSCOPE_APP_TRACEMALLOC=path traces Python allocations (numpy's
-#: included) and every TRACE_EVERY runs appends to `path` the allocation sites that grew
-#: most since the first snapshot (taken after TRACE_WARM runs). Slow: diagnosis only.
+#: included) from script run TRACE_START on (after a warm-up: tracing a model load is very
+#: slow), takes a first snapshot TRACE_EVERY runs later, and every TRACE_EVERY runs after
+#: that appends to `path` the allocation sites that grew most since. Diagnosis only.
 TRACE_ENV = "NEUROSCOPE_APP_TRACEMALLOC"
-TRACE_WARM, TRACE_EVERY = 20, 20
+TRACE_START, TRACE_EVERY = 30, 15
 _trace: dict = {"runs": 0, "first": None}
 _local = threading.local()
 _write_lock = threading.Lock()
@@ -46,7 +47,7 @@ def run(page: str = "") -> Iterator[None]:
         yield
         return
     t0, wall = time.perf_counter(), time.time()
-    _local.rec = {"phases": {}, "bytes": {}, "marks": {}, "stack": [], "page": page, "t0": t0}
+    _local.rec = {"phases": {}, "bytes": {}, "marks": {}, "notes": {}, "stack": [], "page": page, "t0": t0}
     try:
         with phase("other"):
             yield
@@ -55,7 +56,7 @@ def run(page: str = "") -> Iterator[None]:
         if rec is not None:
             line = {"t": wall, "page": rec["page"], "total_ms": round(1000 * (time.perf_counter() - t0), 2),
                     "phases": {k: round(v, 2) for k, v in rec["phases"].items()}, "bytes": rec["bytes"],
-                    "marks": rec["marks"], "rss_mb": round(_rss_mb(), 1)}
+                    "marks": rec["marks"], **rec["notes"], "rss_mb": round(_rss_mb(), 1)}
             with _write_lock, open(os.environ[ENV], "a") as fh:
                 fh.write(json.dumps(line) + "\n")
             if os.environ.get(TRACE_ENV):
@@ -106,13 +107,13 @@ def mark(name: str) -> None:
 
 def _trace_step(path: str) -> None:
     import tracemalloc
-    if not tracemalloc.is_tracing():
-        tracemalloc.start(6)
     _trace["runs"] += 1
     n = _trace["runs"]
-    if n == TRACE_WARM:
+    if n == TRACE_START:
+        tracemalloc.start(6)
+    elif n == TRACE_START + TRACE_EVERY:
         _trace["first"] = tracemalloc.take_snapshot()
-    elif n > TRACE_WARM and (n - TRACE_WARM) % TRACE_EVERY == 0 and _trace["first"] is not None:
+    elif n > TRACE_START + TRACE_EVERY and (n - TRACE_START) % TRACE_EVERY == 0 and _trace["first"] is not None:
         snap = tracemalloc.take_snapshot()
         stats = snap.compare_to(_trace["first"], "traceback")[:12]
         with _write_lock, open(path, "a") as fh:
@@ -122,3 +123,10 @@ def _trace_step(path: str) -> None:
                 fh.write(f"{st.size_diff / 2**20:+8.1f} MB ({st.count_diff:+d} blocks), now {st.size / 2**20:.1f} MB\n")
                 for line in st.traceback.format()[-12:]:
                     fh.write(f"      {line}\n")
+
+
+def note(name: str, value) -> None:
+    """A value for this run's line (e.g. the engine caches' bytes)."""
+    rec = getattr(_local, "rec", None)
+    if rec is not None:
+        rec["notes"][name] = value
