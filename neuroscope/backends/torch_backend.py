@@ -248,10 +248,10 @@ class TorchBackend:
         # autograd and one Function carries the linear rule from its end to its input
         blocked = base_names | {m.split("#")[0] for m in masks}
         chains = plan.chains if plan is not None else {}
+        if blocked and chains:
+            chains = {n: c for n, c in chains.items() if not set(c.members) & blocked}
         pending: dict = {}
-
-        calls = ChainCalls() if any(chains.get(n) is not None and not set(chains[n].members) & blocked
-                                    for n in chains) else None
+        calls = ChainCalls() if chains else None
 
         def pre_hook(chain, entry):
             def hook(module, inputs):
@@ -277,9 +277,9 @@ class TorchBackend:
                     return False, None
                 if made is not None and out is made:   # merged already: the BatchNorm passes it on
                     calls.made = made if entry.merge is not None else None
-                    pending[chain] = [x, made, True]
+                    pending[chain] = [x, made, True, calls.params]
                     return True, None
-                pending[chain] = [x, out.detach() if entry.merge is None else None, False]
+                pending[chain] = [x, out.detach() if entry.merge is None else None, False, None]
                 return True, out.detach()
             state = pending.get(chain)
             if state is None:
@@ -295,12 +295,11 @@ class TorchBackend:
             if name != chain.end:
                 return True, value
             del pending[chain]
-            return True, apply_kernel(plan.entries[chain.start], state[0], out if value is None else value, state[1])
+            return True, apply_kernel(plan.entries[chain.start], state[0], out if value is None else value, state[1],
+                                      state[3])
 
         def make_hook(name: str, entry):
             chain = chains.get(name)
-            if chain is not None and set(chain.members) & blocked:
-                chain = None
 
             def hook(module, inputs, out):
                 if threading.get_ident() != owner:
@@ -340,15 +339,14 @@ class TorchBackend:
             # F.relu & co. called by the model's forward (no module to hook): the same rule
             functional = FunctionalRules(lambda x, out, p: _Elementwise.apply(
                 x, relu_rule, ActSpec(slope=p[0], upper=p[1]), [out.detach()]))
+        mask_names = {m.split("#")[0] for m in masks}
         try:
             for name, module in self._by_name.items():
                 entry = plan.entries.get(name) if plan is not None else None
-                if name in base_names or (entry is not None and entry.rule is not None) \
-                        or name in {m.split("#")[0] for m in masks}:
+                if name in base_names or (entry is not None and entry.rule is not None) or name in mask_names:
                     handles.append(module.register_forward_hook(make_hook(name, entry)))
                 chain = chains.get(name)
-                if calls is not None and chain is not None and chain.start == name \
-                        and not set(chain.members) & blocked:
+                if chain is not None and chain.start == name:
                     handles.append(module.register_forward_pre_hook(pre_hook(chain, entry)))
             with rule_mode(plan, composite, calls) if plan is not None else nullcontext(), functional:
                 yield

@@ -399,7 +399,7 @@ class LinearKernel:
 
     def __init__(self, rule: Rule, module: nn.Module, bn: nn.Module | None) -> None:
         self.rule, self.module, self.bn = rule, module, bn
-        pointwise = _pointwise(module)
+        pointwise = self.pointwise = self.pointwise_cat = _pointwise(module)
         self.fn = _pointwise_fn if pointwise else _linear_fn(module)
         self.dgrad = _pointwise_dgrad if pointwise else _dgrad_fn(module)
         self.groups = rule.sign_groups() if isinstance(rule, BasicRule) else None
@@ -407,9 +407,12 @@ class LinearKernel:
 
     def params(self) -> dict:
         m, bn = self.module, self.bn
-        tensors = [m.weight, m.bias]
+        mp = m._parameters
+        # (a parametrised weight is not in _parameters: read each call, it never hits the cache)
+        tensors = [mp["weight"] if "weight" in mp else m.weight, mp["bias"] if "bias" in mp else m.bias]
         if bn is not None:
-            tensors += [bn.running_mean, bn.running_var, bn.weight, bn.bias]
+            bp, bb = bn._parameters, bn._buffers
+            tensors += [bb.get("running_mean"), bb.get("running_var"), bp.get("weight"), bp.get("bias")]
         key = _version_key(tensors)
         cached = self._cache
         if cached is not None and cached[0] == key:
@@ -417,7 +420,7 @@ class LinearKernel:
         with torch.no_grad():
             w, b = _merged_params(m, bn)
             w, b = w.detach(), None if b is None else b.detach()
-            value = {"w": w, "b": b}
+            value = {"w": w, "b": b, "constant": {}}
             if self.groups is not None:
                 eps = float(self.rule.stabilizer)
                 transposed = isinstance(m, nn.modules.conv._ConvTransposeNd)
@@ -426,26 +429,35 @@ class LinearKernel:
                 # (w for x+, w for x-, bias + the stabiliser of T's sign)
                 value["groups"] = [(grp.pos(w, "weight", OPS), grp.neg(w, "weight", OPS),
                                     grp.pos(b0, "bias", OPS) + grp.sign * eps) for grp in self.groups]
+                if self.pointwise:   # [w for x+ | w for x-]: one product over [x+ | x-]
+                    value["cat"] = [torch.cat([wa.reshape(wa.shape[0], -1), wb.reshape(wb.shape[0], -1)], dim=1)
+                                    for wa, wb, _ in value["groups"]]
             else:
                 value["passes"] = [(param_mod(w, "weight", OPS), None if b is None else param_mod(b, "bias", OPS))
                                    for _, param_mod in self.rule.passes()]
         self._cache = (key, value)
         return value
 
-    def forward(self, x: torch.Tensor, actual: torch.Tensor | None, nonneg: bool) -> tuple:
+    def forward(self, x: torch.Tensor, actual: torch.Tensor | None, nonneg: bool, p: dict | None = None) -> tuple:
         """The state the backward needs (computed without autograd). `actual`: the
-        layer's own (merged) output when known; `nonneg`: x >= 0 is known."""
-        p = self.params()
+        layer's own (merged) output when known; `nonneg`: x >= 0 is known; `p`: the
+        parameters of this call when already looked up."""
+        if p is None:
+            p = self.params()
         fn = self.fn
         with torch.no_grad():
             if self.groups is not None:
-                xp, xn = (x, None) if nonneg else (x.clamp(min=0), x.clamp(max=0))
                 totals = []
-                for wa, wb, ba in p["groups"]:
-                    t = fn(xp, wa, ba)
-                    if xn is not None:
-                        t += fn(xn, wb, None)
-                    totals.append(t)
+                if not nonneg and self.pointwise_cat:
+                    xc = torch.cat([x.clamp(min=0), x.clamp(max=0)], dim=1)
+                    totals = [fn(xc, wc, ba) for wc, (_, _, ba) in zip(p["cat"], p["groups"])]
+                else:
+                    xp, xn = (x, None) if nonneg else (x.clamp(min=0), x.clamp(max=0))
+                    for wa, wb, ba in p["groups"]:
+                        t = fn(xp, wa, ba)
+                        if xn is not None:
+                            t += fn(xn, wb, None)
+                        totals.append(t)
                 if any(grp.select for grp in self.groups) and actual is None:
                     actual = fn(x, p["w"], p["b"])
                 return (p, nonneg, (totals, actual))
@@ -457,6 +469,12 @@ class LinearKernel:
                     outs.append(actual if actual is not None else fn(x, w, b))
                 elif nonneg and getattr(in_mod, "positive_part", False):
                     outs.append(fn(x, w, b))
+                elif getattr(in_mod, "constant", False):   # the same for every input of this shape
+                    key = (len(outs), tuple(x.shape), x.dtype, x.device)
+                    out = p["constant"].get(key)
+                    if out is None:
+                        out = p["constant"][key] = fn(in_mod(x, OPS), w, b)
+                    outs.append(out)
                 else:
                     outs.append(fn(in_mod(x, OPS), w, b))
             return (p, nonneg, outs)
@@ -466,8 +484,8 @@ class LinearKernel:
         dgrad = self.dgrad
         if self.groups is not None:
             totals, z = outs
-            da = db = None
-            for grp, (wa, wb, _), t in zip(self.groups, p["groups"], totals):
+            gs = []
+            for grp, t in zip(self.groups, totals):
                 g = relevance / t
                 if grp.coef != 1.0:
                     g.mul_(grp.coef)
@@ -475,6 +493,17 @@ class LinearKernel:
                     g = torch.where(z > 0, g, 0.0)
                 elif grp.select == "<":
                     g = torch.where(z < 0, g, 0.0)
+                gs.append(g)
+            if not nonneg and self.pointwise_cat:   # [d for x+ | d for x-] in one product per group
+                dc = None
+                for g, wc in zip(gs, p["cat"]):
+                    d = g.permute(0, 2, 3, 1).matmul(wc)
+                    dc = d if dc is None else dc.add_(d)
+                c = x.shape[1]
+                xh = x.permute(0, 2, 3, 1)
+                return (xh * torch.where(xh > 0, dc[..., :c], dc[..., c:])).permute(0, 3, 1, 2)
+            da = db = None
+            for g, (wa, wb, _) in zip(gs, p["groups"]):
                 d = dgrad(g, x, wa)
                 da = d if da is None else da.add_(d)
                 if not nonneg:
@@ -503,23 +532,34 @@ class _Rule(torch.autograd.Function):
     """Output = the (chain's) own output, boxed in `holder`; backward = the kernel's."""
 
     @staticmethod
-    def forward(ctx, kernel, state, holder, x):  # noqa: D401
-        ctx.kernel, ctx.state = kernel, state
+    def forward(ctx, state, out, x):  # noqa: D401
+        ctx.state = state
         ctx.save_for_backward(x)
-        return holder[0]
+        return out
 
     @staticmethod
     def backward(ctx, relevance):
         (x,) = ctx.saved_tensors
-        r = ctx.kernel.backward(ctx.state, relevance, x)
+        st = ctx.state
         ctx.state = None
-        return None, None, None, r
+        return None, None, st.kernel.backward(st.state, relevance, x)
 
 
-def apply_kernel(entry: Entry, x: torch.Tensor, out: torch.Tensor, actual: torch.Tensor | None) -> torch.Tensor:
+class _State:
+    """The kernel and its forward state: one opaque object for Function.apply (whose
+    argument walk would otherwise visit every cached tensor)."""
+
+    __slots__ = ("kernel", "state")
+
+    def __init__(self, kernel: "LinearKernel", state: tuple) -> None:
+        self.kernel, self.state = kernel, state
+
+
+def apply_kernel(entry: Entry, x: torch.Tensor, out: torch.Tensor, actual: torch.Tensor | None,
+                 params: dict | None = None) -> torch.Tensor:
     """`out` carrying the entry's linear rule back to `x` (the fast path)."""
-    state = entry.kernel.forward(x, actual, entry.nonneg)
-    return _Rule.apply(entry.kernel, state, [out.detach()], x)
+    state = entry.kernel.forward(x, actual, entry.nonneg, params)
+    return _Rule.apply(_State(entry.kernel, state), out.detach(), x)
 
 
 class _NormSum(torch.autograd.Function):
@@ -699,6 +739,7 @@ class ChainCalls:
     def __init__(self) -> None:
         self.armed: tuple | None = None     # (entry, module)
         self.made: torch.Tensor | None = None
+        self.params: dict | None = None     # the kernel parameters `made` was computed with
 
 
 class _RuleMode(TorchFunctionMode):
@@ -729,7 +770,7 @@ class _RuleMode(TorchFunctionMode):
                 with torch.no_grad():
                     p = kernel.params()
                     y = kernel.fn(args[0], p["w"], p["b"])
-                calls.made = y
+                calls.made, calls.params = y, p
                 return y
             if name == "batch_norm" and calls.made is not None and args and args[0] is calls.made:
                 return args[0]       # merged into the convolution before it

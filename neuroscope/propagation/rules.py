@@ -257,9 +257,14 @@ class ZBox(BasicRule):
 
     def passes(self):
         low, high = self.low, self.high
-        return [(_same, _keep),
-                (lambda x, ops: ops.per_channel(low, x), _param_positive),
-                (lambda x, ops: ops.per_channel(high, x), _param_negative)]
+
+        def lowest(x, ops):
+            return ops.per_channel(low, x)
+
+        def highest(x, ops):
+            return ops.per_channel(high, x)
+        lowest.constant = highest.constant = True
+        return [(_same, _keep), (lowest, _param_positive), (highest, _param_negative)]
 
     def mapper(self, out_grad, outputs, ops):
         g = out_grad / stabilize(outputs[0] - outputs[1] - outputs[2], self.stabilizer, ops)
@@ -271,6 +276,9 @@ class ZBox(BasicRule):
 
 def _ones(t: Any, ops: Any) -> Any:
     return ops.ones_like(t)
+
+
+_ones.constant = True   # depends on the input's shape only: backends may cache the pass
 
 
 @dataclass(frozen=True)
