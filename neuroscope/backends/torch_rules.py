@@ -532,9 +532,10 @@ class _Rule(torch.autograd.Function):
     """Output = the (chain's) own output, boxed in `holder`; backward = the kernel's."""
 
     @staticmethod
-    def forward(ctx, state, out, x):  # noqa: D401
+    def forward(ctx, state, x):  # noqa: D401
         ctx.state = state
         ctx.save_for_backward(x)
+        out, state.out = state.out, None
         return out
 
     @staticmethod
@@ -542,24 +543,24 @@ class _Rule(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         st = ctx.state
         ctx.state = None
-        return None, None, st.kernel.backward(st.state, relevance, x)
+        return None, st.kernel.backward(st.state, relevance, x)
 
 
 class _State:
     """The kernel and its forward state: one opaque object for Function.apply (whose
     argument walk would otherwise visit every cached tensor)."""
 
-    __slots__ = ("kernel", "state")
+    __slots__ = ("kernel", "state", "out")
 
-    def __init__(self, kernel: "LinearKernel", state: tuple) -> None:
-        self.kernel, self.state = kernel, state
+    def __init__(self, kernel: "LinearKernel", state: tuple, out: torch.Tensor) -> None:
+        self.kernel, self.state, self.out = kernel, state, out
 
 
 def apply_kernel(entry: Entry, x: torch.Tensor, out: torch.Tensor, actual: torch.Tensor | None,
                  params: dict | None = None) -> torch.Tensor:
     """`out` carrying the entry's linear rule back to `x` (the fast path)."""
     state = entry.kernel.forward(x, actual, entry.nonneg, params)
-    return _Rule.apply(_State(entry.kernel, state), out.detach(), x)
+    return _Rule.apply(_State(entry.kernel, state, out.detach()), x)
 
 
 class _NormSum(torch.autograd.Function):
