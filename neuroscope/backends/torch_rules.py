@@ -24,7 +24,7 @@ from ..errors import BadParameter
 from ..propagation.canonizers import ExplicitResidual, MergeBatchNorm
 from ..propagation.composites import Composite
 from ..propagation.kinds import ACTIVATION, LINEAR
-from ..propagation.rules import ActSpec, BasicRule, Norm, Pass, Rule, _keep, _same
+from ..propagation.rules import ActSpec, BasicRule, Flat, Norm, Pass, Rule, _keep, _same
 
 
 class TorchOps:
@@ -406,6 +406,10 @@ class LinearKernel:
         self.fn = _pointwise_fn if pointwise else _linear_fn(module)
         self.dgrad = _pointwise_dgrad if pointwise else _dgrad_fn(module)
         self.groups = rule.sign_groups() if isinstance(rule, BasicRule) else None
+        # flat on an ungrouped convolution: all weights 1, so every input channel gets the
+        # same back-projection of the relevance summed over the output channels
+        self.flat = (type(rule) is Flat and type(module) in (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+                     and module.groups == 1 and not pointwise)
         self._cache: tuple | None = None
 
     def params(self) -> dict:
@@ -485,6 +489,18 @@ class LinearKernel:
     def backward(self, state: tuple, relevance: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         p, nonneg, outs = state
         dgrad = self.dgrad
+        if self.flat:
+            key = (tuple(x.shape), x.dtype, x.device)
+            inv = p["constant"].get(("inv",) + key)
+            if inv is None:   # 1 / stabilize(z) of the ones pass: the same for every input of this shape
+                z = outs[0]
+                inv = p["constant"][("inv",) + key] = 1.0 / torch.where(z >= 0, z + self.rule.stabilizer,
+                                                                        z - self.rule.stabilizer)
+            w1 = p.get("flat_w")
+            if w1 is None:
+                w = p["w"]
+                w1 = p["flat_w"] = torch.ones((1, *w.shape[1:]), dtype=w.dtype, device=w.device)
+            return dgrad((relevance * inv).sum(dim=1, keepdim=True), x, w1)
         if self.groups is not None:
             totals, z = outs
             gs = []
