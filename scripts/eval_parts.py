@@ -141,8 +141,10 @@ part masks for the objects drivescene-seg segments, on its frozen backbone. Used
 cached, so training steps cost only the decoder and crops keep whole-scene context. Crops
 at full resolution, most centred on a pixel of a part class drawn uniformly over the 14
 parts (class-balanced sampling); loss = cross-entropy weighted by (median frequency /
-frequency)^0.5 + soft Dice over the parts present; AdamW, warm-up and cosine decay over a
-fixed number of steps, seeded; decoder only. {args.train_note}
+frequency)^0.5 + soft Dice over the parts present; AdamW, warm-up and cosine decay over
+`--steps` or over the wall-time budget `--minutes` (data included), whichever ends first;
+seeded (a run that ends on its steps is reproducible; one that ends on the clock, as this
+one, is not bit for bit); decoder only. {args.train_note}
 
 ## Held-out evaluation ({args.scenes} generated scenes, seeds 1,000,000–{HELD_OUT + args.scenes - 1})
 
