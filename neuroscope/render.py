@@ -251,10 +251,11 @@ def save_png(rgb: np.ndarray, path, compress_level: int = 6) -> None:
     Image.fromarray(rgb).save(path, format="PNG", compress_level=compress_level)
 
 
-def to_png_bytes(rgb: np.ndarray) -> bytes:
+def to_png_bytes(rgb: np.ndarray, compress_level: int = 6) -> bytes:
+    """PNG bytes; `compress_level` 1 is ~5x faster than the default 6 for a few % more bytes."""
     import io
     buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
+    Image.fromarray(rgb).save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
 
 
