@@ -1,5 +1,6 @@
 """relevant-filters against a bare forward + backward, per bundled model (interleaved runs,
-medians), printed as a Markdown table.
+medians; the ratio is the median of the per-pair ratios, robust to load drifting between
+pairs), printed as a Markdown table.
 
     nice -n 10 python scripts/bench_interpret.py [--repeats 5] [--models a,b]
 
@@ -57,7 +58,8 @@ def main() -> int:
             rf.append((t1 - t0) * 1e3)
             fb.append((t2 - t1) * 1e3)
         a, b = statistics.median(rf), statistics.median(fb)
-        rows.append((name, f"{prep.x.shape[1]}x{prep.x.shape[2]}", f"{b:.1f}", f"{a:.1f}", f"{a / b:.2f}"))
+        ratio = statistics.median(x / y for x, y in zip(rf, fb))
+        rows.append((name, f"{prep.x.shape[1]}x{prep.x.shape[2]}", f"{b:.1f}", f"{a:.1f}", f"{ratio:.2f}"))
     print("| model | input | fwd+bwd ms | relevant-filters ms | ratio |")
     print("|---|---|---|---|---|")
     for r in rows:

@@ -1,5 +1,5 @@
-"""README figure: the relevant filters of a class with their atlas crops, and the
-relevant-filters explanation of one image.
+"""README figure: the relevant filters of a class, each with its class average (first tile,
+framed) and its atlas crops, and the relevant-filters explanation of one image.
 
     python scripts/figure_concepts.py [--model drivescene-seg] [--class car]
         [--image assets/images/scene-1000002.png] [--out docs/concepts-car.png]
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from neuroscope import Explainer, Target  # noqa: E402
-from neuroscope.interpret.concepts import atlas_crops, interpretation_of, ranked_filters  # noqa: E402
+from neuroscope.interpret.concepts import atlas_crops, average_tile, interpretation_of, ranked_filters  # noqa: E402
 from neuroscope.render import overlay  # noqa: E402
 
 
@@ -34,11 +34,15 @@ def main() -> int:
     rows = []
     for f in ranked_filters(it, args.cls)[:args.filters]:
         crops = [c for c, _ in atlas_crops(it, f["layer"], f["channel"], k=k, size=tile)]
-        row = Image.new("RGB", (170 + k * (tile + 4), tile + 4), "white")
+        avg = average_tile(it, args.cls, f["layer"], f["channel"])
+        row = Image.new("RGB", (170 + (k + 1) * (tile + 4) + 8, tile + 4), "white")
         ImageDraw.Draw(row).text((4, tile // 2 - 12), f"{f['layer']}:{f['channel']}\nweight {f['weight']:.3f}",
                                  fill="black")
+        if avg is not None:
+            row.paste(Image.fromarray(avg).resize((tile, tile)), (170, 2))
+            ImageDraw.Draw(row).rectangle([168, 0, 170 + tile + 1, tile + 3], outline=(255, 140, 0), width=2)
         for i, c in enumerate(crops):
-            row.paste(Image.fromarray(c), (170 + i * (tile + 4), 2))
+            row.paste(Image.fromarray(c), (170 + 8 + (i + 1) * (tile + 4), 2))
         rows.append(row)
     from neuroscope.images import load_image
     img = load_image(args.image)

@@ -386,6 +386,23 @@ def test_concepts_page_shows_the_relevant_filters_of_the_class_with_atlas_crops(
     if server["model"] == "drivescene-seg":   # its bundled interpretation
         expect(page.locator(".st-key-concepts_atlas [data-testid='stImage']").first).to_be_visible(timeout=TIMEOUT_MS)
         expect(page.get_by_text(re.compile(r"relevant filters of"))).to_be_visible()
+        # click the second tile of the ranked-filter strip: that filter is picked (its class average shown)
+        from neuroscope.interpret import load_interpretation
+        from neuroscope.interpret.concepts import STRIP_COLS, ranked_filters
+        from neuroscope.interpret.store import bundled_interpretation
+        cls = re.search(r"relevant filters of (.+?) \(", page.get_by_text(re.compile(r"relevant filters of")).first
+                        .inner_text()).group(1)
+        ranked = ranked_filters(load_interpretation(bundled_interpretation("drivescene-seg"), arrays=False), cls)
+        names = [f"{f['layer']}:{f['channel']}" for f in ranked]
+        average = page.locator(".st-key-concepts_average [data-testid='stImageCaption']").first
+        expect(average).to_contain_text(f"{names[0]}: class average for {cls}", timeout=TIMEOUT_MS)
+        strip = page.frame_locator(".st-key-concepts_strip iframe").first.locator("#image")
+        box = strip.bounding_box()
+        strip.click(position={"x": 1.5 * box["width"] / STRIP_COLS, "y": 10})
+        expect(average).to_contain_text(f"{names[1]}: class average for {cls}", timeout=TIMEOUT_MS)
+        expect(page.locator("p", has_text=f"Where {names[1]} is most relevant for {cls}")).to_be_visible(
+            timeout=TIMEOUT_MS)
+        expect(page.locator("p", has_text=f"{names[1]}: its strongest activations")).to_be_visible(timeout=TIMEOUT_MS)
     wait_idle(page)
     no_errors(page)
     page.screenshot(path=str(ARTIFACTS / "concepts.png"))

@@ -149,7 +149,9 @@ def test_interpret_finds_the_class_filter_and_resumes_after_a_cancel(tmp_path):
     assert sorted(p.name for p in (out / "partial").glob("batch-*.npz")) == ["batch-00000.npz"]
     seen = []
     it = interpret(ex, images=str(folder), out=out, batch=4, mu=0.5, progress=lambda f, m: seen.append(m))
-    assert len(seen) == 3 and seen[0].startswith("8/12")   # batch 0 was not recomputed
+    forward = seen[:seen.index("lasso for 2 classes")]
+    assert len(forward) == 2 and forward[0].startswith("8/12")   # batch 0 was not recomputed
+    assert seen[-1] == "LRP relevance 12/12 images (12 samples)"
     assert not (out / "partial").exists()
     assert it.images == 12 and it.X.shape == (12, 4)
     red = [(f["layer"], f["channel"]) for f in it.classes["red"]["filters"]]
@@ -157,8 +159,22 @@ def test_interpret_finds_the_class_filter_and_resumes_after_a_cancel(tmp_path):
     assert red[0] == ("relu", 0) and blue[0] == ("relu", 1)
     # the atlas: channel 0's strongest activations come from red images (odd indices)
     assert all(i % 2 == 1 for i in it.atlas["image"][0][:6])
+    # the per-class atlas from LRP: for red, channel 0 carries (nearly) all the relevance at
+    # the layer, at red images; its class average is a window of the red images
+    assert it.extra["relevance"]["method"] == "lrp" and it.extra["relevance"]["samples"] == 12
+    red_row = it.class_row("red")
+    assert int(np.argmax(it.R[red_row])) == 0 and it.R[red_row, 0] > 0.9
+    assert all(i % 2 == 1 for i in it.relevance_atlas["image"][red_row, 0] if i >= 0)
+    avg = it.class_average("red", "relu", 0)
+    assert avg is not None and avg[2] == 6 and avg[0].shape == (48, 48, 3)
+    centre = avg[0][18:30, 18:30].astype(float)                          # 16 px images in 48 px windows
+    assert centre[..., 0].mean() > centre[..., 2].mean() + 80            # red, not blue
     back = load_interpretation(out)
-    assert back.summary() == it.summary()
+    assert back.summary() == it.summary() and back.relevance_source == it.relevance_source
+    np.testing.assert_allclose(back.R, it.R)
+    np.testing.assert_array_equal(back.relevance_atlas["image"], it.relevance_atlas["image"])
+    np.testing.assert_allclose(back.relevance_atlas["value"], it.relevance_atlas["value"], rtol=1e-3)
+    np.testing.assert_array_equal(back.average["rgb"], it.average["rgb"])
 
 
 def test_interpret_cli_json_and_errors(tmp_path, capsys):
@@ -249,3 +265,25 @@ def test_relevant_filters_parity_torch_keras_segmentation_uses_the_region(tmp_pa
     m = maps[0]
     car = truth == 13
     assert m[car].mean() > 3 * m[~car].mean()
+
+
+def test_strided_fix_as_one_strided_transpose_equals_resize_then_stride_one():
+    """torch's deconvnet-fixed backward of a strided conv (box-summed kernel, stride s) is
+    exactly "nearest x s, then the stride-1 transpose" (METHODS.md §2), grouped or not."""
+    from neuroscope.backends import torch_rules
+
+    class Saved:
+        pass
+    torch.manual_seed(0)
+    for cin, cout, k, s, p, hw, groups in [(3, 8, 3, 2, 1, (24, 32), 1), (8, 8, 3, 2, 1, (16, 16), 8),
+                                           (4, 6, 5, 2, 2, (20, 20), 1), (4, 6, 1, 2, 0, (16, 12), 1)]:
+        conv = nn.Conv2d(cin, cout, k, stride=s, padding=p, groups=groups)
+        dy = torch.randn(conv(torch.zeros(1, cin, *hw)).shape)
+        ctx = Saved()
+        ctx.conv, ctx.in_hw = conv, hw
+        got = torch_rules._StridedDeconv.backward(ctx, dy)[0]
+        h1, w1 = hw[0] + 2 * p - (k - 1), hw[1] + 2 * p - (k - 1)
+        assert (h1, w1) == (s * dy.shape[-2], s * dy.shape[-1])          # the fast path applies
+        up = nn.functional.interpolate(dy, size=(h1, w1), mode="nearest")
+        want = nn.functional.conv_transpose2d(up, conv.weight, None, stride=1, padding=p, groups=groups)
+        torch.testing.assert_close(got.detach(), want.detach(), rtol=1e-5, atol=1e-5)

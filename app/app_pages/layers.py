@@ -10,9 +10,10 @@ from dashboard.state import KEEP, Keys
 from neuroscope import render
 from neuroscope.errors import NeuroscopeError
 from neuroscope.interactive import channel_order, channel_stats
-from neuroscope.interpret.concepts import relevant_channels
+from neuroscope.interpret.concepts import layer_marks
 
-SORTS = {"importance": "importance for the target", "activation": "mean activation", "index": "channel index"}
+SORTS = {"importance": "importance for the target", "activation": "mean activation", "index": "channel index",
+         "relevant": "relevant filters of the class first"}
 GRID_COLS = 8
 SWEEP_THUMB = (96, 192)
 
@@ -31,7 +32,7 @@ def strip_layers(names: list[str]) -> list[str]:
 
 
 def filter_grid(sel: state.Selection, acts: np.ndarray, order: np.ndarray, mean_act: np.ndarray,
-                importance: np.ndarray, sort: str) -> None:
+                importance: np.ndarray, sort: str, marks: dict[int, str] | None = None) -> None:
     k = len(order)
     c1, c2, c3 = st.columns(3)
     per_page = c1.selectbox("Tiles per page", [16, 32, 64, 128], index=1, key="layers_per_page", **KEEP)
@@ -40,8 +41,11 @@ def filter_grid(sel: state.Selection, acts: np.ndarray, order: np.ndarray, mean_
                                   key=Keys.scoped("layers_page", sel.model_key, sel.layer, per_page), **KEEP))
     cmap = c3.selectbox("Tile colormap", ["viridis", "inferno", "gray", "jet"], key="layers_cmap", **KEEP)
     shown = order[(page_no - 1) * per_page: page_no * per_page]
-    grid = state.memo("filter_grid", (tuple(shown.tolist()), cmap), lambda: render.filter_grid(
-        acts, shown, cols=GRID_COLS, tile=96, cmap=cmap, numbers=True), refs=(acts,), size=4)
+    marks = marks or {}
+    grid = state.memo("filter_grid", (tuple(shown.tolist()), cmap, tuple(sorted(marks.items()))),
+                      lambda: render.filter_grid(acts, shown, cols=GRID_COLS, tile=96, cmap=cmap, numbers=True,
+                                                 marks=marks), refs=(acts,), size=4)
+    state.session().shown["layers_grid"] = {"image": grid, "shown": shown.tolist(), "marks": dict(marks)}
     rows = -(-len(shown) // GRID_COLS)
     key = channel_key(sel)
 
@@ -57,7 +61,8 @@ def filter_grid(sel: state.Selection, acts: np.ndarray, order: np.ndarray, mean_
     left, right = st.columns([3, 2])
     with left:
         st.caption(f"Channels {(page_no - 1) * per_page + 1}–{(page_no - 1) * per_page + len(shown)} of {k}, "
-                   f"sorted by {SORTS[sort]}; each tile scaled on its own. Click a tile to enlarge it.")
+                   f"sorted by {SORTS[sort]}; each tile scaled on its own. Click a tile to enlarge it."
+                   + (f" Orange frames: relevant filters of {sel.resolved.class_name} (rank, weight)." if marks else ""))
         streamlit_image_coordinates(grid, key="grid_click", width="stretch", on_click=on_tile_click,
                                     cursor="pointer")
     with right:
@@ -112,14 +117,17 @@ def page(sel: state.Selection) -> None:
     except NeuroscopeError as exc:
         st.error(f"{exc}")
         return
-    marks = relevant_channels(ex, sel.layer, sel.resolved.class_name)
-    if marks:   # the model's interpretation (Concepts page) lists these for the class
+    marks = layer_marks(ex, sel.layer, sel.resolved.class_name)
+    if marks:   # the model's interpretation (Concepts page) lists these for the class: framed on the grid
         st.markdown(f"Relevant filters of **{sel.resolved.class_name}** in this layer (model interpretation, "
-                    "see Concepts): " + ", ".join(map(str, marks)))
-        state.session().shown["layers_relevant"] = marks
+                    "see Concepts), framed in orange on the grid: " + ", ".join(f"{c} {m}" for c, m in marks.items()))
+    state.session().shown["layers_relevant"] = list(marks)
     sort = st.radio("Sort channels by", list(SORTS), format_func=SORTS.get, horizontal=True, key="layers_sort",
                     **KEEP)
-    filter_grid(sel, acts, channel_order(sort, mean_act, importance), mean_act, importance, sort)
+    order = channel_order("importance" if sort == "relevant" else sort, mean_act, importance)
+    if sort == "relevant":
+        order = np.concatenate([np.array(list(marks), int), order[~np.isin(order, list(marks))]])
+    filter_grid(sel, acts, order, mean_act, importance, sort, marks)
     layer_sweep(sel, [l.name for l in ex.spatial_layers()])
 
 

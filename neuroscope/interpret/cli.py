@@ -13,6 +13,8 @@ def add_arguments(c) -> None:
     c.add_argument("--layers", help="comma-separated layer names (default: last activation of the two coarsest strides)")
     c.add_argument("--mu", type=float, default=None, help="L1 budget of each class's weights (default 0.2)")
     c.add_argument("--count", type=int, help="use the first N images of the set")
+    c.add_argument("--relevance-images", type=int, default=None,
+                   help="LRP relevance per class (atlas, class averages) over the first N images (default 32; 0: skip)")
 
 
 def run_cli(args, explainer):
@@ -29,7 +31,8 @@ def run_cli(args, explainer):
     try:
         it = interpret(explainer, set_name=args.interp_set, images=args.images, labels=args.labels, out=args.out,
                        layers=[l.strip() for l in args.layers.split(",") if l.strip()] if args.layers else None,
-                       mu=DEFAULT_MU if args.mu is None else args.mu, count=args.count, progress=progress)
+                       mu=DEFAULT_MU if args.mu is None else args.mu, count=args.count, progress=progress,
+                       relevance_images=args.relevance_images)
     except KeyboardInterrupt:
         print("", file=sys.stderr)
         raise KeyboardInterrupt("interrupted; rerun the same command to continue") from None

@@ -216,8 +216,12 @@ def merge_atlas(a: dict[str, np.ndarray], k: int = ATLAS_K) -> dict[str, np.ndar
 # ----------------------------------------------------------------- the run
 def interpret(explainer, *, set_name: str | None = None, images: str | None = None, labels: str | None = None,
               out: str | Path, layers: Sequence[str] | None = None, mu: float = DEFAULT_MU, count: int | None = None,
-              batch: int | None = None, progress: Progress | None = None) -> Interpretation:
-    """Run (or continue) the interpretation of `explainer`'s model and save it in `out`."""
+              batch: int | None = None, progress: Progress | None = None,
+              relevance_images: int | None = None) -> Interpretation:
+    """Run (or continue) the interpretation of `explainer`'s model and save it in `out`.
+    `relevance_images` (default relevance.RELEVANCE_IMAGES; 0: none): the first images whose
+    samples get an LRP backward for the per-class atlas and the class averages."""
+    from .relevance import RELEVANCE_IMAGES, relevance_pass
     t0 = time.perf_counter()
     backend = explainer.backend
     task = explainer.task
@@ -308,7 +312,15 @@ def interpret(explainer, *, set_name: str | None = None, images: str | None = No
     it.time_s = done_time + time.perf_counter() - t0
     it.extra = {"batch": batch, "input_size": [H, W], "feature_scaling": "L1 per layer x channels",
                 "samples": int(len(lab)), "atlas_k": ATLAS_K}
-    it.save(out)
+    it.save(out)          # usable already; the partial batches stay until the relevance is in
+    n_rel = RELEVANCE_IMAGES if relevance_images is None else relevance_images
+    if n_rel < 0:
+        raise BadParameter(f"--relevance-images must be >= 0, got {n_rel}")
+    if n_rel:
+        t1 = time.perf_counter()
+        relevance_pass(explainer, it, items, n_rel, progress)
+        it.time_s += time.perf_counter() - t1
+        it.save(out)
     shutil.rmtree(partial, ignore_errors=True)
     return it
 
@@ -323,26 +335,36 @@ def _fmt(seconds: float) -> str:
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
-def iter_atlas_crops(it: Interpretation, layer: str, channel: int, size: int = 64) -> Iterator[tuple[np.ndarray, float]]:
-    """The top atlas crops (uint8 [size, size, 3], activation) of one filter, regenerated
-    from the interpretation's image set: a window of 3 strides (at least 48 px) around
-    the position of the maximum, at model resolution."""
-    from PIL import Image
-
+def source_items(it: Interpretation) -> list[Item]:
+    """The items of the interpretation's image set, in its order (images regenerated or read)."""
     from ..images import load_image
-    if not it.atlas:
-        return
-    j = it.filter_index(layer, channel)
-    stride = next(l["stride"] for l in it.layers if l["name"] == layer)
-    H, W = it.extra.get("input_size", [None, None])
     src = it.source
     if "set" in src:
         items, _ = set_items(src["set"], count=src.get("count") or len(src.get("images", [])) or None)
+        return items
+    return [Item(Path(p).name, lambda p=p: load_image(p)) for p in src.get("images", [])]
+
+
+def iter_atlas_crops(it: Interpretation, layer: str, channel: int, size: int = 64,
+                     class_name: str | None = None) -> Iterator[tuple[np.ndarray, float]]:
+    """The top atlas crops (uint8 [size, size, 3], value) of one filter, regenerated from
+    the interpretation's image set: a window of 3 strides (at least 48 px) around the
+    position of the maximum, at model resolution. With `class_name`: the positions where
+    the filter is most LRP-relevant for that class (value: its relevance share)."""
+    from PIL import Image
+    j = it.filter_index(layer, channel)
+    if class_name is None:
+        atlas = {k: it.atlas[k][j] for k in ("value", "image", "row", "col")} if it.atlas else None
     else:
-        items = [Item(Path(p).name, lambda p=p: load_image(p))
-                 for p in src["images"]]
+        c = it.class_row(class_name)
+        atlas = {k: it.relevance_atlas[k][c, j] for k in ("value", "image", "row", "col")} if it.relevance_atlas else None
+    if atlas is None:
+        return
+    stride = next(l["stride"] for l in it.layers if l["name"] == layer)
+    H, W = it.extra.get("input_size", [None, None])
+    items = source_items(it)
     half = max(24, 3 * stride // 2)
-    for v, i, r, c in zip(*(it.atlas[k][j] for k in ("value", "image", "row", "col"))):
+    for v, i, r, c in zip(*(atlas[k] for k in ("value", "image", "row", "col"))):
         if v <= 0 or i >= len(items):
             continue
         img = _resize(items[int(i)].load(), (H, W))

@@ -84,6 +84,28 @@ def _keras_outputs(backend, x, layers):
     return out[0].numpy(), {n: out[1 + i].numpy() for i, n in enumerate(layers)}
 
 
+def _keras_activations(backend, x, layers):
+    """{layer: [N, K, h, w]} from a sub-model that ends at the layers (no head, no logits)."""
+    import keras
+    import tensorflow as tf
+    graph = backend._graph(None)
+    idx = [graph.tensor_index[backend._layer_pos[n]] for n in layers]
+
+    def build():
+        flat = graph.model
+        model = keras.Model(flat.inputs, [flat.outputs[1 + i] for i in idx])
+
+        @tf.function(reduce_retracing=True, autograph=False)
+        def fn(xb):
+            return [tf.transpose(a, [0, 3, 1, 2]) for a in keras.tree.flatten(model(xb, training=False))]
+        return fn
+
+    fn = _keras_model(backend, ("activations", tuple(layers)), build)
+    with tf.device(backend.device):
+        out = fn(backend._batch(x))
+    return {n: out[i].numpy() for i, n in enumerate(layers)}
+
+
 # ----------------------------------------------------------------- backward
 def backproject(backend, x: np.ndarray, picks, rule: str = "deconvnet-fixed",
                 layers: Sequence[str] = ()) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
@@ -144,8 +166,7 @@ def _keras_backproject(backend, x, picks, rule, layers):
     import keras
     import tensorflow as tf
     layers = list(layers)
-    _, outs = _keras_outputs(backend, x, layers)
-    acts = {n: outs[n][0] for n in layers}
+    acts = {n: a[0] for n, a in _keras_activations(backend, x, layers).items()}
     chosen = list(picks(acts))
     if not chosen:
         return acts, []
@@ -176,3 +197,55 @@ def _keras_backproject(backend, x, picks, rule, layers):
     with tf.device(backend.device):
         grads = fn(backend._batch(x, single=True), *[tf.constant(tops[l]) for l in layers]).numpy()
     return acts, list(grads)
+
+
+def keras_backproject_top(backend, x: np.ndarray, layers: Sequence[str], w: np.ndarray,
+                          masks: dict[str, np.ndarray], n: int, rule: str = "deconvnet-fixed"):
+    """relevant-filters in ONE traced Keras call: the forward to `layers`, the evidence
+    r = x * w / sum w of every filter (x: energies sum_ij m A^2 per layer, L1-normalised
+    times the channel count, as `interpret.core.normalise_features`), its top n, and one
+    backward per chosen filter of sum A_f * stopgrad(m A_f) with `rule` from a persistent
+    tape. `masks` {layer: [h, w]} are the region weights (ones for a whole image).
+    Returns (r [F], top filter indices [n], input gradients [n, H, W, 3])."""
+    import keras
+    import tensorflow as tf
+    _check_layers(backend, layers)
+    if rule not in getattr(backend, "rules", ()):
+        raise BadParameter(f"the keras backend has no rule {rule!r}")
+    layers = list(layers)
+    graph = backend._graph(rule)
+    idx = [graph.tensor_index[backend._layer_pos[l]] for l in layers]
+    shapes = {l.name: l.shape for l in backend.layers()}
+    ks = [int(shapes[l][0]) for l in layers]
+    F = sum(ks)
+    n = max(1, min(int(n), F))
+
+    def build():
+        model = keras.Model(graph.model.inputs, [graph.model.outputs[1 + i] for i in idx])
+        H, W = backend.input_size
+        specs = [tf.TensorSpec([1, H, W, backend._channels], tf.float32), tf.TensorSpec([F], tf.float32)]
+        specs += [tf.TensorSpec(list(shapes[l][1:]), tf.float32) for l in layers]
+
+        @tf.function(input_signature=specs, autograph=False)
+        def fn(xb, wv, *ms):
+            with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
+                tape.watch(xb)
+                acts = [o[0] for o in keras.tree.flatten(model(xb, training=False))]    # [h, w, K]
+                feats = []
+                for a, m, k in zip(acts, ms, ks):
+                    e = tf.reduce_sum(tf.square(a) * m[:, :, None], axis=[0, 1])
+                    s = tf.reduce_sum(e)
+                    feats.append(tf.where(s > 0, e / tf.where(s > 0, s, 1.0) * float(k), tf.zeros_like(e)))
+                r = tf.concat(feats, 0) * wv / tf.reduce_sum(wv)
+                top = tf.math.top_k(r, k=n, sorted=True).indices
+                pick = tf.split(tf.one_hot(top, F), ks, axis=1)                          # per layer [n, K]
+                ys = [tf.add_n([tf.reduce_sum(a * tf.stop_gradient(a * m[:, :, None] * p[i]))
+                                for a, m, p in zip(acts, ms, pick)]) for i in range(n)]
+            return r, top, tf.stack([tape.gradient(y, xb)[0] for y in ys])
+        return fn
+
+    fn = _keras_model(backend, ("backproject-top", rule, tuple(layers), n), build)
+    ms = [tf.constant(np.asarray(masks[l], np.float32)) for l in layers]
+    with tf.device(backend.device):
+        r, top, grads = fn(backend._batch(x, single=True), tf.constant(np.asarray(w, np.float32)), *ms)
+    return r.numpy(), top.numpy(), grads.numpy()

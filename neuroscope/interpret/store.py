@@ -5,6 +5,11 @@ class the relevant filters with their weights, mu, the image set (so atlas crops
 regenerated), counts and timing. NPZ: the feature matrix X [samples, filters], the
 sample labels and image indices, the weight matrix W [classes, filters] and the atlas
 (per filter the top-k activations: value, image index, row, column at layer resolution).
+Version 2 adds the per-class half of the atlas from LRP (``interpret.relevance``): per
+class and filter the top positions where the filter is most relevant for the class
+(``rel_*``), its mean relevance share ``R`` [classes, filters] and the class average of
+each relevant filter (``avg_*``); JSON ``extra.relevance`` says how it was computed.
+Version 1 files (no relevance) are still read.
 """
 from __future__ import annotations
 
@@ -16,7 +21,8 @@ import numpy as np
 
 from ..errors import BadParameter
 
-VERSION = 1
+VERSION = 2
+READS = (1, 2)
 JSON_NAME = "interpretation.json"
 NPZ_NAME = "interpretation.npz"
 BUNDLED = Path(__file__).resolve().parent.parent.parent / "assets" / "interpretations"
@@ -38,6 +44,9 @@ class Interpretation:
     W: np.ndarray | None = None            # float32 [len(classes), F] in the order of `classes`
     atlas: dict[str, np.ndarray] = field(default_factory=dict)   # value/image/row/col [F, k]
     extra: dict = field(default_factory=dict)
+    relevance_atlas: dict[str, np.ndarray] = field(default_factory=dict)   # value/image/row/col [C, F, k]
+    R: np.ndarray | None = None            # float32 [len(classes), F] mean LRP relevance share
+    average: dict[str, np.ndarray] = field(default_factory=dict)   # pairs [P, 2], count, rgb, map
 
     # ---------------------------------------------------------- indexing
     @property
@@ -83,6 +92,34 @@ class Interpretation:
             w[self.filter_index(f["layer"], f["channel"])] = f["weight"]
         return w
 
+    def class_row(self, class_name: str) -> int:
+        self.class_entry(class_name)
+        return list(self.classes).index(class_name)
+
+    @property
+    def relevance_source(self) -> str | None:
+        """How the per-class relevance was computed ("LRP (epsilon-plus-flat), 100 images"), or None."""
+        r = self.extra.get("relevance")
+        if not r or self.R is None:
+            return None
+        return f"{r['method'].upper()} ({r['composite']}), {r['samples']} samples of {r['images']} images"
+
+    def relevance_of(self, class_name: str) -> np.ndarray | None:
+        """Mean LRP relevance share of every filter for the class [F], or None."""
+        return None if self.R is None else self.R[self.class_row(class_name)]
+
+    def class_average(self, class_name: str, layer: str, channel: int) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """(mean crop uint8 [S, S, 3], mean relevance uint8 [S, S], windows) of a filter for
+        the class, or None when not stored."""
+        if not self.average or not len(self.average.get("pairs", ())):
+            return None
+        key = (self.class_row(class_name), self.filter_index(layer, channel))
+        hit = np.flatnonzero((self.average["pairs"][:, 0] == key[0]) & (self.average["pairs"][:, 1] == key[1]))
+        if not len(hit):
+            return None
+        p = int(hit[0])
+        return self.average["rgb"][p], self.average["map"][p], int(self.average["count"][p])
+
     def summary(self) -> dict:
         """The `interpret --json` document (CONTRACT.md §8)."""
         return {"layers": [l["name"] for l in self.layers],
@@ -98,6 +135,11 @@ class Interpretation:
         arrays = {k: v for k, v in (("X", None if self.X is None else self.X.astype(np.float16)), ("labels", self.labels), ("sample_image", self.sample_image),
                                     ("W", self.W)) if v is not None}
         arrays.update({f"atlas_{k}": v for k, v in self.atlas.items()})
+        arrays.update({f"rel_{k}": v.astype(np.float16 if k == "value" else np.int16 if k in ("row", "col") else np.int32)
+                       for k, v in self.relevance_atlas.items()})
+        if self.R is not None:
+            arrays["R"] = self.R.astype(np.float32)
+        arrays.update({f"avg_{k}": v for k, v in self.average.items()})
         tmp = out / (NPZ_NAME + ".tmp.npz")
         np.savez_compressed(tmp, **arrays)
         tmp.replace(out / NPZ_NAME)
@@ -119,9 +161,9 @@ def load_interpretation(path: str | Path, arrays: bool = True) -> Interpretation
         doc = json.loads(p.read_text())
     except (OSError, ValueError) as exc:
         raise BadParameter(f"cannot read interpretation {p}: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("version") != VERSION:
+    if not isinstance(doc, dict) or doc.get("version") not in READS:
         raise BadParameter(f"interpretation {p} has version {doc.get('version') if isinstance(doc, dict) else '?'}; "
-                           f"this build reads version {VERSION} (rerun `neuroscope interpret`)")
+                           f"this build reads versions {', '.join(map(str, READS))} (rerun `neuroscope interpret`)")
     it = Interpretation(doc["model"], doc["task"], doc["layers"], doc["classes"], float(doc["mu"]),
                         doc.get("source", {}), int(doc["images"]), float(doc["time_s"]), extra=doc.get("extra", {}))
     npz = p.with_name(NPZ_NAME)
@@ -131,6 +173,10 @@ def load_interpretation(path: str | Path, arrays: bool = True) -> Interpretation
                 if k in z:
                     setattr(it, k, z[k].astype(np.float32) if k == "X" else z[k])
             it.atlas = {k[6:]: z[k] for k in z.files if k.startswith("atlas_")}
+            it.relevance_atlas = {k[4:]: z[k].astype(np.float32 if k == "rel_value" else np.int32)
+                                  for k in z.files if k.startswith("rel_")}
+            it.R = z["R"] if "R" in z else None
+            it.average = {k[4:]: z[k] for k in z.files if k.startswith("avg_")}
     return it
 
 

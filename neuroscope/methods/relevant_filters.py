@@ -27,25 +27,34 @@ _LOCK = threading.Lock()
 
 
 def load_for(spec_name: str, path: str):
-    """The interpretation at `path` ("" = the bundled one of the model), cached by file time."""
+    """The interpretation at `path` ("" = the bundled one of the model), read once and
+    re-read only when its JSON file changes (one stat per call)."""
+    import os
+
     from ..interpret.store import JSON_NAME, bundled_interpretation, load_interpretation
+    with _LOCK:
+        hit = _CACHE.get((spec_name, path))
+    if hit is not None:
+        f, stamp, it = hit
+        try:
+            if os.stat(f).st_mtime_ns == stamp:
+                return it
+        except OSError:
+            pass
     if not path:
         found = bundled_interpretation(spec_name)
         if found is None:
             raise BadParameter(f"relevant-filters: no bundled interpretation for {spec_name}; run "
                                "`neuroscope interpret MODEL --set ... --out DIR` and pass --param interpretation=DIR")
-        path = str(found)
-    p = Path(path)
+        p = found
+    else:
+        p = Path(path)
     f = p / JSON_NAME if p.is_dir() else p
-    key = (str(f.resolve()) if f.exists() else str(f), f.stat().st_mtime_ns if f.exists() else 0)
+    it = load_interpretation(p, arrays=False)
     with _LOCK:
-        it = _CACHE.get(key)
-    if it is None:
-        it = load_interpretation(p, arrays=False)
-        with _LOCK:
-            if len(_CACHE) > 16:
-                _CACHE.clear()
-            _CACHE[key] = it
+        if len(_CACHE) > 16:
+            _CACHE.clear()
+        _CACHE[(spec_name, path)] = (str(f), f.stat().st_mtime_ns, it)
     return it
 
 
@@ -92,17 +101,31 @@ def relevant_filters(ctx) -> np.ndarray:
         raise BadParameter(f"relevant-filters: the interpretation has no relevant filter for class {class_name!r}")
     mask = ctx.objective.mask
     chosen: list[tuple[str, int, float]] = []
-
-    def picks(acts):
-        r, masks = filter_evidence(it, class_name, acts, mask)
+    if ctx.backend.framework == "keras":     # one traced call: forward, evidence, top, backwards
+        from ..interpret.core import _pool
+        from ..interpret.passes import keras_backproject_top
+        shapes = {l.name: l.shape for l in ctx.backend.layers()}
+        masks = {l: np.ones(shapes[l][1:], np.float32) if mask is None else _pool(mask > 0, tuple(shapes[l][1:]))
+                 for l in layers}
+        r, order, all_grads = keras_backproject_top(ctx.backend, ctx.x, layers, w, masks, top)
         total = float(r[r > 0].sum())
-        order = [int(j) for j in np.argsort(-r, kind="stable")[:top] if r[j] > 0]
-        for j in order:
-            layer, ch = it.filter_of(j)
-            chosen.append((layer, ch, float(r[j]) / total))
-        return [(layer, ch, masks.get(layer)) for layer, ch, _ in chosen]
+        grads = []
+        for i, j in enumerate(order[:top]):
+            if r[j] > 0:
+                layer, ch = it.filter_of(int(j))
+                chosen.append((layer, ch, float(r[j]) / total))
+                grads.append(all_grads[i])
+    else:
+        def picks(acts):
+            r, masks = filter_evidence(it, class_name, acts, mask)
+            total = float(r[r > 0].sum())
+            order = [int(j) for j in np.argsort(-r, kind="stable")[:top] if r[j] > 0]
+            for j in order:
+                layer, ch = it.filter_of(j)
+                chosen.append((layer, ch, float(r[j]) / total))
+            return [(layer, ch, masks.get(layer)) for layer, ch, _ in chosen]
 
-    _, grads = backproject(ctx.backend, ctx.x, picks, "deconvnet-fixed", layers)
+        _, grads = backproject(ctx.backend, ctx.x, picks, "deconvnet-fixed", layers)
     ctx.extra["filters"] = [{"layer": l, "channel": c, "share": round(s, 4)} for l, c, s in chosen]
     ctx.extra["interpretation"] = it.model
     if not grads:   # none of the class's filters fires here
