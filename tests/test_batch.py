@@ -358,3 +358,12 @@ def test_results_page_filters_the_table_and_opens_a_row_in_explain(folder, tmp_p
     assert sel.resolved.class_name == "car" and sel.target.region == (10, 20, 90, 60)
     assert at.session_state["methods::segmentation"] == ["saliency"]
     assert "saliency" in at.session_state["ns_session"].shown.get("maps", {})     # the Explain page ran
+    # the Explain page started background work (the parts of the target, a capture of every
+    # layer): let it finish, or the interpreter may exit while a daemon thread is inside
+    # torch (with Ray imported, its terminate handler then aborts the process: exit 134)
+    from neuroscope.interactive import PREFETCH
+    kept = at.session_state["ns_session"].kept
+    for job in [*kept.get("parts_jobs", {}).values(), *kept.get("jobs", {}).values()]:
+        job.cancel()
+        assert job.wait(180)
+    assert PREFETCH.wait(180)

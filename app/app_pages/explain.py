@@ -29,8 +29,14 @@ def param_key(task: str, method: str, name: str) -> str:
     return Keys.scoped("param", task, method, name)
 
 
-def _param_widget(task: str, method: str, name: str, default):
+def _param_widget(task: str, method: str, name: str, default, choices: dict[str, str] | None = None):
     key = param_key(task, method, name)
+    if choices:   # a fixed set of values: a choice list, each value's help text below it
+        options = list(choices)
+        value = st.selectbox(name, options, index=options.index(default) if default in options else 0, key=key,
+                             help="\n".join(f"- **{k}**: {v}" for k, v in choices.items()), **KEEP)
+        st.caption(choices.get(value, ""))
+        return value
     if isinstance(default, bool):
         return st.checkbox(name, value=default, key=key, **KEEP)
     if isinstance(default, int):
@@ -59,7 +65,7 @@ def method_params(task: str, chosen: list[str], infos: dict[str, MethodInfo]) ->
         for m in with_params:
             st.markdown(f"**{m}**")
             for name, default in defaults(task, infos[m]).items():
-                params[m][name] = _param_widget(task, m, name, default)
+                params[m][name] = _param_widget(task, m, name, default, infos[m].choices.get(name))
     return params
 
 

@@ -32,6 +32,9 @@ class MethodInfo:
     #: prefetch, the sweep) keep none, so torch frees each layer gradient during the
     #: backward (a 163-layer sweep: ~8 ms less).
     layer_gradients: bool = True
+    #: {parameter: {allowed value: what it is for}} for parameters with a fixed set of
+    #: values (the dashboard shows a choice list with each value's help text)
+    choices: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def all_params(self) -> dict[str, Any]:
         return {**self.params, **({"smooth": 0} if self.batched_gradient else {})}
