@@ -314,3 +314,68 @@ def keras_backproject_top(backend, x: np.ndarray, layers: Sequence[str], w: np.n
         with _LOCK:
             _DECIDERS.pop(cid, None)
     return r.numpy(), top.numpy(), grads.numpy()
+
+
+# ----------------------------------------------------------------- relevance
+def layer_relevances(backend, x: np.ndarray, decide, layers: Sequence[str], rule) -> list[dict[str, np.ndarray] | None]:
+    """LRP relevance ([K, h, w] per layer of `layers`) of x [1, H, W, 3] for several
+    objectives of the same image, equal to `backend.capture(x, objective, layers,
+    input_grad=True, rule=rule).gradients` of each. `decide(logits [C] or [C, H, W])`, called
+    with the logits of this pass (the model's own: the rules change only the backward),
+    returns the objectives (None: skip that one).
+
+    torch: ONE forward with `rule`, then per objective one backward that stops at the
+    layers (autograd runs only the part of the graph between the logits and them; the
+    forward below them is tracked as in a full backward, so residual branches below are
+    not constants). Keras: one traced capture per objective whose backward stops at the
+    layers (the first one decides the objectives from its own logits)."""
+    _check_layers(backend, layers)
+    layers = list(layers)
+    if backend.framework == "torch":
+        return _torch_relevances(backend, x, decide, layers, rule)
+    if backend.framework != "keras":
+        raise BadParameter(f"relevance is not available for framework {backend.framework!r}")
+    from ..backends.base import Objective
+    decided: list = []
+
+    def first(logits):
+        decided.extend(decide(logits))
+        return next((o for o in decided if o is not None), None) or Objective(
+            np.zeros(len(logits), np.float32))    # nothing to explain here: a zero objective
+
+    out: list = []
+    cap = backend.capture(x, first, layers, input_grad=False, rule=rule, gradients=True)
+    done = False
+    for o in decided:
+        if o is None:
+            out.append(None)
+            continue
+        if not done:       # the first objective's capture is the one that decided
+            done = True
+        else:
+            cap = backend.capture(x, o, layers, input_grad=False, rule=rule, gradients=True)
+        out.append({l: np.asarray(cap.gradients[l], np.float32) for l in layers})
+    return out
+
+
+def _torch_relevances(backend, x, decide, layers, rule):
+    import torch
+    records: dict = {}
+    xt = backend._to_tensor(x, requires_grad=True)
+    with torch.enable_grad(), backend._hooks(set(layers), rule, records):
+        z = backend._logits(backend._run(xt), tuple(xt.shape[-2:]), 1)
+        objectives = list(decide(z[0].detach().float().cpu().numpy()))
+        missing = set(layers) - set(records)
+        if missing:
+            raise BadParameter(f"layer(s) not found or not a tensor output: {', '.join(sorted(missing))}")
+        ys = [None if o is None else backend._objective(z, o, "logit").sum() for o in objectives]
+    last = max((i for i, y in enumerate(ys) if y is not None), default=-1)
+    out = []
+    for i, y in enumerate(ys):
+        if y is None:
+            out.append(None)
+            continue
+        grads = torch.autograd.grad(y, [records[l] for l in layers], retain_graph=i < last, allow_unused=True)
+        out.append({l: (np.zeros(tuple(records[l].shape[1:]), np.float32) if g is None
+                        else g[0].float().cpu().numpy()) for l, g in zip(layers, grads)})
+    return out
