@@ -151,8 +151,18 @@ def relevant_filters(ctx) -> np.ndarray:
         return np.zeros(ctx.x.shape[1:3], np.float32)
     out = None
     for g in grads:
-        m = np.abs(g).max(axis=-1)
+        m = _channel_max_abs(g)
         lo, hi = float(m.min()), float(m.max())
         m = (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
         out = m if out is None else np.maximum(out, m)
     return out.astype(np.float32)
+
+
+def _channel_max_abs(g: np.ndarray) -> np.ndarray:
+    """max_c |g[..., c]| of g [H, W, C]: channel by channel (numpy's max over a last axis of
+    3 on contiguous HWC memory -- Keras gradients, torch's channels_last ones -- costs
+    ~8 ms at 224x224, this ~0.05 ms)."""
+    m = np.abs(g[..., 0])
+    for k in range(1, g.shape[-1]):
+        np.maximum(m, np.abs(g[..., k]), out=m)
+    return m
