@@ -21,7 +21,7 @@ if APP_DIR not in sys.path:  # `dashboard` lives beside this file
 
 import streamlit as st  # noqa: E402
 
-from dashboard import state  # noqa: E402
+from dashboard import state, timing  # noqa: E402
 
 PAGES = [
     ("app_pages/explain.py", "Explain", ":material/insights:"),
@@ -33,16 +33,25 @@ PAGES = [
     ("app_pages/concepts.py", "Concepts", ":material/category:"),
 ]
 
-# a local file: a ":material/..." page icon makes the browser fetch the favicon from a font CDN
-st.set_page_config(page_title="Neuroscope", page_icon=str(Path(APP_DIR) / "assets" / "favicon.png"), layout="wide")
-navigation = st.navigation([st.Page(path, title=title, icon=icon, default=i == 0)
-                            for i, (path, title, icon) in enumerate(PAGES)])
-st.sidebar.title("Neuroscope")
-try:
-    state.sidebar()
-    navigation.run()
-except Exception as exc:  # an unexpected failure: one line for the user, the traceback in the server log
-    logging.getLogger("neuroscope.app").exception("page failed")
-    detail = str(exc).strip().splitlines()
-    st.error(f"Something went wrong ({type(exc).__name__}: {detail[0][:300] if detail else ''}). "
-             "Change a setting or reload the page; other sessions are not affected.")
+
+def main() -> None:
+    # a local file: a ":material/..." page icon makes the browser fetch the favicon from a font CDN
+    st.set_page_config(page_title="Neuroscope", page_icon=str(Path(APP_DIR) / "assets" / "favicon.png"),
+                       layout="wide")
+    navigation = st.navigation([st.Page(path, title=title, icon=icon, default=i == 0)
+                                for i, (path, title, icon) in enumerate(PAGES)])
+    timing.set_page(navigation.title)
+    st.sidebar.title("Neuroscope")
+    try:
+        with timing.phase("state"):
+            state.sidebar()
+        navigation.run()
+    except Exception as exc:  # an unexpected failure: one line for the user, the traceback in the server log
+        logging.getLogger("neuroscope.app").exception("page failed")
+        detail = str(exc).strip().splitlines()
+        st.error(f"Something went wrong ({type(exc).__name__}: {detail[0][:300] if detail else ''}). "
+                 "Change a setting or reload the page; other sessions are not affected.")
+
+
+with timing.run():   # NEUROSCOPE_APP_PROFILE=path: the phases of this run (dashboard/timing.py)
+    main()

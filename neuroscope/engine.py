@@ -123,21 +123,70 @@ class Explanation:
                          **{k: self.meta[k] for k in ("output_kind", "score", "notes", "warnings") if k in self.meta}}}
 
 
-class _LRU:
-    """A small thread-safe LRU bounded by entry count and (optionally) bytes."""
+class CachePool:
+    """A byte budget shared by the caches of several Explainers (e.g. every model a server
+    has loaded): when the total is over `max_bytes`, the least recently used entry of ANY
+    member cache goes, so the server's cached arrays stay bounded however many models it
+    holds (each cache keeps its own entry and byte limits too)."""
 
-    def __init__(self, max_items: int, max_bytes: int | None = None):
+    def __init__(self, max_bytes: int):
+        self.max_bytes = int(max_bytes)
+        self.lock = threading.RLock()
+        self._order: OrderedDict = OrderedDict()     # (id(cache), key) -> (cache, nbytes), oldest first
+        self._total = 0
+
+    def _touch(self, cache: "_LRU", key) -> None:
+        k = (id(cache), key)
+        if k in self._order:
+            self._order.move_to_end(k)
+
+    def _put(self, cache: "_LRU", key, nbytes: int) -> None:
+        k = (id(cache), key)
+        old = self._order.pop(k, None)
+        if old is not None:
+            self._total -= old[1]
+        self._order[k] = (cache, nbytes)
+        self._total += nbytes
+        while self._total > self.max_bytes and len(self._order) > 1:
+            (_, okey), (ocache, _) = next(iter(self._order.items()))
+            ocache._evict(okey)
+
+    def _forget(self, cache: "_LRU", key) -> None:
+        old = self._order.pop((id(cache), key), None)
+        if old is not None:
+            self._total -= old[1]
+
+    @property
+    def nbytes(self) -> int:
+        with self.lock:
+            return self._total
+
+
+class _LRU:
+    """A small thread-safe LRU bounded by entry count and (optionally) bytes, and by a
+    `CachePool` shared with other caches when given one."""
+
+    def __init__(self, max_items: int, max_bytes: int | None = None, pool: CachePool | None = None):
         self.max_items, self.max_bytes = max_items, max_bytes
         self._d: OrderedDict = OrderedDict()
         self._sizes: dict = {}
-        self._lock = threading.Lock()
+        self._pool = pool
+        self._lock = pool.lock if pool is not None else threading.Lock()
 
     def get(self, key):
         with self._lock:
             if key in self._d:
                 self._d.move_to_end(key)
+                if self._pool is not None:
+                    self._pool._touch(self, key)
                 return self._d[key]
         return None
+
+    def _evict(self, key) -> None:   # under the lock
+        self._d.pop(key, None)
+        self._sizes.pop(key, None)
+        if self._pool is not None:
+            self._pool._forget(self, key)
 
     def put(self, key, value, nbytes: int = 0) -> None:
         with self._lock:
@@ -146,8 +195,9 @@ class _LRU:
             self._sizes[key] = nbytes
             while len(self._d) > max(0, self.max_items) or (
                     self.max_bytes is not None and sum(self._sizes.values()) > self.max_bytes):
-                old, _ = self._d.popitem(last=False)
-                self._sizes.pop(old, None)
+                self._evict(next(iter(self._d)))
+            if self._pool is not None and key in self._d:
+                self._pool._put(self, key, nbytes)
 
     @property
     def nbytes(self) -> int:
@@ -156,8 +206,8 @@ class _LRU:
 
     def clear(self) -> None:
         with self._lock:
-            self._d.clear()
-            self._sizes.clear()
+            for key in list(self._d):
+                self._evict(key)
 
 
 def _capture_bytes(cap: Capture) -> int:
@@ -274,7 +324,8 @@ class Explainer:
     """
 
     def __init__(self, model: Any, *, device: str | None = None, input_size: tuple[int, int] | None = None,
-                 cache_size: int = 128, capture_cache_bytes: int = 1 << 30, **load_kwargs):
+                 cache_size: int = 128, capture_cache_bytes: int = 1 << 30, cache_pool: CachePool | None = None,
+                 **load_kwargs):
         if not isinstance(model, Model):
             model = load_model(model, device=device, input_size=input_size, **load_kwargs)
         elif input_size is not None and tuple(input_size) != tuple(model.spec.input_size):
@@ -293,12 +344,13 @@ class Explainer:
         # Every cache is bounded in entries AND bytes (limits "cache_bytes", shared out below):
         # a segmenter's entries are large (logits and probabilities [C, h, w], masks and maps
         # at original size), so entry counts alone let a long session grow by GBs.
+        # `cache_pool` (a CachePool) bounds the caches of all Explainers sharing it together.
         budget = limit("cache_bytes")
-        self._prepared = _LRU(32, budget // 8)
-        self._predictions = _LRU(32, budget // 4)
-        self._resolved = _LRU(64, budget // 8)      # (image hash, Target.key()) -> ResolvedTarget
-        self._captures = _LRU(16, capture_cache_bytes)
-        self._results = _LRU(cache_size, budget // 2)
+        self._prepared = _LRU(32, budget // 8, cache_pool)
+        self._predictions = _LRU(32, budget // 4, cache_pool)
+        self._resolved = _LRU(64, budget // 8, cache_pool)      # (image hash, Target.key()) -> ResolvedTarget
+        self._captures = _LRU(16, capture_cache_bytes, cache_pool)
+        self._results = _LRU(cache_size, budget // 2, cache_pool)
 
     # ----------------------------------------------------------- basics
     def _count(self, kind: str, n: int = 1) -> None:

@@ -9,6 +9,12 @@ blocks below 32 MB come from the heap (M_MMAP_THRESHOLD), and up to 1 GB of free
 kept rather than trimmed (M_TRIM_THRESHOLD). TensorFlow's own allocator gets the same
 effect from TF_CPU_ALLOCATOR_USE_BFC.
 
+Kept free memory is per malloc arena, and glibc gives threads their own arenas (up to 8
+per core): a server whose script runs, prefetches and jobs run in ever new threads could
+keep up to the trim threshold in each. The number of arenas is capped at
+NEUROSCOPE_MALLOC_ARENAS (default 2, M_ARENA_MAX; effective for arenas created after
+neuroscope is imported, i.e. nearly all in a server).
+
 Opt out with NEUROSCOPE_TUNE_MALLOC=0. A no-op off glibc (macOS, Windows, musl).
 
 OpenBLAS (numpy's and scipy's) gets one thread: its idle workers spin for a while after
@@ -39,6 +45,7 @@ import sys
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
 MMAP_THRESHOLD = 32 << 20      # glibc's maximum on 64-bit
 TRIM_THRESHOLD = 1 << 30
 
@@ -62,6 +69,12 @@ def tune_allocator() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     _tuned = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    try:
+        arenas = int(os.environ.get("NEUROSCOPE_MALLOC_ARENAS", "2"))
+    except ValueError:
+        arenas = 2
+    if arenas > 0:
+        mallopt(M_ARENA_MAX, arenas)
     return _tuned
 
 

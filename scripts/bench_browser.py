@@ -2,9 +2,11 @@
 
 Measures, on the bundled segmenter and a generated street scene, with Grad-CAM shown:
 - first page: navigation -> the first overlay on screen (model load and first map included);
-- click -> map: a click on a new object -> the script run that shows its Grad-CAM finished
-  (each click a different predicted object, so nothing is cached);
+- click -> map: a click on a new object -> its Grad-CAM decoded in the page (each click a
+  different predicted object, so nothing is cached); also until the click's script run ended;
 - layer switch: another layer in the sidebar -> its Grad-CAM shown.
+The server writes each script run's phases (NEUROSCOPE_APP_PROFILE, app/dashboard/timing.py):
+the script prints where a click's time goes, server side per phase and browser side.
 Prints a Markdown table of medians (and min/max) over `--clicks` repeats, plus a bare
 forward+backward of the model in this process as the reference the click is compared to.
 The machine's load inflates every number: compare within one run, and report the load.
@@ -14,6 +16,7 @@ The machine's load inflates every number: compare within one run, and report the
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import statistics
@@ -38,9 +41,12 @@ def free_port() -> int:
 
 
 def click_points(n: int) -> list[tuple[int, int]]:
-    """The deepest pixel of each of the n largest predicted objects (distinct regions)."""
+    """The deepest pixel of each of the n largest predicted objects, each one's Grad-CAM
+    different from the one before (two regions of one class can give proportional maps, i.e.
+    the same picture, and the page would not change); the first differs from the page's
+    default target (the predicted mask of the largest class)."""
     from scipy import ndimage
-    from neuroscope import Explainer, load_model
+    from neuroscope import Explainer, Target, load_model
     from neuroscope.synth import generate_scene
     from neuroscope.zoo import bundled_specs, read_spec
     scene = generate_scene(SEED)
@@ -57,9 +63,18 @@ def click_points(n: int) -> list[tuple[int, int]]:
                 y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
                 found.append((size, int(x), int(y)))
     found.sort(reverse=True)
-    if len(found) < n:
-        raise SystemExit(f"scene {SEED} has only {len(found)} objects; use --clicks {len(found)}")
-    return [(x, y) for _, x, y in found[:n]]
+    def picture(target: Target) -> np.ndarray:
+        m = ex.explain(scene.image, "grad-cam", target=target).map
+        return m / max(float(m.max()), 1e-12)
+    kept, last = [], picture(Target.segmentation(int(np.bincount(labels.ravel()).argmax()), region="predicted"))
+    for _, x, y in found:
+        m = picture(Target.segmentation(None, region=(x, y)))
+        if float(np.abs(m - last).max()) > 0.02:
+            kept.append((x, y))
+            last = m
+        if len(kept) == n:
+            return kept
+    raise SystemExit(f"scene {SEED} has only {len(kept)} objects with distinct maps; use --clicks {len(kept)}")
 
 
 def layer_names(n: int) -> list[str]:
@@ -100,8 +115,96 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+class Profile:
+    """The server's per-run phase log (NEUROSCOPE_APP_PROFILE, app/dashboard/timing.py)."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset = path, 0
+
+    def mark(self) -> None:
+        self.offset = self.path.stat().st_size if self.path.exists() else 0
+
+    def since_mark(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        with open(self.path) as fh:
+            fh.seek(self.offset)
+            return [json.loads(line) for line in fh if line.strip()]
+
+
+def breakdown(runs_per_action: list[list[dict]]) -> dict[str, float]:
+    """Median over actions of each phase's ms summed over the action's script runs."""
+    names = sorted({k for runs in runs_per_action for r in runs for k in r["phases"]})
+    out = {"script runs": statistics.median(len(r) for r in runs_per_action),
+           "server total": statistics.median(sum(x["total_ms"] for x in r) for r in runs_per_action)}
+    for n in names:
+        out[n] = statistics.median(sum(x["phases"].get(n, 0.0) for x in r) for r in runs_per_action)
+    return out
+
+
 def wait_idle(page, timeout_ms: int = 300_000) -> None:
     page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms)
+
+
+MAP_IMG = ".st-key-overlays img"     # the first overlay of the Explain page (the legend comes after it)
+
+
+def map_src(page) -> str:
+    return page.evaluate(f"() => {{ const i = document.querySelector('{MAP_IMG}'); return i ? i.src : '' }}")
+
+
+def wait_new_map(page, before_src: str, before_text: str | None = None, timeout_ms: int = 300_000) -> None:
+    """Until the browser shows a new overlay, decoded (and, for a click, the new target in the
+    summary line). Polled every animation frame: no polling interval inflates the time."""
+    page.wait_for_function("""([src, text]) => {
+        const sel = document.querySelector('%s');
+        if (text !== null) {
+            const s = document.querySelector('.st-key-target_summary');
+            if (!s || s.innerText === text) return false;
+        }
+        const i = sel;
+        return !!i && i.src !== src && i.complete && i.naturalWidth > 0;
+    }""" % MAP_IMG, arg=[before_src, before_text], polling="raf", timeout=timeout_ms)
+
+
+def runs_of_action(profile: "Profile", t0: float, timeout_s: float = 60.0) -> list[dict]:
+    """The server's script runs that started after `t0` (waits for the first one's line: the
+    status widget can vanish before the run's last statement)."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        runs = [r for r in profile.since_mark() if r["t"] >= t0 - 0.01]
+        if runs:
+            return runs
+        time.sleep(0.02)   # polling a file the server appends to
+    return []
+
+
+class Timed:
+    """One action: wall times on the machine's clock (the server's lines use the same clock)."""
+
+    def __init__(self, t0: float, t_map: float, runs: list[dict]):
+        self.t0, self.t_map, self.runs = t0, t_map, runs
+
+    @property
+    def to_map(self) -> float:
+        return self.t_map - self.t0
+
+    @property
+    def to_done(self) -> float:
+        if not self.runs:
+            return self.to_map
+        return max(self.to_map, max(r["t"] + r["total_ms"] / 1000 for r in self.runs) - self.t0)
+
+    def split(self) -> dict[str, float] | None:
+        """click -> run start (websocket, rerun request), run start -> map handed over (server),
+        map handed over -> map decoded in the browser (delta, image fetch and decode), ms."""
+        first = next((r for r in self.runs if "map sent" in r.get("marks", {})), None)
+        if first is None:
+            return None
+        start = first["t"] - self.t0
+        sent = start + first["marks"]["map sent"] / 1000
+        return {"click -> run start": 1000 * start, "run start -> map sent (server)": 1000 * (sent - start),
+                "map sent -> map decoded (browser)": 1000 * (self.to_map - sent)}
 
 
 def main() -> None:
@@ -115,15 +218,17 @@ def main() -> None:
     points = click_points(args.clicks)
     port = free_port()
     log = Path(tempfile.mkdtemp(prefix="bench-browser-")) / "streamlit.log"
+    profile = Profile(log.with_name("profile.jsonl"))
     app = Path(args.app).resolve()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(app.parent.parent),
-                                                                    os.environ.get("PYTHONPATH")])))
+    env = dict(os.environ, NEUROSCOPE_APP_PROFILE=str(profile.path),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(app.parent.parent), os.environ.get("PYTHONPATH")])))
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port),
                                  "--server.address", "127.0.0.1", "--server.headless", "true",
                                  "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
                                 cwd=app.parent.parent, env=env, stdout=out, stderr=subprocess.STDOUT)
-    rows: dict[str, list[float]] = {"first page": [], "click -> map": [], "layer switch": []}
+    timed: dict[str, list[Timed]] = {"click -> map": [], "layer switch": []}
+    first_page: list[float] = []
     try:
         for _ in range(600):
             try:
@@ -152,20 +257,22 @@ def main() -> None:
             seed.fill(str(SEED))
             seed.press("Enter")
             expect(summary).to_contain_text(f"generated scene {SEED}", timeout=300_000)
+            expect(captions.first).to_be_visible(timeout=300_000)
             wait_idle(page)
             rss_start = rss_mb(proc.pid)
 
-            for i, (x, y) in enumerate(points):
+            for x, y in points:
                 picture = page.frame_locator('iframe[title*="streamlit_image_coordinates"]').first.locator("#image")
                 expect(picture).to_be_visible(timeout=300_000)
                 box = picture.bounding_box()
-                before = summary.inner_text()
-                t0 = time.perf_counter()
-                picture.click(position={"x": (x + 0.5) * box["width"] / 512, "y": (y + 0.5) * box["height"] / 256})
-                expect(summary).not_to_have_text(before, timeout=300_000)   # the click's region (+-1 px rounding)
-                expect(captions.first).to_be_visible(timeout=300_000)
+                before, src = summary.inner_text(), map_src(page)
+                profile.mark()
+                t0 = time.time()
+                page.mouse.click(box["x"] + (x + 0.5) * box["width"] / 512, box["y"] + (y + 0.5) * box["height"] / 256)
+                wait_new_map(page, src, before)
+                t_map = time.time()
                 wait_idle(page)
-                rows["click -> map"].append(time.perf_counter() - t0)
+                timed["click -> map"].append(Timed(t0, t_map, runs_of_action(profile, t0)))
 
             layer_box = sidebar.locator('[data-testid="stSelectbox"]').filter(has_text="Layer")
             for name in layer_names(args.clicks):
@@ -173,11 +280,15 @@ def main() -> None:
                 page.keyboard.type(name)          # the list is virtualised: filter, then take the first match
                 option = page.get_by_role("option").filter(has_text=f"{name} · ").first
                 expect(option).to_be_visible(timeout=300_000)
-                t0 = time.perf_counter()
+                src = map_src(page)
+                profile.mark()
+                t0 = time.time()
                 option.click()
+                wait_new_map(page, src)
+                t_map = time.time()
                 expect(captions.first).to_contain_text(f" · {name} · ", timeout=300_000)
                 wait_idle(page)
-                rows["layer switch"].append(time.perf_counter() - t0)
+                timed["layer switch"].append(Timed(t0, t_map, runs_of_action(profile, t0)))
 
             for _ in range(max(3, args.clicks // 3)):   # a fresh tab: the session state is new
                 tab = browser.new_page(viewport={"width": 1440, "height": 1180})
@@ -186,7 +297,7 @@ def main() -> None:
                 expect(tab.locator('.st-key-overlays [data-testid="stImageCaption"]').first).to_be_visible(
                     timeout=300_000)
                 wait_idle(tab)
-                rows["first page"].append(time.perf_counter() - t0)
+                first_page.append(time.perf_counter() - t0)
                 tab.close()
             browser.close()
             rss_end = rss_mb(proc.pid)
@@ -201,14 +312,48 @@ def main() -> None:
     print(f"Dashboard latency, {MODEL} on generated scene {SEED}, Grad-CAM shown; {os.cpu_count()} cores, "
           f"load average {load[0]:.1f} / {load[1]:.1f} (1 / 5 min) at the end\n")
     print("| action | n | median s | min s | max s |\n|---|---:|---:|---:|---:|")
-    for name, values in rows.items():
-        print(f"| {name} | {len(values)} | {statistics.median(values):.2f} | {min(values):.2f} | {max(values):.2f} |")
-    print(f"\nReference: bare forward+backward to the default layer in this process, median {ref:.0f} ms; "
-          f"click -> map = {1000 * statistics.median(rows['click -> map']) / ref:.1f}x that (rendering, "
-          "the browser round trip and the page's own work included).")
-    print("First page: the model was already loaded by the server (the first tab of the run loaded it).")
-    print(f"Server RSS: {rss_start:.0f} MB after the set-up, {rss_end:.0f} MB at the end.")
 
+    def row(name: str, values: list[float]) -> None:
+        print(f"| {name} | {len(values)} | {statistics.median(values):.2f} | {min(values):.2f} | {max(values):.2f} |")
+    row("first page", first_page)
+    for name, actions in timed.items():
+        row(name, [a.to_map for a in actions])
+        row(f"{name}: script run finished", [a.to_done for a in actions])
+    clicks = timed["click -> map"]
+    click_ms = 1000 * statistics.median(a.to_map for a in clicks)
+    print(f"\nReference: bare forward+backward to the default layer in this process, median {ref:.0f} ms; "
+          f"click -> map = {click_ms / ref:.1f}x that (the browser round trip, rendering and the page's own "
+          "work included).")
+    print("Timed until the new overlay is decoded in the page (polled every animation frame); 'script run "
+          "finished' until the server's script run of the action ended (what comes after the map: downloads, "
+          "parts view).")
+    split = [a.split() for a in clicks]
+    if all(split):
+        b = breakdown([a.runs for a in clicks])
+        render_ms = sum(b.get(k, 0.0) for k in ("overlay", "legend", "encode"))
+        print(f"Goal (issue 17): click -> map <= 1.5 x fwd+bwd + rendering. Rendering measured as the server's "
+              f"overlay + legend + image encoding phases ({render_ms:.0f} ms) plus the browser's share after the "
+              f"map was handed over ({statistics.median(s['map sent -> map decoded (browser)'] for s in split):.0f} "
+              f"ms): click -> map - rendering = "
+              f"{click_ms - render_ms - statistics.median(s['map sent -> map decoded (browser)'] for s in split):.0f}"
+              f" ms = {(click_ms - render_ms - statistics.median(s['map sent -> map decoded (browser)'] for s in split)) / ref:.2f}x fwd+bwd.")
+        print("\nclick -> map, where the time goes (median ms over the clicks):\n")
+        print("| part | ms |\n|---|---:|")
+        for k in split[0]:
+            print(f"| {k} | {statistics.median(s[k] for s in split):.0f} |")
+    print("First page: the model was already loaded by the server (the first tab of the run loaded it).")
+    for name, actions in timed.items():
+        runs = [a.runs for a in actions]
+        if not any(runs):
+            continue   # an app without the profile hook (e.g. an older checkout)
+        b = breakdown(runs)
+        print(f"\n{name}, server side (median ms over the actions, summed over each action's script runs; "
+              f"{b.pop('script runs'):g} run(s) per action):\n")
+        print("| phase | ms |\n|---|---:|")
+        for k, v in sorted(b.items(), key=lambda kv: -kv[1]):
+            if v >= 0.05:
+                print(f"| {k} | {v:.1f} |")
+    print(f"\nServer RSS: {rss_start:.0f} MB after the set-up, {rss_end:.0f} MB at the end.")
 
 if __name__ == "__main__":
     main()

@@ -279,6 +279,19 @@ def test_method_parameters_come_from_the_registry_and_bad_values_are_reported():
     assert "integrated-gradients" not in shown(at, "maps")
 
 
+def test_lrp_composite_is_a_choice_list_with_each_composites_help():
+    from neuroscope.propagation import COMPOSITES, LRP_COMPOSITES
+    at = start(CLASSIFIER, gallery="cat.jpg", methods=["lrp"])
+    box = at.selectbox(key="param::classification::lrp::composite")
+    assert list(box.options) == list(COMPOSITES) and box.value == "epsilon-plus-flat"
+    assert any(c.value == LRP_COMPOSITES["epsilon-plus-flat"] for c in at.caption)
+    first = shown(at, "maps")["lrp"].copy()
+    clean(box.set_value("epsilon-gamma-box").run())
+    assert any(c.value == LRP_COMPOSITES["epsilon-gamma-box"] for c in at.caption)
+    other = shown(at, "maps")["lrp"]
+    assert np.isfinite(other).all() and not np.allclose(first, other)
+
+
 def test_bad_uploads_and_broken_models_get_a_message_not_a_traceback(tmp_path, monkeypatch):
     broken = tmp_path / "broken.toml"
     broken.write_text(TINY_SEG.read_text().replace('"ns_tiny_seg:tiny_seg"', '"no_such_module:factory"')

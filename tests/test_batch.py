@@ -277,12 +277,18 @@ def test_ray_with_two_workers_gives_the_local_table_and_maps(ray_cluster, tmp_pa
 
 
 # ------------------------------------------------------------------ batching through the model
-@pytest.mark.parametrize("model, size", [("drivescene-seg", (64, 128)), ("drivescene-seg-keras", (64, 128)),
-                                         pytest.param("mobilenet_v2-imagenet", None, marks=pytest.mark.slow)])
-def test_one_batched_pass_gives_each_image_its_own_maps_with_its_own_target(model, size):
+@pytest.mark.parametrize("model, size, split", [("drivescene-seg", (64, 128), False),
+                                                ("drivescene-seg", (64, 128), True),
+                                                ("drivescene-seg-keras", (64, 128), False),
+                                                pytest.param("mobilenet_v2-imagenet", None, False,
+                                                             marks=pytest.mark.slow)])
+def test_one_batched_pass_gives_each_image_its_own_maps_with_its_own_target(model, size, split, monkeypatch):
     from neuroscope import Explainer, Target
+    from neuroscope.batch import batched
     from neuroscope.batch.batched import prefill
     from neuroscope.synth import generate_scene
+    if split:       # the CPU pixel budget cuts the group into model batches of 3 and 1
+        monkeypatch.setattr(batched, "CPU_BATCH_PIXELS", 3 * 64 * 128)
     ex = Explainer(model, input_size=size)
     images = [generate_scene(200 + i, (64, 128)).image for i in range(4)]
     if ex.task == "classification":
@@ -352,3 +358,12 @@ def test_results_page_filters_the_table_and_opens_a_row_in_explain(folder, tmp_p
     assert sel.resolved.class_name == "car" and sel.target.region == (10, 20, 90, 60)
     assert at.session_state["methods::segmentation"] == ["saliency"]
     assert "saliency" in at.session_state["ns_session"].shown.get("maps", {})     # the Explain page ran
+    # the Explain page started background work (the parts of the target, a capture of every
+    # layer): let it finish, or the interpreter may exit while a daemon thread is inside
+    # torch (with Ray imported, its terminate handler then aborts the process: exit 134)
+    from neuroscope.interactive import PREFETCH
+    kept = at.session_state["ns_session"].kept
+    for job in [*kept.get("parts_jobs", {}).values(), *kept.get("jobs", {}).values()]:
+        job.cancel()
+        assert job.wait(180)
+    assert PREFETCH.wait(180)

@@ -374,3 +374,21 @@ def test_the_target_is_resolved_once_per_image(rng, monkeypatch):
     ex.clear_caches()
     ex.explain(image, "grad-cam")
     assert len(calls) == 3
+
+
+def test_cache_pool_bounds_the_caches_of_several_explainers_together():
+    from neuroscope.engine import CachePool, _LRU
+    pool = CachePool(max_bytes=100)
+    a, b = _LRU(10, 80, pool), _LRU(10, 80, pool)
+    a.put("a1", 1, 40)
+    b.put("b1", 2, 40)
+    assert a.get("a1") == 1                # a1 is now the most recently used
+    b.put("b2", 3, 40)                     # 120 > 100: the pool's oldest entry (b1) goes
+    assert (a.get("a1"), b.get("b1"), b.get("b2")) == (1, None, 3)
+    assert pool.nbytes == 80 == a.nbytes + b.nbytes
+    a.put("a2", 4, 60)                     # 140: the oldest (a1) goes
+    assert pool.nbytes == 100 and a.get("a1") is None and b.get("b2") == 3
+    b.put("b3", 5, 70)                     # b2 then a2 go (b3, the newest, stays)
+    assert pool.nbytes == 70 and a.nbytes == 0 and b.get("b3") == 5
+    b.clear()
+    assert pool.nbytes == 0

@@ -62,6 +62,38 @@ def test_dataset_metrics_model_iou_and_confusion(dataset, capsys):
     assert data["model_iou"]["mean"] == pytest.approx(np.mean(present))
 
 
+def test_labels_reuse_the_explanation_pass_one_model_pass_per_image(dataset, capsys, monkeypatch):
+    """The confusion matrix comes from the explanation pass's own prediction: no forward
+    per image for the labels (the metrics' perturbed scores are separate calls)."""
+    import neuroscope.batch.batched as batched
+    from neuroscope.backends.torch_backend import TorchBackend
+    calls = {"forward": 0, "capture": 0, "batched": 0}
+    forward, capture, torch_pass = TorchBackend.forward, TorchBackend.capture, batched._torch_pass
+
+    def counted_forward(self, x):
+        calls["forward"] += len(x)
+        return forward(self, x)
+
+    def counted_capture(self, x, *a, **kw):
+        calls["capture"] += len(x)
+        return capture(self, x, *a, **kw)
+
+    def counted_pass(ex, preps, *a):
+        calls["batched"] += len(preps)
+        return torch_pass(ex, preps, *a)
+
+    monkeypatch.setattr(TorchBackend, "forward", counted_forward)
+    monkeypatch.setattr(TorchBackend, "capture", counted_capture)
+    monkeypatch.setattr(batched, "_torch_pass", counted_pass)
+    rc, out, err = run(capsys, "evaluate", MODEL, "--dataset", str(dataset), "--labels", str(dataset),
+                       "--methods", "grad-cam", "--input-size", SIZE, "--json")
+    assert rc == 0, err
+    data = json.loads(out)
+    assert data["labels_used"] == 3 and np.asarray(data["confusion"]).sum() > 0
+    # 4 images: one explanation pass each (batched together), no prediction forward
+    assert calls == {"forward": 0, "capture": 0, "batched": 4}
+
+
 def test_dataset_markdown_and_without_labels(dataset, capsys):
     rc, out, err = run(capsys, "evaluate", MODEL, "--dataset", str(dataset / "sub"), "--methods", "grad-cam,saliency",
                        "--input-size", SIZE)

@@ -178,6 +178,60 @@ def test_explain_reports_conservation_and_layer_relevance():
     assert pearson(e2.map, e.map) < 0.999
 
 
+def test_fast_kernels_equal_the_autograd_rules_on_awkward_layers():
+    """The linear rules run without autograd (passes in the forward, data-gradients in
+    the backward, conv -> BatchNorm -> ReLU chains as one Function): the same maps as
+    the re-forwarding autograd path, on strided odd sizes, grouped, 1x1, transposed,
+    padding-mode and dense layers, signed and ReLU inputs, every composite."""
+    from neuroscope.backends import torch_rules
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(3)
+            self.c1 = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+            self.b1 = nn.BatchNorm2d(8)
+            self.dw = nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=4, bias=False)
+            self.b2 = nn.BatchNorm2d(8)
+            self.pw = nn.Conv2d(8, 12, 1)              # signed input (no ReLU before it)
+            self.up = nn.ConvTranspose2d(12, 6, 3, stride=2, padding=1, output_padding=1)
+            self.rf = nn.Conv2d(6, 6, 3, padding=1, padding_mode="reflect")   # autograd path
+            self.fc = nn.Linear(6, 4)
+            for bn in (self.b1, self.b2):
+                with torch.no_grad():
+                    bn.running_mean.uniform_(-0.5, 0.5)
+                    bn.running_var.uniform_(0.5, 2.0)
+
+        def forward(self, x):
+            x = torch.relu(self.b1(self.c1(x)))
+            x = self.b2(self.dw(x))
+            x = torch.relu(self.up(self.pw(x)))
+            return self.fc(self.rf(x).mean(dim=(2, 3)))
+
+    backend = TorchBackend(Net().eval(), (13, 13), "classification", device="cpu")
+    x = np.random.default_rng(2).normal(size=(1, 13, 13, 3)).astype(np.float32)
+    onehot = np.eye(4, dtype=np.float32)[1]
+    for name in COMPOSITES:
+        comp = lrp_composite(name, low=LOW, high=HIGH)
+        plan = backend._plan(comp)
+        assert sum(e.kernel is not None for e in plan.entries.values()) == 5 and plan.chains   # not rf
+        fast = ours(backend, x, onehot, name)
+        kernels = {k: e.kernel for k, e in plan.entries.items()}
+        chains = plan.chains
+        try:
+            for e in plan.entries.values():
+                e.kernel = None
+            plan.chains = {}
+            slow = ours(backend, x, onehot, name)
+        finally:
+            for k, e in plan.entries.items():
+                e.kernel = kernels[k]
+            plan.chains = chains
+        assert np.abs(slow).max() > 0
+        np.testing.assert_allclose(fast, slow, rtol=1e-4, atol=1e-5 * np.abs(slow).max(), err_msg=name)
+    assert torch_rules.LinearKernel is not None
+
+
 def test_unsupported_layer_is_a_one_line_error_naming_it():
     class Odd(nn.Module):
         def forward(self, x):

@@ -6,7 +6,7 @@ from typing import Callable
 
 import streamlit as st
 
-from dashboard import charts, exports, jobs, parts_view, state, views
+from dashboard import charts, exports, jobs, parts_view, state, timing, views
 from dashboard.state import KEEP, Keys
 from neuroscope.errors import NeuroscopeError
 from neuroscope.interactive import cost, duration, interactive_params, methods_for, prefetch_layers, record_run
@@ -29,8 +29,14 @@ def param_key(task: str, method: str, name: str) -> str:
     return Keys.scoped("param", task, method, name)
 
 
-def _param_widget(task: str, method: str, name: str, default):
+def _param_widget(task: str, method: str, name: str, default, choices: dict[str, str] | None = None):
     key = param_key(task, method, name)
+    if choices:   # a fixed set of values: a choice list, each value's help text below it
+        options = list(choices)
+        value = st.selectbox(name, options, index=options.index(default) if default in options else 0, key=key,
+                             help="\n".join(f"- **{k}**: {v}" for k, v in choices.items()), **KEEP)
+        st.caption(choices.get(value, ""))
+        return value
     if isinstance(default, bool):
         return st.checkbox(name, value=default, key=key, **KEEP)
     if isinstance(default, int):
@@ -59,7 +65,7 @@ def method_params(task: str, chosen: list[str], infos: dict[str, MethodInfo]) ->
         for m in with_params:
             st.markdown(f"**{m}**")
             for name, default in defaults(task, infos[m]).items():
-                params[m][name] = _param_widget(task, m, name, default)
+                params[m][name] = _param_widget(task, m, name, default, infos[m].choices.get(name))
     return params
 
 
@@ -124,7 +130,7 @@ def compute(sel: state.Selection, chosen: list[str], infos: dict[str, MethodInfo
             bar["bar"].progress(min(1.0, fraction), text=f"{m}: {message} ({fraction:.0%})")
             return True
         try:
-            with slot, st.spinner(f"Computing {m}…"):
+            with slot, st.spinner(f"Computing {m}…"), timing.phase("cam"):
                 results[m] = ex.explain(sel.image, m, target=sel.target, layer=layer, params=params.get(m),
                                         progress=progress if info.slow or params[m].get("smooth") else None)
         except NeuroscopeError as exc:
@@ -154,16 +160,25 @@ def page(sel: state.Selection) -> None:
     left, right = st.columns(2)
     with left:
         if ex.task == "segmentation":
-            views.clickable(sel, views.target_picture(sel))
+            with timing.phase("target picture"):
+                picture = views.target_picture(sel)
+            with timing.phase("encode"):
+                views.clickable(sel, picture)
             st.caption("Click an object to explain it; in box mode click two corners.")
         else:
-            st.image(views.shown(sel.image), width="stretch")
+            views.image(views.shown(sel.image), width="stretch")
     with right:
         if ex.task == "segmentation":
-            st.image(views.prediction_picture(sel), width="stretch", caption="Predicted classes")
-            st.altair_chart(charts.class_shares(sel.prediction.pixel_shares()[:12], ex.palette), width="stretch")
+            with timing.phase("prediction picture"):
+                picture = views.prediction_picture(sel)
+            with timing.phase("encode"):
+                views.image(picture, width="stretch", caption="Predicted classes")
+            with timing.phase("charts"):
+                views.chart("shares", sel.prediction, lambda: charts.class_shares(
+                    sel.prediction.pixel_shares()[:12], ex.palette))
         else:
-            st.altair_chart(charts.top_classes(sel.prediction.top(5)), width="stretch")
+            with timing.phase("charts"):
+                views.chart("top", sel.prediction, lambda: charts.top_classes(sel.prediction.top(5)))
 
     if not chosen:
         st.info("Choose one or more methods in the sidebar.")
@@ -190,30 +205,41 @@ def page(sel: state.Selection) -> None:
                     st.error(f"{m}: {errors[m]}")
                     continue
                 res = results[m]
-                overlays[m] = display.overlay(picture, res.map, res.meta["signed"])
+                with timing.phase("overlay"):
+                    overlays[m] = display.overlay(picture, res.map, res.meta["signed"])
                 layer = res.meta["layer"] or "input"
                 caption = f"{m} · {layer} · {res.meta['time_ms']:.0f} ms"
-                if display.raw:
-                    a, b = st.columns(2)
-                    a.image(overlays[m], width="stretch", caption=caption)
-                    b.image(display.raw_map(picture, res.map, res.meta["signed"]), width="stretch",
-                            caption=f"{m}: the map alone")
-                else:
-                    st.image(overlays[m], width="stretch", caption=caption)
+                with timing.phase("encode"):
+                    if display.raw:
+                        a, b = st.columns(2)
+                        with a:
+                            views.image(overlays[m], width="stretch", caption=caption)
+                        with b:
+                            views.image(display.raw_map(picture, res.map, res.meta["signed"]), width="stretch",
+                                        caption=f"{m}: the map alone")
+                    else:
+                        views.image(overlays[m], width="stretch", caption=caption)
+                timing.mark("map sent")
                 if display.empties(res.map, res.meta["signed"]):
                     st.warning(f"{m} has no {views.SIGN_LABELS[display.sign].split()[0]} values: the sign filter "
                                "leaves an empty map. Choose *both* to see it.")
-                st.image(display.legend(res.map, res.meta["signed"], infos[m].family), width="stretch")
+                with timing.phase("legend"):
+                    legend = display.legend(res.map, res.meta["signed"], infos[m].family)
+                with timing.phase("encode"):
+                    views.image(legend, width="stretch")
                 for warning in res.meta.get("warnings", ()):   # e.g. activations a rule could not reach
                     st.warning(warning)
     if sel.layer is not None and any(infos[m].needs_layer and not infos[m].slow for m in results):
-        prefetch_layers(ex, sel.image, sel.target, sel.image_key)   # later layer switches: no model pass
+        with timing.phase("prefetch"):
+            prefetch_layers(ex, sel.image, sel.target, sel.image_key)   # later layer switches: no model pass
     shown = state.session().shown
     shown["results"], shown["overlays"] = results, overlays
     shown["maps"] = {m: r.map for m, r in results.items()}
     if results:
-        exports.download_buttons(sel, results, overlays)
-    parts_view.render(sel)   # the clicked object's parts, their shares and drops (Harada et al.)
+        with timing.phase("downloads"):
+            exports.download_buttons(sel, results, overlays)
+    with timing.phase("parts"):
+        parts_view.render(sel)   # the clicked object's parts, their shares and drops (Harada et al.)
 
 
 state.show(page)

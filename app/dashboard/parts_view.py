@@ -3,8 +3,9 @@ outlined in distinct colours, each part's share of the relevance beside the scor
 measured when the part is set to the mean colour, and their Spearman rank correlation.
 
 Called from the Explain page with the sidebar's selection; it renders nothing for
-classifiers and explains itself when the target has no parts. The result is memoised per
-session (image, target) and shown in `state.session().shown["parts"]` (tests read it)."""
+classifiers and explains itself when the target has no parts. The result is computed in a
+background job per session (model, image, target) and shown in
+`state.session().shown["parts"]` (tests read it)."""
 from __future__ import annotations
 
 import altair as alt
@@ -14,7 +15,7 @@ import streamlit as st
 from PIL import Image
 from scipy import ndimage
 
-from dashboard import state
+from dashboard import state, views
 from neuroscope.errors import NeuroscopeError
 from neuroscope.synth.parts import PART_PALETTE
 
@@ -77,29 +78,62 @@ def sentence(result) -> str:
             "(1 = same order, 0 = unrelated, −1 = reversed).")
 
 
-def render(sel) -> None:
-    """The Parts view for the selection's target (a clicked object); nothing for classifiers."""
-    explainer, image, target, resolved = sel.explainer, sel.image, sel.target, sel.resolved
-    if explainer.task != "segmentation" or resolved is None:
-        return
+POLL_S = 0.3
+KEEP_JOBS = 4
+
+
+def _job(sel, key):
+    """The background computation of the parts of this selection's target (per session,
+    the newest KEEP_JOBS kept): a click shows its map at once, the parts when they are ready."""
+    from neuroscope.interactive import Job, lower_priority
     from neuroscope.parts import part_contributions
+    table = state.session().kept.setdefault("parts_jobs", {})
+    job = table.get(key)
+    if job is None:
+        explainer, image, target = sel.explainer, sel.image, sel.target
+
+        def run(progress):
+            lower_priority()   # after the map: the next click comes first
+            return part_contributions(explainer, image, target)
+        job = table[key] = Job(run, "parts")
+        while len(table) > KEEP_JOBS:
+            table.pop(next(iter(table)))
+    return job
+
+
+def render(sel) -> None:
+    """The Parts view for the selection's target (a clicked object); nothing for classifiers.
+    Computed in the background (a few model passes: ~1-3 s on a busy CPU): the page shows
+    the map first and this view once the parts are measured."""
+    resolved = sel.resolved
+    if sel.explainer.task != "segmentation" or resolved is None:
+        return
     with st.container(key="parts_view"):
         st.subheader("Parts")
         if resolved.region in (None, "all", "predicted"):
             st.caption("Click an object (a car, truck, bus, person, sign or traffic light) to see its parts.")
             return
-        try:
-            with st.spinner("Finding the object's parts and measuring their drops…"):
-                result = state.memo("parts", (sel.model_key, sel.image_key, resolved.key()),
-                                    lambda: part_contributions(explainer, image, target), refs=(explainer, image))
-        except NeuroscopeError as exc:
-            st.info(str(exc))
+        job = _job(sel, (sel.model_key, sel.image_key, resolved.key()))
+        if not job.done:
+            @st.fragment(run_every=POLL_S)
+            def waiting() -> None:
+                if job.done:
+                    st.rerun(scope="app")
+                st.caption("Finding the object's parts and measuring their drops…")
+            waiting()
             return
+        if isinstance(job.error, NeuroscopeError):
+            st.info(str(job.error))
+            return
+        if job.error is not None:
+            raise job.error
+        result = job.result
         state.session().shown["parts"] = result
         left, right = st.columns([2, 3])
-        with left:
-            st.image(outlined(np.asarray(image), result.part_labels), width="stretch",
-                     caption=f"{result.class_name}: predicted parts outlined")
+        with left:   # picture and chart built once per result (memoised per session)
+            picture = state.memo("parts:outlined", (), lambda: outlined(np.asarray(sel.image), result.part_labels),
+                                 refs=(result,), size=2)
+            views.image(picture, width="stretch", caption=f"{result.class_name}: predicted parts outlined")
         with right:
-            st.altair_chart(chart(result), width="stretch")
+            views.chart("parts", result, lambda: chart(result))
             st.markdown(sentence(result))

@@ -25,12 +25,13 @@ import numpy as np
 import streamlit as st
 
 from neuroscope import Explainer, Target, load_model
+from neuroscope.engine import CachePool
 from neuroscope.errors import BadImage, BadModel, NeuroscopeError
 from neuroscope.images import load_image
 from neuroscope.limits import limit
 from neuroscope.zoo import ASSETS, bundled_specs, read_spec
 
-from . import truth
+from . import timing, truth
 
 IMAGES = ASSETS / "images"
 EXTRA_SPECS_ENV = "NEUROSCOPE_EXTRA_SPECS"   # os.pathsep-separated local spec paths (operator-provided)
@@ -196,10 +197,17 @@ def catalogue(extra: str) -> tuple[list[ModelEntry], list[str]]:
     return entries, problems
 
 
+@st.cache_resource(show_spinner=False)
+def cache_pool() -> CachePool:
+    """One byte budget for the engine caches of every model the server holds (limits
+    "server_cache_bytes"): without it each model kept up to 1.5 GiB of captures and results."""
+    return CachePool(limit("server_cache_bytes"))
+
+
 @st.cache_resource(show_spinner=False, max_entries=8)
 def explainer_for_spec(path: str) -> Explainer:
     """One Explainer per local spec, shared by all sessions (it is thread-safe)."""
-    return Explainer(load_model(read_spec(path)))
+    return Explainer(load_model(read_spec(path)), cache_pool=cache_pool())
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
@@ -214,13 +222,14 @@ def explainer_for_upload(digest: str, suffix: str, _model: bytes, _spec: bytes |
         model_path = folder / f"model{suffix}"
         model_path.write_bytes(_model)
         if _spec is None:
-            return Explainer(load_model(str(model_path), allow_code=False))
+            return Explainer(load_model(str(model_path), allow_code=False), cache_pool=cache_pool())
         spec_path = folder / "spec.toml"
         spec_path.write_bytes(_spec)
         spec = read_spec(spec_path, allow_code=False)
         if spec.framework != "keras":
             raise BadModel("an uploaded spec must describe the uploaded Keras file (framework = \"keras\")")
-        return Explainer(load_model(replace(spec, weights=model_path, path=None), allow_code=False))
+        return Explainer(load_model(replace(spec, weights=model_path, path=None), allow_code=False),
+                         cache_pool=cache_pool())
     except NeuroscopeError as exc:  # keep server paths out of the message
         raise type(exc)(str(exc).replace(str(model_path), "the uploaded file").replace(str(folder), "")) from None
     finally:
@@ -559,7 +568,7 @@ def sidebar() -> Selection | None:
         return None
     image, image_key, image_name, labels = picked
     try:
-        with st.spinner("Predicting…"):
+        with st.spinner("Predicting…"), timing.phase("predict"):
             pred = ex.predict(image)
     except NeuroscopeError as exc:
         st.error(f"{exc}. Try another image or model.")
@@ -571,7 +580,8 @@ def sidebar() -> Selection | None:
     resolved = None
     if target is not None:
         try:
-            resolved = ex.resolve(image, target)
+            with timing.phase("target"):
+                resolved = ex.resolve(image, target)
         except NeuroscopeError as exc:
             st.error(f"{exc}")
     sel = Selection(model_key, model_label, ex, image, image_key, image_name, labels, pred, layer, target,

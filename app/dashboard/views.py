@@ -10,7 +10,7 @@ from streamlit_image_coordinates import streamlit_image_coordinates
 from neuroscope import render
 from neuroscope.images import resize_labels, resize_rgb
 
-from . import state
+from . import state, timing
 from .state import KEEP
 
 MAX_DISPLAY = (560, 800)   # (H, W) bound of pictures in the browser; maps stay at full size
@@ -26,6 +26,39 @@ def display_size(shape: tuple[int, ...], bound: tuple[int, int] = MAX_DISPLAY) -
 def shown(image: np.ndarray, bound: tuple[int, int] = MAX_DISPLAY) -> np.ndarray:
     """The image at display size (never enlarged; memoised per session)."""
     return state.memo("shown", (bound,), lambda: resize_rgb(image, display_size(image.shape, bound)), refs=(image,))
+
+
+JPEG_QUALITY = 90
+
+
+def jpeg(picture: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
+    """The picture as JPEG bytes, memoised per session by the array's identity: a rerun that
+    shows the same picture sends the same bytes without encoding (Streamlit encodes an array
+    on every call, at quality 100; the clickable image was a level-0 PNG, ~0.5 MB in base64)."""
+    def build() -> bytes:
+        import io
+        from PIL import Image
+        buf = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(picture, np.uint8)).save(buf, format="JPEG", quality=quality)
+        return buf.getvalue()
+    data = state.memo("jpeg", (quality,), build, refs=(picture,), size=24)
+    timing.count_bytes("images", len(data))
+    return data
+
+
+def image(picture: np.ndarray, **kwargs) -> None:
+    """st.image of a picture (uint8 RGB), sent as memoised JPEG bytes."""
+    st.image(jpeg(picture), **kwargs)
+
+
+class _Encoded:
+    """What streamlit_image_coordinates takes as an image "with a save method": our bytes."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def save(self, fh, **_ignored) -> None:
+        fh.write(self.data)
 
 
 def to_display(points, size: tuple[int, int], shown_size: tuple[int, int]) -> list[tuple[int, int]]:
@@ -51,13 +84,18 @@ def clickable(sel: state.Selection, picture: np.ndarray, key: str = "ns_image_cl
 
     def on_click() -> None:
         state.record_click(st.session_state.get(key), size)
-    streamlit_image_coordinates(picture, key=key, width="stretch", on_click=on_click, cursor="crosshair")
+    streamlit_image_coordinates(_Encoded(jpeg(picture)), key=key, width="stretch", on_click=on_click,
+                                cursor="crosshair", image_format="JPEG")
 
 
 def prediction_picture(sel: state.Selection, bound: tuple[int, int] = MAX_DISPLAY) -> np.ndarray:
+    """The predicted classes over the picture (memoised per session by prediction and picture)."""
     pic = shown(sel.image, bound)
-    labels = resize_labels(sel.prediction.labels, pic.shape[:2])
-    return render.label_overlay(pic, labels, sel.explainer.palette, alpha=0.55)
+
+    def build() -> np.ndarray:
+        labels = resize_labels(sel.prediction.labels, pic.shape[:2])
+        return render.label_overlay(pic, labels, sel.explainer.palette, alpha=0.55)
+    return state.memo("prediction", (), build, refs=(sel.prediction, pic), size=4)
 
 
 #: What a map's values mean, by method family (the colour bar's label).
@@ -145,3 +183,12 @@ def display_controls() -> Display:
                     help="values above this percentile of |map| saturate")
     raw = c5.toggle("Raw map", key="disp_raw", **KEEP, help="Show each map on its own beside its overlay")
     return Display(cmap, float(alpha), sign, float(pct), bool(raw))
+
+
+def chart(name: str, owner, build) -> None:
+    """An Altair chart drawn from its Vega-Lite spec, built and validated once per `owner`
+    (e.g. the prediction it shows; memoised per session): Altair's schema validation took
+    15-50 ms on every rerun."""
+    import copy
+    spec = state.memo(f"chart:{name}", (), lambda: build().to_dict(), refs=(owner,), size=4)
+    st.vega_lite_chart(copy.deepcopy(spec), width="stretch")   # Streamlit moves the datasets out of the spec

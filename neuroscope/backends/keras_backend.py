@@ -261,13 +261,16 @@ class _GraphWalker:
             return op(*args, **kwargs)
         name = self._next_name(op)
         kind = applier.kind(op)
+        nonneg = False      # the output is known >= 0 (ReLU, or a pad / pool / reshape of one)
         if kind in LINEAR:
             output = self._apply_linear(op, args, kwargs, kind, name)
+            nonneg = _fused_relu_spec(op) is not None
         else:
             output = op(*args, **kwargs)
             rule = applier.rule(kind, name)
             if kind in ACTIVATION:
                 act = act_spec(_relu_spec(op))
+                nonneg = act is not None and act.slope == 0.0 and act.threshold >= 0.0
                 applier.note_activation(kind, rule, act, op)
                 if rule is not None and rule.kind == "elementwise":
                     output = applier.elementwise(rule, act, args[0], output)
@@ -279,6 +282,8 @@ class _GraphWalker:
                     output = applier.elementwise(rule, None, args[0], output)
             elif kind == "identity":
                 applier.padding(op, args[0], output)
+            if kind in ("identity", "maxpool") and args and applier.is_nonneg(args[0]):
+                nonneg = True
             elif rule is not None and kind in ("sum", "gate", "avgpool"):
                 xs = [t for t in keras.tree.flatten(args) if isinstance(t, keras.KerasTensor)]
                 if kind == "avgpool" and rule.kind == "basic":
@@ -287,7 +292,10 @@ class _GraphWalker:
                     output = applier.basic_op(rule, _sum, xs, output)
                 elif kind == "gate" and rule.kind == "gate" and len(xs) >= 2:
                     output = applier.gate(xs, output)
-        return applier.mask(name, output) if isinstance(op, keras.layers.Layer) else output
+        output = applier.mask(name, output) if isinstance(op, keras.layers.Layer) else output
+        if nonneg:
+            applier.note_nonneg(output)
+        return output
 
     def _apply_linear(self, op: Any, args: tuple, kwargs: dict, kind: str, name: str) -> Any:
         """A convolution / dense layer under the composite: its pre-activation carries

@@ -180,6 +180,71 @@ class _Backward(keras.layers.Layer):
         return input_shape[-1]
 
 
+def _dgrad(fn: Callable, g: tf.Tensor, x: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
+    """d f(x, w) / dx for the output gradient g: the linear op's data-gradient (the
+    forward this tape records is unused and pruned from the traced graph)."""
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        tape.watch(x)
+        out = fn(x, w, None)
+    return tape.gradient(out, x, output_gradients=g)
+
+
+class _SignGroups(keras.layers.Layer):
+    """A sign-split rule (z+, alpha-beta, gamma; rules.SignGroup) on one linear layer:
+    the groups' totals are computed in the forward with the stabiliser folded into the
+    bias, only the x+ pass where the input is a ReLU output; the backward is a division
+    and the data-gradients. Output = y unchanged."""
+
+    def __init__(self, groups: list, eps: float, fn: Callable, params: Callable, nonneg: bool,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.groups, self.eps, self.fn, self.params, self.nonneg = groups, eps, fn, params, nonneg
+
+    def call(self, inputs: list) -> tf.Tensor:
+        x, y = inputs
+        fn, groups, nonneg = self.fn, self.groups, self.nonneg
+        w, b, scale, shift = self.params()
+        b0 = tf.zeros([tf.shape(y)[-1]], y.dtype) if b is None else b
+        xs = tf.stop_gradient(x)
+        xp, xn = (xs, None) if nonneg else (tf.maximum(xs, 0.0), tf.minimum(xs, 0.0))
+        parts = []
+        for grp in groups:
+            wa, wb = grp.pos(w, "weight", OPS), grp.neg(w, "weight", OPS)
+            t = fn(xp, wa, grp.pos(b0, "bias", OPS) + grp.sign * self.eps)
+            if xn is not None:
+                t = t + fn(xn, wb, None)
+            parts.append((grp, wa, wb, t))
+        z = None
+        if any(grp.select for grp in groups):   # the layer's own (merged) output
+            z = tf.stop_gradient(y if scale is None else y * scale + shift)
+
+        @tf.custom_gradient
+        def op(x, y):
+            def backward(dy):
+                da = db = None
+                for grp, wa, wb, t in parts:
+                    g = dy / t
+                    if grp.coef != 1.0:
+                        g = g * grp.coef
+                    if grp.select == ">":
+                        g = tf.where(z > 0, g, tf.zeros_like(g))
+                    elif grp.select == "<":
+                        g = tf.where(z < 0, g, tf.zeros_like(g))
+                    d = _dgrad(fn, g, x, wa)
+                    da = d if da is None else da + d
+                    if not nonneg:
+                        d = _dgrad(fn, g, x, wb)
+                        db = d if db is None else db + d
+                r = x * da if nonneg else x * tf.where(x > 0, da, db)
+                return r, tf.zeros_like(y)
+            return tf.identity(y), backward
+
+        return op(x, tf.stop_gradient(y))
+
+    def compute_output_shape(self, input_shape: list) -> tuple:
+        return input_shape[-1]
+
+
 class _Mask(keras.layers.Layer):
     """Identity forward; the backward keeps only `channels` (CRP's conditioning)."""
 
@@ -224,6 +289,7 @@ class RuleApplier:
         self.boxes: dict[int, dict] = {}      # id(linear output tensor) -> merge box
         self.pads: dict[int, tuple] = {}      # id(zero-padding output) -> (padding layer, its input)
         self.unapplied: Counter = Counter()
+        self.nonneg: dict[int, Any] = {}      # id(tensor) -> tensor: known >= 0 (ReLU outputs)
         self.masks = dict(composite.masks)
         self.wants_activations = any(set(k) & set(ACTIVATION) for k, _ in composite.layer_map)
 
@@ -257,6 +323,12 @@ class RuleApplier:
         if isinstance(op, (keras.layers.ZeroPadding1D, keras.layers.ZeroPadding2D, keras.layers.ZeroPadding3D)):
             self.pads[id(y)] = (op, x)
 
+    def note_nonneg(self, t: Any) -> None:
+        self.nonneg[id(t)] = t
+
+    def is_nonneg(self, t: Any) -> bool:
+        return id(t) in self.nonneg
+
     def linear(self, rule: Any, op: Any, x: Any, y: Any, single_consumer: bool = False) -> Any:
         fn, kernel, bias, shape_scale = _linear_fn(op)
         if id(x) in self.pads:
@@ -268,9 +340,12 @@ class RuleApplier:
         box: dict = {}
         merge_ok = self.merge and single_consumer   # a BatchNorm may merge only into its sole input
 
-        def backward(dy, xs):
+        def params():
+            """(w, b, scale, shift): merged with the BatchNorm after the layer, if any
+            (scale / shift None when there is none)."""
             w, b = tf.convert_to_tensor(kernel), None if bias is None else tf.convert_to_tensor(bias)
             bn = box.get("bn")
+            scale = shift = None
             if bn is not None:
                 gamma = bn.gamma if bn.scale else tf.ones_like(bn.moving_mean)
                 beta = bn.beta if bn.center else tf.zeros_like(bn.moving_mean)
@@ -280,9 +355,17 @@ class RuleApplier:
                                                      float(bn.epsilon), OPS)
                 w = w * shape_scale(scale, w)
                 b = shift if b is None else b * scale + shift
-            return _basic_backward(rule, fn, (w, b), xs, dy)
+            return w, b, scale, shift
 
-        out = _Backward(backward)([x, y])
+        groups = rule.sign_groups()
+        if groups is not None:
+            out = _SignGroups(groups, float(rule.stabilizer), fn, params, self.is_nonneg(x))([x, y])
+        else:
+            def backward(dy, xs):
+                w, b, _, _ = params()
+                return _basic_backward(rule, fn, (w, b), xs, dy)
+
+            out = _Backward(backward)([x, y])
         if merge_ok:
             self.boxes[id(out)] = box
         return out

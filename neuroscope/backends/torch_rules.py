@@ -25,7 +25,7 @@ from ..errors import BadParameter
 from ..propagation.canonizers import ExplicitResidual, MergeBatchNorm
 from ..propagation.composites import Composite
 from ..propagation.kinds import ACTIVATION, LINEAR
-from ..propagation.rules import ActSpec, Norm, Pass, Rule
+from ..propagation.rules import ActSpec, BasicRule, Flat, Norm, Pass, Rule, _keep, _same
 
 
 class TorchOps:
@@ -126,6 +126,24 @@ class Entry:
     act: ActSpec | None = None
     fn: Callable | None = None          # linear layers: f(x, w, b)
     merge: nn.Module | None = None      # the BatchNorm merged into this layer
+    kernel: "LinearKernel | None" = None  # linear layers with a data-gradient primitive
+    nonneg: bool = False                # its input is a ReLU / ReLU6 output (probe)
+
+
+@dataclass(frozen=True)
+class Chain:
+    """linear -> merged BatchNorm -> pass activation, each the sole consumer of the one
+    before: one autograd Function from the last output to the linear layer's input."""
+
+    members: tuple[str, ...]
+
+    @property
+    def start(self) -> str:
+        return self.members[0]
+
+    @property
+    def end(self) -> str:
+        return self.members[-1]
 
 
 @dataclass
@@ -135,6 +153,7 @@ class RulePlan:
     entries: dict[str, Entry] = field(default_factory=dict)
     unapplied: dict[str, int] = field(default_factory=dict)   # activation type -> count without a rule
     residual: bool = False
+    chains: dict[str, Chain] = field(default_factory=dict)     # member name -> its chain
 
 
 def build_plan(backend: Any, composite: Composite) -> RulePlan:
@@ -144,6 +163,7 @@ def build_plan(backend: Any, composite: Composite) -> RulePlan:
     first_kinds = composite.first_kinds()
     first = None
     pairs = bn_pairs(backend) if composite.has(MergeBatchNorm) else {}
+    flow = data_flow(backend)
     merged_bns = set(pairs.values())
     missing: Counter = Counter()
     wants_activations = any(set(kinds) & set(ACTIVATION) for kinds, _ in composite.layer_map)
@@ -165,11 +185,31 @@ def build_plan(backend: Any, composite: Composite) -> RulePlan:
         if rule is not None and rule.kind == "basic" and kind in LINEAR:
             entry.fn = _linear_fn(module)
             entry.merge = backend._by_name[pairs[name]] if name in pairs else None
+            if _dgrad_fn(module) is not None:
+                entry.kernel = LinearKernel(rule, module, entry.merge)
+                entry.nonneg = name in flow.nonneg
         if kind in ACTIVATION and wants_activations and (
                 rule is None or (getattr(rule, "needs_relu", False) and act is None)):
             missing[type(module).__name__] += 1
         plan.entries[name] = entry
     plan.unapplied = dict(missing)
+    for name, entry in plan.entries.items():   # linear -> merged BatchNorm -> pass activation
+        if entry.kernel is None:
+            continue
+        members = [name]
+        if entry.merge is not None:
+            bn = pairs[name]
+            if flow.feeds.get(name) != bn:
+                continue
+            members.append(bn)
+        nxt = flow.feeds.get(members[-1])
+        after = plan.entries.get(nxt) if nxt is not None else None
+        if after is not None and after.kind in ACTIVATION and isinstance(after.rule, Pass):
+            members.append(nxt)
+        if len(members) > 1 and all(flow.calls.get(m) == 1 for m in members):
+            chain = Chain(tuple(members))
+            for m in members:
+                plan.chains[m] = chain
     return plan
 
 
@@ -215,6 +255,352 @@ def bn_pairs(backend: Any) -> dict[str, str]:
     pairs = {lin: bn for lin, bn in pairs.items() if used[lin] == 1 and used[bn] == 1}
     backend._bn_pairs = pairs
     return pairs
+
+
+@dataclass
+class Flow:
+    """What one probe forward with autograd tells about the model's data flow."""
+
+    feeds: dict[str, str] = field(default_factory=dict)   # module -> the module that is the SOLE consumer of its output
+    nonneg: set[str] = field(default_factory=set)         # modules whose input is a ReLU / ReLU6 output
+    calls: Counter = field(default_factory=Counter)       # module -> calls in one forward
+
+
+def data_flow(backend: Any) -> Flow:
+    """One probe forward of zeros with autograd (cached on the backend): which module
+    consumes which module's output alone (consumers counted on the autograd graph, so
+    functional uses count too), and which inputs are ReLU outputs (non-negative)."""
+    cached = getattr(backend, "_flow", None)
+    if cached is not None:
+        return cached
+    owner = threading.get_ident()
+    flow = Flow()
+    calls: list = []            # (name, input tensor, output tensor, output node)
+    relu_outs: set[int] = set()
+    handles = []
+
+    def post(name):
+        def hook(module, inputs, out):
+            if threading.get_ident() != owner:
+                return
+            flow.calls[name] += 1
+            x = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+            if isinstance(out, torch.Tensor):
+                calls.append((name, x, out, out.grad_fn))
+                spec = act_spec(module)
+                if spec is not None and spec.slope == 0.0 and spec.threshold == 0.0:
+                    relu_outs.add(id(out))
+        return hook
+
+    H, W = backend.input_size
+    x = backend._to_tensor(torch.zeros(1, H, W, 3).numpy(), requires_grad=True)
+    try:
+        for name, module in backend._by_name.items():
+            if classify(module) is not None:
+                handles.append(module.register_forward_hook(post(name)))
+        with torch.enable_grad():
+            out = backend.module(x)
+    finally:
+        for h in handles:
+            h.remove()
+    consumers: Counter = Counter()
+    seen: set = set()
+    stack = [t.grad_fn for t in _tensors(out) if t.grad_fn is not None]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        for nxt, _ in node.next_functions:
+            if nxt is not None:
+                consumers[nxt] += 1
+                stack.append(nxt)
+    made = {id(o): (name, node) for name, _, o, node in calls}
+    for name, xin, _, _ in calls:
+        if xin is None:
+            continue
+        if id(xin) in relu_outs:
+            flow.nonneg.add(name)
+        src = made.get(id(xin))
+        if src is not None and src[1] is not None and consumers[src[1]] == 1:
+            flow.feeds[src[0]] = name
+    del calls, out
+    backend._flow = flow
+    return flow
+
+
+def _tensors(out: Any) -> list:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in _tensors(o)]
+    return [t for t in (getattr(out, k, None) for k in ("out", "logits")) if isinstance(t, torch.Tensor)]
+
+
+# ------------------------------------------------------------------ linear kernels
+
+_CONV_T = {1: nn.functional.conv_transpose1d, 2: nn.functional.conv_transpose2d, 3: nn.functional.conv_transpose3d}
+_CONV = {1: nn.functional.conv1d, 2: nn.functional.conv2d, 3: nn.functional.conv3d}
+
+
+def _dgrad_fn(module: nn.Module) -> Callable | None:
+    """d(g, x, w): the gradient w.r.t. x of the module's f(x, w, b) for the output
+    gradient g, by the data-gradient primitive (no autograd graph); None when the
+    module pads by itself (padding_mode, padding="same"): the autograd path then."""
+    if isinstance(module, nn.Linear):
+        return lambda g, x, w: g.matmul(w)
+    if not isinstance(module, nn.modules.conv._ConvNd) or module.padding_mode != "zeros":
+        return None
+    nd = len(module.kernel_size)
+    padding = module.padding
+    if isinstance(padding, str):
+        if padding != "valid":
+            return None
+        padding = (0,) * nd
+    stride, dilation, groups, k = module.stride, module.dilation, module.groups, module.kernel_size
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        conv = _CONV[nd]
+        return lambda g, x, w: conv(g, w, None, stride, padding, dilation, groups)
+    conv_t = _CONV_T[nd]
+
+    def dgrad(g, x, w):
+        extra = [x.shape[2 + i] - ((g.shape[2 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (k[i] - 1) + 1)
+                 for i in range(nd)]
+        return conv_t(g, w, None, stride, padding, extra, groups, dilation)
+    return dgrad
+
+
+def _version_key(tensors: list) -> tuple:
+    return tuple(None if t is None else (t.data_ptr(), t._version) for t in tensors)
+
+
+def _pointwise(module: nn.Module) -> bool:
+    """A 1x1 convolution with stride 1 and no padding: a matrix product per pixel."""
+    return (type(module) is nn.Conv2d and tuple(module.kernel_size) == (1, 1) and tuple(module.stride) == (1, 1)
+            and module.padding in ((0, 0), "valid") and module.groups == 1)
+
+
+def _pointwise_fn(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    # NCHW in channels_last memory is NHWC: the product runs on it without a copy
+    y = nn.functional.linear(x.permute(0, 2, 3, 1), w.reshape(w.shape[0], w.shape[1]))
+    if b is not None:
+        y.add_(b)   # (an addmm first copies the broadcast bias into the output: slower)
+    return y.permute(0, 3, 1, 2)
+
+
+def _pointwise_dgrad(g: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return g.permute(0, 2, 3, 1).matmul(w.reshape(w.shape[0], w.shape[1])).permute(0, 3, 1, 2)
+
+
+class LinearKernel:
+    """A basic rule on one linear layer without autograd: the passes' outputs are
+    computed in the forward (no graph), the backward maps the relevance and takes the
+    input gradients with the data-gradient primitive. The modified (and BatchNorm-
+    merged) parameters are cached until the module's or the BatchNorm's tensors change
+    (data pointer or version counter); the user's weights are never written."""
+
+    def __init__(self, rule: Rule, module: nn.Module, bn: nn.Module | None) -> None:
+        self.rule, self.module, self.bn = rule, module, bn
+        pointwise = self.pointwise = self.pointwise_cat = _pointwise(module)
+        self.fn = _pointwise_fn if pointwise else _linear_fn(module)
+        self.dgrad = _pointwise_dgrad if pointwise else _dgrad_fn(module)
+        self.groups = rule.sign_groups() if isinstance(rule, BasicRule) else None
+        # flat on an ungrouped convolution: all weights 1, so every input channel gets the
+        # same back-projection of the relevance summed over the output channels
+        self.flat = (type(rule) is Flat and type(module) in (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+                     and module.groups == 1 and not pointwise)
+        self._cache: tuple | None = None
+
+    def params(self) -> dict:
+        m, bn = self.module, self.bn
+        mp = m._parameters
+        # (a parametrised weight is not in _parameters: read each call, it never hits the cache)
+        tensors = [mp["weight"] if "weight" in mp else m.weight, mp["bias"] if "bias" in mp else m.bias]
+        if bn is not None:
+            bp, bb = bn._parameters, bn._buffers
+            tensors += [bb.get("running_mean"), bb.get("running_var"), bp.get("weight"), bp.get("bias")]
+        key = _version_key(tensors)
+        cached = self._cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        with torch.no_grad():
+            w, b = _merged_params(m, bn)
+            w, b = w.detach(), None if b is None else b.detach()
+            value = {"w": w, "b": b, "constant": {}}
+            if self.groups is not None:
+                eps = float(self.rule.stabilizer)
+                transposed = isinstance(m, nn.modules.conv._ConvTransposeNd)
+                out_ch = w.shape[1] * m.groups if transposed else w.shape[0]
+                b0 = torch.zeros(out_ch, dtype=w.dtype, device=w.device) if b is None else b
+                # (w for x+, w for x-, bias + the stabiliser of T's sign)
+                value["groups"] = [(grp.pos(w, "weight", OPS), grp.neg(w, "weight", OPS),
+                                    grp.pos(b0, "bias", OPS) + grp.sign * eps) for grp in self.groups]
+                if self.pointwise:   # [w for x+ | w for x-]: one product over [x+ | x-]
+                    value["cat"] = [torch.cat([wa.reshape(wa.shape[0], -1), wb.reshape(wb.shape[0], -1)], dim=1)
+                                    for wa, wb, _ in value["groups"]]
+            else:
+                value["passes"] = [(param_mod(w, "weight", OPS), None if b is None else param_mod(b, "bias", OPS))
+                                   for _, param_mod in self.rule.passes()]
+        self._cache = (key, value)
+        return value
+
+    def forward(self, x: torch.Tensor, actual: torch.Tensor | None, nonneg: bool, p: dict | None = None) -> tuple:
+        """The state the backward needs (computed without autograd). `actual`: the
+        layer's own (merged) output when known; `nonneg`: x >= 0 is known; `p`: the
+        parameters of this call when already looked up."""
+        if p is None:
+            p = self.params()
+        fn = self.fn
+        with torch.no_grad():
+            if self.groups is not None:
+                totals = []
+                if not nonneg and self.pointwise_cat:
+                    xc = torch.cat([x.clamp(min=0), x.clamp(max=0)], dim=1)
+                    totals = [fn(xc, wc, ba) for wc, (_, _, ba) in zip(p["cat"], p["groups"])]
+                else:
+                    xp, xn = (x, None) if nonneg else (x.clamp(min=0), x.clamp(max=0))
+                    for wa, wb, ba in p["groups"]:
+                        t = fn(xp, wa, ba)
+                        if xn is not None:
+                            t += fn(xn, wb, None)
+                        totals.append(t)
+                if any(grp.select for grp in self.groups) and actual is None:
+                    actual = fn(x, p["w"], p["b"])
+                return (p, nonneg, (totals, actual))
+            outs = []
+            for (in_mod, param_mod), (w, b) in zip(self.rule.passes(), p["passes"]):
+                if nonneg and getattr(in_mod, "negative_part", False) and getattr(param_mod, "zero_bias", False):
+                    outs.append(None)     # x <= 0 is 0 and the bias is 0: the pass is exactly 0
+                elif in_mod is _same and param_mod is _keep:
+                    outs.append(actual if actual is not None else fn(x, w, b))
+                elif nonneg and getattr(in_mod, "positive_part", False):
+                    outs.append(fn(x, w, b))
+                elif getattr(in_mod, "constant", False):   # the same for every input of this shape
+                    key = (len(outs), tuple(x.shape), x.dtype, x.device)
+                    out = p["constant"].get(key)
+                    if out is None:
+                        out = p["constant"][key] = fn(in_mod(x, OPS), w, b)
+                    outs.append(out)
+                else:
+                    outs.append(fn(in_mod(x, OPS), w, b))
+            return (p, nonneg, outs)
+
+    def backward(self, state: tuple, relevance: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        p, nonneg, outs = state
+        dgrad = self.dgrad
+        if self.flat:
+            key = (tuple(x.shape), x.dtype, x.device)
+            inv = p["constant"].get(("inv",) + key)
+            if inv is None:   # 1 / stabilize(z) of the ones pass: the same for every input of this shape
+                z = outs[0]
+                inv = p["constant"][("inv",) + key] = 1.0 / torch.where(z >= 0, z + self.rule.stabilizer,
+                                                                        z - self.rule.stabilizer)
+            w1 = p.get("flat_w")
+            if w1 is None:
+                w = p["w"]
+                w1 = p["flat_w"] = torch.ones((1, *w.shape[1:]), dtype=w.dtype, device=w.device)
+            return dgrad((relevance * inv).sum(dim=1, keepdim=True), x, w1)
+        if self.groups is not None:
+            totals, z = outs
+            gs = []
+            for grp, t in zip(self.groups, totals):
+                g = relevance / t
+                if grp.coef != 1.0:
+                    g.mul_(grp.coef)
+                if grp.select == ">":
+                    g = torch.where(z > 0, g, 0.0)
+                elif grp.select == "<":
+                    g = torch.where(z < 0, g, 0.0)
+                gs.append(g)
+            if not nonneg and self.pointwise_cat:   # [d for x+ | d for x-] in one product per group
+                dc = None
+                for g, wc in zip(gs, p["cat"]):
+                    d = g.permute(0, 2, 3, 1).matmul(wc)
+                    dc = d if dc is None else dc.add_(d)
+                c = x.shape[1]
+                xh = x.permute(0, 2, 3, 1)
+                return (xh * torch.where(xh > 0, dc[..., :c], dc[..., c:])).permute(0, 3, 1, 2)
+            da = db = None
+            for g, (wa, wb, _) in zip(gs, p["groups"]):
+                d = dgrad(g, x, wa)
+                da = d if da is None else da.add_(d)
+                if not nonneg:
+                    d = dgrad(g, x, wb)
+                    db = d if db is None else db.add_(d)
+            if nonneg:
+                return da.mul_(x)
+            return x * torch.where(x > 0, da, db)
+        zero = 0.0
+        mapped = self.rule.mapper(relevance, [zero if o is None else o for o in outs], OPS)
+        ins, grads = [], []
+        for (in_mod, _), (w, _), out, g in zip(self.rule.passes(), p["passes"], outs, mapped):
+            if out is None or g is None:
+                ins.append(zero)
+                grads.append(zero)
+                continue
+            grads.append(dgrad(g, x, w))
+            if nonneg and getattr(in_mod, "positive_part", False):
+                ins.append(x)
+            else:
+                ins.append(in_mod(x, OPS))
+        return self.rule.reduce(ins, grads, OPS)
+
+
+class _Rule(torch.autograd.Function):
+    """Output = the (chain's) own output, boxed in `holder`; backward = the kernel's."""
+
+    @staticmethod
+    def forward(ctx, state, x):  # noqa: D401
+        ctx.state = state
+        ctx.save_for_backward(x)
+        out, state.out = state.out, None
+        return out
+
+    @staticmethod
+    def backward(ctx, relevance):
+        (x,) = ctx.saved_tensors
+        st = ctx.state
+        ctx.state = None
+        return None, st.kernel.backward(st.state, relevance, x)
+
+
+class _State:
+    """The kernel and its forward state: one opaque object for Function.apply (whose
+    argument walk would otherwise visit every cached tensor)."""
+
+    __slots__ = ("kernel", "state", "out")
+
+    def __init__(self, kernel: "LinearKernel", state: tuple, out: torch.Tensor) -> None:
+        self.kernel, self.state, self.out = kernel, state, out
+
+
+def apply_kernel(entry: Entry, x: torch.Tensor, out: torch.Tensor, actual: torch.Tensor | None,
+                 params: dict | None = None) -> torch.Tensor:
+    """`out` carrying the entry's linear rule back to `x` (the fast path)."""
+    state = entry.kernel.forward(x, actual, entry.nonneg, params)
+    return _Rule.apply(_State(entry.kernel, state, out.detach()), x)
+
+
+class _NormSum(torch.autograd.Function):
+    """a + b (the value `holder` boxes) whose backward is the Norm rule:
+    R_a = a R / stabilize(a + b), R_b likewise."""
+
+    @staticmethod
+    def forward(ctx, eps, holder, a, b):  # noqa: D401
+        out = holder[0]
+        with torch.no_grad():
+            ctx.den = torch.where(out >= 0, out + eps, out - eps)
+        ctx.save_for_backward(a, b)
+        return out
+
+    @staticmethod
+    def backward(ctx, relevance):
+        a, b = ctx.saved_tensors
+        g = relevance / ctx.den
+        ctx.den = None
+        return None, None, a * g, b * g
 
 
 # ------------------------------------------------------------------ autograd Functions
@@ -379,6 +765,8 @@ def apply_entry(entry: Entry, module: nn.Module, inputs: tuple, out: Any) -> Any
     if rule.kind == "strided-fix":
         return _StridedDeconv.apply(x, module, [out.detach()])
     if rule.kind == "basic":
+        if entry.kernel is not None:
+            return apply_kernel(entry, x, out, None if entry.merge is not None else out.detach())
         if entry.fn is not None:
             params = _merged_params(module, entry.merge)
             return _Basic.apply(rule, entry.fn, params, [out.detach()], x)
@@ -392,12 +780,30 @@ _ADDS = {"add", "__add__", "__radd__", "add_", "__iadd__"}
 _MULS = {"mul", "__mul__", "__rmul__", "mul_", "__imul__"}
 
 
-class _ResidualMode(TorchFunctionMode):
-    """Thread-local: `a + b` of two activations -> sum layer; `a * gate` -> gate layer."""
+_LINEAR_FUNCS = {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "linear"}
 
-    def __init__(self, composite: Composite):
+
+class ChainCalls:
+    """Per call: the chain start whose module is about to run (`armed`, set by its
+    pre-hook) and the merged output its convolution returned (`made`)."""
+
+    def __init__(self) -> None:
+        self.armed: tuple | None = None     # (entry, module)
+        self.made: torch.Tensor | None = None
+        self.params: dict | None = None     # the kernel parameters `made` was computed with
+
+
+class _RuleMode(TorchFunctionMode):
+    """Thread-local: `a + b` of two activations -> sum layer; `a * gate` -> gate layer
+    (when the composite makes residuals explicit); and the armed chain start's linear
+    call computes the BatchNorm-merged output directly (the canonized model), whose
+    BatchNorm call then returns it unchanged."""
+
+    def __init__(self, composite: Composite, residual: bool, calls: ChainCalls | None):
         super().__init__()
         self.composite = composite
+        self.residual = residual
+        self.calls = calls
         self.sum_rule = composite.rule_for("sum") or Norm()
         self.gate_rule = composite.rule_for("gate")
         self.counts: Counter = Counter()
@@ -405,7 +811,21 @@ class _ResidualMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
-        if (name in _ADDS or name in _MULS) and len(args) == 2 and not kwargs \
+        calls = self.calls
+        if calls is not None:
+            armed = calls.armed
+            if armed is not None and name in _LINEAR_FUNCS and len(args) >= 2 and args[1] is armed[1].weight:
+                calls.armed = None
+                entry = armed[0]
+                kernel = entry.kernel
+                with torch.no_grad():
+                    p = kernel.params()
+                    y = kernel.fn(args[0], p["w"], p["b"])
+                calls.made, calls.params = y, p
+                return y
+            if name == "batch_norm" and calls.made is not None and args and args[0] is calls.made:
+                return args[0]       # merged into the convolution before it
+        if self.residual and (name in _ADDS or name in _MULS) and len(args) == 2 and not kwargs \
                 and all(isinstance(a, torch.Tensor) and a.requires_grad for a in args) \
                 and torch.is_grad_enabled():
             a, b = args
@@ -413,6 +833,8 @@ class _ResidualMode(TorchFunctionMode):
             out = getattr(torch.Tensor, plain)(a, b) if plain else func(a, b)   # never in place
             if name in _ADDS:
                 self.counts["sum"] += 1
+                if type(self.sum_rule) is Norm:
+                    return _NormSum.apply(float(self.sum_rule.epsilon), [out.detach()], a, b)
                 return _Basic.apply(self.sum_rule, lambda p, q: p + q, (), [out.detach()], a, b)
             if a.shape == b.shape:
                 if self.composite.strict:
@@ -428,9 +850,9 @@ class _ResidualMode(TorchFunctionMode):
 
 
 @contextmanager
-def residual_mode(plan: RulePlan, composite: Composite) -> Iterator[None]:
-    if not plan.residual:
+def rule_mode(plan: RulePlan, composite: Composite, calls: ChainCalls | None) -> Iterator[None]:
+    if not plan.residual and calls is None:
         yield
         return
-    with _ResidualMode(composite):
+    with _RuleMode(composite, plan.residual, calls):
         yield

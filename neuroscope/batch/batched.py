@@ -23,6 +23,13 @@ from ..errors import Cancelled, NeuroscopeError
 
 INPUT_GRADIENT_METHODS = ("saliency", "gradient-x-input")
 
+#: On a CPU a batched pass takes at most this many input pixels (8 images of 128x256, 2 of
+#: 256x512). Measured on drivescene-seg, one torch thread, CPU time per image of a forward
+#: + backward (scripts/bench_batch.py --compute): 128x256 batch 1 35.4 ms, 4: 30.7, 8:
+#: 30.2, 16: 32.3; 256x512 batch 1 124 ms, 2: 124, 4: 122, 8: 138 (the activations of a
+#: large batch no longer fit the caches). GPUs take the whole group.
+CPU_BATCH_PIXELS = 8 * 128 * 256
+
 
 def batchable(info, params: dict | None) -> tuple[bool, bool, bool] | None:
     """(layer activations, input gradient, full layer gradients) a method reads from the
@@ -65,8 +72,16 @@ def prefill(ex, preps: Sequence, targets: Sequence, methods: Sequence[str], *, l
     passes = {"torch": _torch_pass, "keras": _keras_pass}
     if fw not in passes:
         return []
+    step = len(preps)
+    if "cpu" in str(getattr(ex.backend, "device", "cpu")).lower():
+        step = CPU_BATCH_PIXELS // max(1, int(np.prod(x.shape[1:3])))
+        if step < 2:
+            return []        # one image per pass: the images' own explain calls
+    caps = []
     try:
-        caps = passes[fw](ex, preps, targets, x, layers, input_grad, gradients)
+        for i in range(0, len(preps), step):
+            caps += passes[fw](ex, preps[i:i + step], targets[i:i + step], x[i:i + step], layers, input_grad,
+                               gradients)
     except (Cancelled, NeuroscopeError):
         raise
     except Exception:  # noqa: BLE001 -- e.g. a model that takes one image per pass: each
@@ -109,7 +124,10 @@ def _torch_pass(ex, preps, targets, x, layers, input_grad, gradients):
         z = b._logits(b._run(xt), tuple(xt.shape[-2:]))   # _run: the logits under a softmax head
         logits = z.detach().float().cpu().numpy()
         decided = [_decide(ex, p, t, logits[i]) for i, (p, t) in enumerate(zip(preps, targets))]
-        ys = [b._objective(z[i:i + 1], rt.objective, "logit") if rt is not None else None
+        # unbind, not z[i:i + 1]: a slice's backward writes a zero tensor of the whole
+        # batch's size per image (B^2 traffic), unbind's one stack for the batch
+        zs = z.unbind(0)
+        ys = [b._objective(zs[i][None], rt.objective, "logit") if rt is not None else None
               for i, (rt, _) in enumerate(decided)]
     live = [y for y in ys if y is not None]
     if not live:
@@ -156,13 +174,14 @@ def _keras_pass(ex, preps, targets, x, layers, input_grad, gradients):
             zf = z.numpy()
             logits = np.moveaxis(zf, -1, 1) if zf.ndim == 4 else zf
             decided = [_decide(ex, p, t, logits[i]) for i, (p, t) in enumerate(zip(preps, targets))]
+            zs = tf.unstack(z)       # not z[i:i + 1]: see _torch_pass
             ys = []
             for i, (rt, _) in enumerate(decided):
                 if rt is None:
                     ys.append(None)
                     continue
                 tensors = b._objective_tensors(rt.objective)
-                ys.append(b._objective(z[i:i + 1], tensors[0], tuple(tensors[1:]), "logit"))
+                ys.append(b._objective(zs[i][None], tensors[0], tuple(tensors[1:]), "logit"))
             live = [y for y in ys if y is not None]
             if not live:
                 return [(None, None)] * len(preps)

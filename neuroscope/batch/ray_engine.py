@@ -13,7 +13,7 @@ import json
 import os
 from typing import Iterator
 
-from .work import COLUMNS, Settings, run_chunk, schema
+from .work import COLUMNS, LABEL_COLUMNS, Settings, run_chunk, schema
 
 RECORD_KEYS = ("image", "path", "class", "region", "contrast", "todo")
 
@@ -33,7 +33,9 @@ class ExplainActor:
         for item in batch.to_pylist():          # one item = one chunk, as the local engine cuts them
             rows += run_chunk(self.ex, json.loads(item["records"]), self.settings)
             self.ex.clear_caches()
-        return pa.Table.from_pylist([{c: r.get(c) for c in COLUMNS} for r in rows], schema=schema())
+        labels = bool(self.settings.labels)
+        columns = COLUMNS + (LABEL_COLUMNS if labels else ())
+        return pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows], schema=schema(labels))
 
 
 def run_ray(settings: Settings, records: list[dict], *, workers: int = 1, address: str | None = None,
@@ -67,7 +69,7 @@ def run_ray(settings: Settings, records: list[dict], *, workers: int = 1, addres
         ds = ds.map_batches(ExplainActor, fn_constructor_args=(settings,), batch_size=1, batch_format="pyarrow",
                             compute=ray.data.ActorPoolStrategy(size=max(1, workers)), num_cpus=1, **per_actor)
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-            yield [{c: r.get(c) for c in COLUMNS} for r in batch.to_pylist()]
+            yield batch.to_pylist()
     finally:
         if started:
             ray.shutdown()

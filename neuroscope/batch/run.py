@@ -29,10 +29,12 @@ def versions() -> dict:
 
 def run_batch(settings: Settings, records: list[dict], *, engine: str = "local", workers: int = 1,
               address: str | None = None, chunk: int | None = None, progress: bool | None = None,
-              explainer=None) -> dict:
+              explainer=None, on_rows=None) -> dict:
     """Run what is not done yet; returns {"images", "done", "failed", "skipped", "out", "time_s"}
     where done/failed count the image x method rows of this run and skipped the rows
-    already done by an earlier run. `explainer`: the local engine's (else loaded here)."""
+    already done by an earlier run. `explainer`: the local engine's (else loaded here).
+    `on_rows(rows)`: called with every list of finished rows (columns beyond COLUMNS, such
+    as LABEL_COLUMNS, are there; results.parquet keeps COLUMNS)."""
     t0 = time.perf_counter()
     chunk = chunk or CHUNK
     out = Path(settings.out)
@@ -55,6 +57,8 @@ def run_batch(settings: Settings, records: list[dict], *, engine: str = "local",
     counts = {"done": 0, "failed": 0}
 
     def take(rows: list[dict]) -> None:
+        if on_rows is not None:
+            on_rows(rows)
         store.add(rows)
         for r in rows:
             counts["done" if r["status"] == DONE else "failed"] += 1

@@ -25,6 +25,10 @@ COLUMNS = ("image", "path", "method", "status", "error", "class_id", "class_name
            "params", "time_ms", "height", "width", "map_min", "map_max", "map_mean", "map_abs_mean",
            "deletion_auc", "insertion_auc", "map_file", "overlay_file")
 DONE, FAILED = "done", "failed"
+#: with ``Settings.labels`` (dataset evaluation), the first row of each image also carries
+#: the model's confusion counts against its label file, from the explanation pass's own
+#: prediction (no second forward): JSON [[truth, predicted, pixels], ...], or the problem
+LABEL_COLUMNS = ("label_confusion", "label_problem")
 
 
 @dataclass
@@ -45,6 +49,9 @@ class Settings:
     #: CPU share). Float sums differ in the last bits between thread counts, so runs to be
     #: compared bit for bit use the same number.
     threads: int | None = None
+    #: labels folder (`evaluate --dataset --labels`): each image's confusion counts in its
+    #: first row (LABEL_COLUMNS), from the prediction of the explanation pass
+    labels: str | None = None
 
     def explainer(self):
         from ..engine import Explainer
@@ -54,12 +61,13 @@ class Settings:
         return Explainer(self.model, input_size=self.input_size)
 
 
-def schema():
+def schema(labels: bool = False):
+    """The Arrow schema of COLUMNS (plus LABEL_COLUMNS with `labels`)."""
     import pyarrow as pa
     types = {"class_id": pa.int64(), "height": pa.int64(), "width": pa.int64(), "time_ms": pa.float64(),
              "map_min": pa.float64(), "map_max": pa.float64(), "map_mean": pa.float64(),
              "map_abs_mean": pa.float64(), "deletion_auc": pa.float64(), "insertion_auc": pa.float64()}
-    return pa.schema([(c, types.get(c, pa.string())) for c in COLUMNS])
+    return pa.schema([(c, types.get(c, pa.string())) for c in COLUMNS + (LABEL_COLUMNS if labels else ())])
 
 
 def file_stem(image_id: str) -> str:
@@ -138,7 +146,39 @@ def run_chunk(ex, records: list[dict], settings: Settings) -> list[dict]:
                     raise
                 except (NeuroscopeError, OSError) as exc:
                     rows[rec["image"], method] = _row(rec, method, status=FAILED, error=_message(exc))
+    if settings.labels:
+        preps = {rec["image"]: prep for rec, prep, _ in ready}
+        for rec in records:
+            _label_counts(ex, rec, preps.get(rec["image"]), rows[rec["image"], _wanted(rec, settings)[0]],
+                          settings.labels)
     return [rows[r["image"], m] for r in records for m in _wanted(r, settings)]
+
+
+def _label_counts(ex, rec: dict, prep, row: dict, labels: str) -> None:
+    """`row`'s LABEL_COLUMNS: the prediction (cached by the explanation pass) against the
+    image's label file."""
+    from ..evaluation.dataset import find_labels
+    from ..evaluation.reports import confusion
+    from ..images import load_labels
+    path = find_labels(rec["image"], rec["path"], Path(labels))
+    if path is None:
+        row["label_problem"] = "no label file"
+        return
+    if prep is None:
+        row["label_problem"] = row.get("error") or "the image could not be read"
+        return
+    try:
+        truth = load_labels(path.read_bytes(), path.name)
+        pred = ex.predict(prep).labels          # cached: no forward after the explanation pass
+        if pred.shape != truth.shape:
+            raise ValueError(f"labels {truth.shape[1]}x{truth.shape[0]} but image {pred.shape[1]}x{pred.shape[0]}")
+        m = confusion(pred, truth, len(ex.classes))
+        t, p = np.nonzero(m)
+        row["label_confusion"] = json.dumps([[int(a), int(b), int(m[a, b])] for a, b in zip(t, p)])
+    except Cancelled:
+        raise
+    except Exception as exc:  # noqa: BLE001  (one bad pair is a problem line, not an abort)
+        row["label_problem"] = str(exc)
 
 
 def _wanted(record: dict, settings: Settings) -> list[str]:
@@ -176,7 +216,7 @@ def _done_row(ex, rec: dict, prep, target, method: str, res, settings: Settings,
         from ..render import overlay, save_png
         row["overlay_file"] = f"overlays/{stem}.png"
         pic = overlay(prep.image, m, sign="both" if res.meta["signed"] else "positive")
-        _atomic(out / row["overlay_file"], lambda f: save_png(pic, f))
+        _atomic(out / row["overlay_file"], lambda f: save_png(pic, f, compress_level=1))   # speed over bytes
     return row
 
 

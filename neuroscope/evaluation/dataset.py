@@ -2,7 +2,9 @@
 faithfulness metrics of each method over a folder of images, run through the batch
 machinery (`neuroscope.batch`: same inputs, per-image failures, local or Ray), and with
 ground-truth labels the model's own segmentation quality: the confusion matrix and the
-per-class IoU over all labelled pixels.
+per-class IoU over all labelled pixels. The confusion counts come from the prediction of
+each image's explanation pass (`Settings.labels`: the workers count them and send them
+back with the rows), so the model runs once per image, on either engine.
 
 Labels (DATA.md §6: uint8 PNG of trainIds, 255 = ignore) are found for image
 ``a/b.png`` as ``LABELS/a/b_labels.png`` or ``LABELS/a/b.png``; LABELS may be DIR itself
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cli_args import CliError
-from .reports import confusion, fmt_value, iou, markdown_table, mean_iou
+from .reports import fmt_value, iou, markdown_table, mean_iou
 
 
 def find_labels(image_id: str, image_path: str, labels_dir: Path) -> Path | None:
@@ -32,27 +34,20 @@ def find_labels(image_id: str, image_path: str, labels_dir: Path) -> Path | None
     return None
 
 
-def model_confusion(ex, records: list[dict], labels_dir: Path) -> tuple[np.ndarray, int, list[str]]:
-    """Summed confusion matrix, images counted, and per-image problems."""
-    from ..images import load_image, load_labels
-    n = len(ex.classes)
+def label_confusion(rows: list[dict], n: int) -> tuple[np.ndarray, int, list[str]]:
+    """Summed confusion matrix, images counted, and per-image problems, from the batch rows'
+    LABEL_COLUMNS (`Settings.labels`: counted by the workers from the explanation pass's
+    own prediction, so the model runs once per image)."""
+    import json
     total = np.zeros((n, n), np.int64)
     used, problems = 0, []
-    for rec in records:
-        path = find_labels(rec["image"], rec["path"], labels_dir)
-        if path is None:
-            problems.append(f"{rec['image']}: no label file")
-            continue
-        try:
-            truth = load_labels(path.read_bytes(), path.name)
-            pred = ex.predict(load_image(rec["path"])).labels
-            if pred.shape != truth.shape:
-                raise ValueError(f"labels {truth.shape[1]}x{truth.shape[0]} but image {pred.shape[1]}x{pred.shape[0]}")
-            total += confusion(pred, truth, n)
+    for row in rows:
+        if row.get("label_confusion") is not None:
+            for t, p, count in json.loads(row["label_confusion"]):
+                total[t, p] += count
             used += 1
-        except Exception as exc:  # noqa: BLE001  (one bad pair is a problem line, not an abort)
-            problems.append(f"{rec['image']}: {exc}")
-        ex.clear_caches()
+        elif row.get("label_problem") is not None:
+            problems.append(f"{row['image']}: {row['label_problem']}")
     return total, used, problems
 
 
@@ -75,9 +70,12 @@ def run_dataset_cli(args, methods: list[str]) -> tuple[dict, str]:
     with tempfile.TemporaryDirectory(prefix="neuroscope-eval-") as tmp:
         records = collect(args.dataset, tmp)
         settings = Settings(model=args.model, methods=methods, out=tmp, input_size=args.input_size, save=(),
-                            metrics=True)
+                            metrics=True, labels=str(labels_dir) if labels_dir is not None else None)
+        labelled: list[dict] = []
         run_batch(settings, records, engine=args.engine, workers=args.workers, address=args.address,
-                  explainer=ex if args.engine == "local" else None, progress=None)
+                  explainer=ex if args.engine == "local" else None, progress=None,
+                  on_rows=lambda rows: labelled.extend(r for r in rows if r.get("label_confusion") is not None
+                                                       or r.get("label_problem") is not None))
         df = read_results(tmp)
     data: dict = {"methods": {}, "images": len(records), "failed": {}}
     rows = []
@@ -92,7 +90,7 @@ def run_dataset_cli(args, methods: list[str]) -> tuple[dict, str]:
     text = title + "\n\n" + markdown_table(rows, ["method", "deletion_auc", "insertion_auc", "time_ms", "failed"],
                                            fmt=fmt_value)
     if labels_dir is not None:
-        matrix, used, problems = model_confusion(ex, records, labels_dir)
+        matrix, used, problems = label_confusion(labelled, len(ex.classes))
         ious = iou(matrix)
         data["model_iou"] = {name: (None if np.isnan(v) else float(v)) for name, v in zip(ex.classes, ious)}
         data["model_iou"]["mean"] = None if not used else mean_iou(matrix)

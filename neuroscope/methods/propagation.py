@@ -75,6 +75,7 @@ def layer_relevance(ctx, layer: str, composite: str | Composite | None = None,
 
 @register(MethodInfo("lrp", "propagation", needs_layer=False, signed=True,
                      params={"composite": "epsilon-plus-flat", "epsilon": 1e-6, "gamma": 0.25, "channels": []},
+                     choices={"composite": dict(LRP_COMPOSITES)},
                      description="Layer-wise relevance propagation: the score redistributed layer by layer "
                                  "down to the pixels (one modified backward; red = evidence for, blue = against). "
                                  "composite = " + _HELP + " epsilon: stabiliser of the epsilon rule (dense "

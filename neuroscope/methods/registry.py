@@ -36,6 +36,9 @@ class MethodInfo:
     #: is not cached, the engine runs it with `ctx.target` None and `ctx.decide` set (the
     #: prediction and target come from that forward: no separate prediction pass).
     decides_target: bool = False
+    #: {parameter: {allowed value: what it is for}} for parameters with a fixed set of
+    #: values (the dashboard shows a choice list with each value's help text)
+    choices: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def all_params(self) -> dict[str, Any]:
         return {**self.params, **({"smooth": 0} if self.batched_gradient else {})}

@@ -17,6 +17,12 @@ Three shapes of rule, told apart by ``kind``:
 * ``"gate"`` / ``"strided-fix"``: the gate and deconvnet's stride fix, whose few lines of
   framework code live in the backends.
 
+Rules whose passes split the input by sign (z+, alpha-beta, gamma) also describe
+themselves as ``sign_groups()``: groups of two passes whose summed output has a known
+sign, so that a backend may fold the stabiliser into the bias and compute only the
+passes an input without negatives needs (one per group after a ReLU); the maps are the
+same.
+
 The LRP rules follow Zennit 0.5.1 exactly (same passes, same stabiliser: ``z + eps`` for
 ``z >= 0``, ``z - eps`` otherwise), so maps agree with Zennit's.
 """
@@ -108,6 +114,27 @@ class BasicRule(Rule):
         """Relevance at the input from the passes' inputs and input gradients."""
         return inputs[0] * grads[0]
 
+    def sign_groups(self) -> list["SignGroup"] | None:
+        """The same rule as sign groups (see SignGroup), or None."""
+        return None
+
+
+@dataclass(frozen=True)
+class SignGroup:
+    """Two passes of a sign-split rule: ``T = f(x+; pos(w, b)) + f(x-; neg(w), 0)``.
+    ``sign`` is the sign T has wherever it matters (+1: T >= 0, so stabilize(T) =
+    T + eps; -1: T <= 0 or the group's contributions vanish where T = 0), ``select``
+    restricts the group to outputs with z > 0 (">") or z < 0 ("<") (z: the layer's own
+    output), ``coef`` scales it. The relevance at the input is
+    ``x+ * sum_k f'(coef_k g_k; pos_k(w)) + x- * sum_k f'(coef_k g_k; neg_k(w))`` with
+    ``g_k = R / (T_k + sign_k eps)`` (zero outside ``select``)."""
+
+    pos: Callable
+    neg: Callable
+    coef: float = 1.0
+    select: str | None = None
+    sign: int = 1
+
 
 @dataclass(frozen=True)
 class Epsilon(BasicRule):
@@ -143,6 +170,9 @@ class ZPlus(BasicRule):
     def reduce(self, inputs, grads, ops):
         return inputs[0] * grads[0] + inputs[1] * grads[1]
 
+    def sign_groups(self):
+        return [SignGroup(_param_positive, _param_negative)]   # x+ w+ + x- w- >= 0
+
 
 @dataclass(frozen=True)
 class AlphaBeta(BasicRule):
@@ -170,6 +200,12 @@ class AlphaBeta(BasicRule):
         return (self.alpha * (inputs[0] * grads[0] + inputs[1] * grads[1])
                 - self.beta * (inputs[2] * grads[2] + inputs[3] * grads[3]))
 
+    def sign_groups(self):
+        # the negative group is <= 0; where it is exactly 0 every x w term and the bias
+        # are 0, so its stabiliser's sign changes nothing
+        return [SignGroup(_param_positive, _param_negative, self.alpha),
+                SignGroup(_param_negative, _param_positive, -self.beta, sign=-1)]
+
 
 @dataclass(frozen=True)
 class Gamma(BasicRule):
@@ -179,20 +215,26 @@ class Gamma(BasicRule):
     gamma: float = 0.25
     stabilizer: float = 1e-6
 
-    def passes(self):
+    def _boost(self, lo, hi, zero_bias):
         g = self.gamma
 
-        def boost(lo, hi, zero_bias):
-            def param(p, name, ops):
-                if zero_bias and name == "bias":
-                    return ops.zeros_like(p)
-                return p + g * ops.clamp(p, lo=lo, hi=hi)
-            param.zero_bias = zero_bias
-            return param
+        def param(p, name, ops):
+            if zero_bias and name == "bias":
+                return ops.zeros_like(p)
+            return p + g * ops.clamp(p, lo=lo, hi=hi)
+        param.zero_bias = zero_bias
+        return param
 
+    def passes(self):
+        boost = self._boost
         return [(_positive, boost(0.0, None, False)), (_negative, boost(None, 0.0, True)),
                 (_positive, boost(None, 0.0, False)), (_negative, boost(0.0, None, True)),
                 (_same, _keep)]
+
+    def sign_groups(self):
+        # the positive group is z plus gamma times non-negative terms: > 0 where z > 0
+        up, down = self._boost(0.0, None, False), self._boost(None, 0.0, False)
+        return [SignGroup(up, down, select=">"), SignGroup(down, up, select="<", sign=-1)]
 
     def mapper(self, out_grad, outputs, ops):
         zero = ops.zeros_like(out_grad)
@@ -215,9 +257,14 @@ class ZBox(BasicRule):
 
     def passes(self):
         low, high = self.low, self.high
-        return [(_same, _keep),
-                (lambda x, ops: ops.per_channel(low, x), _param_positive),
-                (lambda x, ops: ops.per_channel(high, x), _param_negative)]
+
+        def lowest(x, ops):
+            return ops.per_channel(low, x)
+
+        def highest(x, ops):
+            return ops.per_channel(high, x)
+        lowest.constant = highest.constant = True
+        return [(_same, _keep), (lowest, _param_positive), (highest, _param_negative)]
 
     def mapper(self, out_grad, outputs, ops):
         g = out_grad / stabilize(outputs[0] - outputs[1] - outputs[2], self.stabilizer, ops)
@@ -229,6 +276,9 @@ class ZBox(BasicRule):
 
 def _ones(t: Any, ops: Any) -> Any:
     return ops.ones_like(t)
+
+
+_ones.constant = True   # depends on the input's shape only: backends may cache the pass
 
 
 @dataclass(frozen=True)

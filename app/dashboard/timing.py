@@ -1,0 +1,96 @@
+"""Where a script run's time goes: named phases, written as one JSON line per run.
+
+Off unless the server starts with NEUROSCOPE_APP_PROFILE=path (scripts/bench_browser.py
+sets it); then `streamlit_app.py` wraps the run in `run()` and code marks phases with
+`with timing.phase("cam"):`. Nested phases count in their own name only (the outer one
+gets the rest), so the phases of a run add up to its total. Each line:
+{"t": unix time at the start, "page": ..., "total_ms": ..., "phases": {name: ms},
+"marks": {name: ms since the start}, "rss_mb": ..., "bytes": {what: encoded bytes}}. A no-op (one dict lookup) when off.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from typing import Iterator
+
+ENV = "NEUROSCOPE_APP_PROFILE"
+_local = threading.local()
+_write_lock = threading.Lock()
+
+
+def enabled() -> bool:
+    return bool(os.environ.get(ENV))
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return float("nan")
+
+
+@contextlib.contextmanager
+def run(page: str = "") -> Iterator[None]:
+    """One script run: collect its phases and append them to the profile file."""
+    if not enabled():
+        yield
+        return
+    t0, wall = time.perf_counter(), time.time()
+    _local.rec = {"phases": {}, "bytes": {}, "marks": {}, "stack": [], "page": page, "t0": t0}
+    try:
+        with phase("other"):
+            yield
+    finally:
+        rec = _local.__dict__.pop("rec", None)
+        if rec is not None:
+            line = {"t": wall, "page": rec["page"], "total_ms": round(1000 * (time.perf_counter() - t0), 2),
+                    "phases": {k: round(v, 2) for k, v in rec["phases"].items()}, "bytes": rec["bytes"],
+                    "marks": rec["marks"], "rss_mb": round(_rss_mb(), 1)}
+            with _write_lock, open(os.environ[ENV], "a") as fh:
+                fh.write(json.dumps(line) + "\n")
+
+
+def set_page(name: str) -> None:
+    rec = getattr(_local, "rec", None)
+    if rec is not None:
+        rec["page"] = name
+
+
+@contextlib.contextmanager
+def phase(name: str) -> Iterator[None]:
+    """Time a block under `name` (exclusive of the phases nested in it)."""
+    rec = getattr(_local, "rec", None)
+    if rec is None:
+        yield
+        return
+    stack = rec["stack"]
+    now = time.perf_counter()
+    if stack:   # pause the enclosing phase
+        outer, since = stack[-1]
+        rec["phases"][outer] = rec["phases"].get(outer, 0.0) + 1000 * (now - since)
+    stack.append([name, now])
+    try:
+        yield
+    finally:
+        end = time.perf_counter()
+        _, since = stack.pop()
+        rec["phases"][name] = rec["phases"].get(name, 0.0) + 1000 * (end - since)
+        if stack:
+            stack[-1][1] = end
+
+
+def count_bytes(what: str, n: int) -> None:
+    rec = getattr(_local, "rec", None)
+    if rec is not None:
+        rec["bytes"][what] = rec["bytes"].get(what, 0) + int(n)
+
+
+def mark(name: str) -> None:
+    """Note when something was handed to the browser (ms since the run's start; first one wins)."""
+    rec = getattr(_local, "rec", None)
+    if rec is not None and name not in rec["marks"]:
+        rec["marks"][name] = round(1000 * (time.perf_counter() - rec["t0"]), 2)
