@@ -324,11 +324,11 @@ def layer_relevances(backend, x: np.ndarray, decide, layers: Sequence[str], rule
     with the logits of this pass (the model's own: the rules change only the backward),
     returns the objectives (None: skip that one).
 
-    torch: ONE forward with `rule`, then per objective one backward that stops at the
-    layers (autograd runs only the part of the graph between the logits and them; the
-    forward below them is tracked as in a full backward, so residual branches below are
-    not constants). Keras: one traced capture per objective whose backward stops at the
-    layers (the first one decides the objectives from its own logits)."""
+    Per objective one forward with `rule` and one backward that stops at the layers
+    (torch: `autograd.grad` to the layer tensors runs only the graph between the logits
+    and them; the forward below them is tracked as in a full capture, so residual branches
+    below are not constants. Keras: a capture with `input_grad=False`). The first pass's
+    logits decide the objectives: no separate prediction forward."""
     _check_layers(backend, layers)
     layers = list(layers)
     if backend.framework == "torch":
@@ -359,23 +359,35 @@ def layer_relevances(backend, x: np.ndarray, decide, layers: Sequence[str], rule
 
 
 def _torch_relevances(backend, x, decide, layers, rule):
+    """Per objective one forward with `rule` and one backward that stops at the layers
+    (the rules' backwards free their state: one backward per forward). The first
+    forward's logits decide the objectives."""
     import torch
-    records: dict = {}
-    xt = backend._to_tensor(x, requires_grad=True)
-    with torch.enable_grad(), backend._hooks(set(layers), rule, records):
-        z = backend._logits(backend._run(xt), tuple(xt.shape[-2:]), 1)
-        objectives = list(decide(z[0].detach().float().cpu().numpy()))
-        missing = set(layers) - set(records)
-        if missing:
-            raise BadParameter(f"layer(s) not found or not a tensor output: {', '.join(sorted(missing))}")
-        ys = [None if o is None else backend._objective(z, o, "logit").sum() for o in objectives]
-    last = max((i for i, y in enumerate(ys) if y is not None), default=-1)
-    out = []
-    for i, y in enumerate(ys):
-        if y is None:
+    objectives = None
+    out: list = []
+    k = 0
+    while objectives is None or k < len(objectives):
+        if objectives is not None and objectives[k] is None:
             out.append(None)
+            k += 1
             continue
-        grads = torch.autograd.grad(y, [records[l] for l in layers], retain_graph=i < last, allow_unused=True)
+        records: dict = {}
+        xt = backend._to_tensor(x, requires_grad=True)
+        with torch.enable_grad(), backend._hooks(set(layers), rule, records):
+            z = backend._logits(backend._run(xt), tuple(xt.shape[-2:]), 1)
+            if objectives is None:
+                objectives = list(decide(z[0].detach().float().cpu().numpy()))
+                missing = set(layers) - set(records)
+                if missing:
+                    raise BadParameter(f"layer(s) not found or not a tensor output: {', '.join(sorted(missing))}")
+                while k < len(objectives) and objectives[k] is None:
+                    out.append(None)
+                    k += 1
+                if k == len(objectives):
+                    break
+            y = backend._objective(z, objectives[k], "logit").sum()
+        grads = torch.autograd.grad(y, [records[l] for l in layers], allow_unused=True)
         out.append({l: (np.zeros(tuple(records[l].shape[1:]), np.float32) if g is None
                         else g[0].float().cpu().numpy()) for l, g in zip(layers, grads)})
+        k += 1
     return out
