@@ -15,7 +15,8 @@ filter's share of the class's evidence there. Kept:
   (``avg_rgb`` [P, S, S, 3]) and the mean of its positive relevance there, each window
   scaled to max 1 (``avg_map`` [P, S, S]); ``avg_pairs`` [P, 2] = (class row, filter index).
 
-Cost: a prediction per image and one forward + one LRP backward per sample.
+Cost: per sample one forward and one LRP backward that stops at the interpreted layers
+(`passes.layer_relevances`; the first pass of an image gives its prediction and targets).
 """
 from __future__ import annotations
 
