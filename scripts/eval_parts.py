@@ -39,6 +39,8 @@ H, W = 256, 512
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 HELD_OUT = 1_000_000
 WEIGHTS = ROOT / "assets" / "weights"
+#: Part ids per object kind (the card's group means).
+GROUPS = {"vehicle": (1, 2, 3, 4, 5), "person": (6, 7, 8, 9), "traffic sign": (10, 11), "traffic light": (12, 13, 14)}
 
 
 def prep(rgb: np.ndarray) -> np.ndarray:
@@ -61,6 +63,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     t0 = time.time()
     model = drivescene_parts(WEIGHTS / "drivescene-seg.pth", WEIGHTS / "drivescene-parts.pth")
+    n_dec = sum(p.numel() for p in model.decoder.parameters())
 
     conf = np.zeros((NUM_PARTS, NUM_PARTS), np.int64)
     xs = []
@@ -77,6 +80,7 @@ def main() -> int:
     present = conf.sum(1) > 0
     miou = float(iou[1:][present[1:]].mean())
     share = conf.sum(1) / conf.sum()
+    groups = {name: float(np.mean([iou[k] for k in ids])) for name, ids in GROUPS.items()}
     t_eval = time.time() - t0
     print(f"part mIoU over {int(present[1:].sum())} parts on {args.scenes} held-out scenes: {miou:.3f} "
           f"({t_eval:.0f} s)", flush=True)
@@ -121,8 +125,10 @@ part masks for the objects drivescene-seg segments, on its frozen backbone. Used
 
 - `neuroscope.archs.drivescene_parts`: drivescene-seg's MobileNetV2 blocks `features.0`–`features.13`
   (frozen, its weights `../weights/drivescene-seg.pth`) and a decoder with stepwise x2
-  nearest upsampling, 3x3 convolutions and skip connections from strides 8, 4 and 2
-  (`decoder.*`, weights `../weights/drivescene-parts.pth`, decoder only). Output: logits of
+  nearest upsampling, 3x3 convolutions and skip connections from strides 8, 4 and 2 and
+  from the input itself at full resolution (the preprocessed RGB: sharp edges for thin
+  and small parts), then a 1x1 classifier (`decoder.*`, {n_dec:,} parameters, weights
+  `../weights/drivescene-parts.pth`, decoder only). Output: logits of
   {NUM_PARTS} part classes (0 = no part) at the input resolution; input sides multiples of 16.
 - Keras port `../weights/drivescene-parts.keras` (whole module, built-in layers only, torch
   layer names): max |logit difference| **{diff:.1e}**, argmax agreement **{agree / total:.3%}**
@@ -131,13 +137,19 @@ part masks for the objects drivescene-seg segments, on its frozen backbone. Used
 ## Training
 
 `scripts/train_parts.py`: generated scenes with the generator's part maps (seeds 0..N-1,
-256x512), per-pixel cross-entropy weighted by (median frequency / frequency)^0.5, crops at
-full resolution mostly centred on parts, flips and colour jitter, AdamW, cosine learning
-rate over a fixed wall-time budget; decoder only. {args.train_note}
+256x512); the frozen backbone runs once per whole scene (no gradients) and its taps are
+cached, so training steps cost only the decoder and crops keep whole-scene context. Crops
+at full resolution, most centred on a pixel of a part class drawn uniformly over the 14
+parts (class-balanced sampling); loss = cross-entropy weighted by (median frequency /
+frequency)^0.5 + soft Dice over the parts present; AdamW, warm-up and cosine decay over
+`--steps` or over the wall-time budget `--minutes` (data included), whichever ends first;
+seeded (a run that ends on its steps is reproducible; one that ends on the clock, as this
+one, is not bit for bit); decoder only. {args.train_note}
 
 ## Held-out evaluation ({args.scenes} generated scenes, seeds 1,000,000–{HELD_OUT + args.scenes - 1})
 
-**Part mIoU: {miou:.3f}** (mean over the {int(present[1:].sum())} parts; pooled over the scenes; goal ≥ 0.6).
+**Part mIoU: {miou:.3f}** (mean of the IoUs of the {int(present[1:].sum())} parts, 'none' not counted; each IoU
+pooled over the scenes; goal ≥ 0.6). Means by object kind: {", ".join(f"{k} {v:.3f}" for k, v in groups.items())}.
 
 | id | part | IoU | pixel share |
 |---:|---|---:|---:|
@@ -155,7 +167,7 @@ objects (a car's windows, lights and wheels) and unreliable for small or unusual
 """
     Path(args.card).write_text(card)
     Path(ROOT / "docs" / "parts-validity.json").write_text(json.dumps(
-        {"part_miou": miou, "iou": {PART_NAMES[k]: float(iou[k]) for k in range(1, NUM_PARTS)},
+        {"part_miou": miou, "group_miou": groups, "iou": {PART_NAMES[k]: float(iou[k]) for k in range(1, NUM_PARTS)},
          "keras_max_diff": diff, "keras_agreement": agree / total, "validity": validity}, indent=1) + "\n")
     return 0
 

@@ -24,7 +24,7 @@ from ..errors import BadParameter
 from ..propagation.canonizers import MergeBatchNorm
 from ..propagation.composites import Composite
 from ..propagation.kinds import ACTIVATION
-from ..propagation.rules import ActSpec, Pass
+from ..propagation.rules import ActSpec, Flat, Pass
 
 
 class TfOps:
@@ -245,6 +245,35 @@ class _SignGroups(keras.layers.Layer):
         return input_shape[-1]
 
 
+class _FlatConv(keras.layers.Layer):
+    """LRP-flat on an ungrouped convolution: all weights 1 and no bias, so every output
+    channel of the pass is the same and every input channel gets the same back-projection
+    of the relevance summed over the output channels (one channel instead of all)."""
+
+    def __init__(self, eps: float, fn: Callable, kernel_shape: tuple, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.eps, self.fn, self.kernel_shape = eps, fn, kernel_shape
+
+    def call(self, inputs: list) -> tf.Tensor:
+        x, y = inputs
+        fn, eps = self.fn, self.eps
+        w1 = tf.ones([*self.kernel_shape[:-1], 1], y.dtype)
+        z = fn(tf.ones_like(tf.stop_gradient(x)), w1, None)
+        inv = tf.stop_gradient(1.0 / tf.where(z >= 0, z + eps, z - eps))
+
+        @tf.custom_gradient
+        def op(x, y):
+            def backward(dy):
+                g = tf.reduce_sum(dy * inv, axis=-1, keepdims=True)
+                return _dgrad(fn, g, x, w1), tf.zeros_like(y)
+            return tf.identity(y), backward
+
+        return op(x, tf.stop_gradient(y))
+
+    def compute_output_shape(self, input_shape: list) -> tuple:
+        return input_shape[-1]
+
+
 class _Mask(keras.layers.Layer):
     """Identity forward; the backward keeps only `channels` (CRP's conditioning)."""
 
@@ -360,6 +389,9 @@ class RuleApplier:
         groups = rule.sign_groups()
         if groups is not None:
             out = _SignGroups(groups, float(rule.stabilizer), fn, params, self.is_nonneg(x))([x, y])
+        elif type(rule) is Flat and isinstance(op, BaseConv) and getattr(op, "groups", 1) == 1 \
+                and getattr(op, "data_format", "channels_last") == "channels_last":
+            out = _FlatConv(float(rule.stabilizer), fn, tuple(kernel.shape))([x, y])
         else:
             def backward(dy, xs):
                 w, b, _, _ = params()
