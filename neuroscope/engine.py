@@ -243,6 +243,10 @@ class MethodContext:
         self.extra: dict[str, Any] = {}
         self.rules: list = []                     # backward rules the method used (rule warnings)
         self.warnings: list[str] = []             # meta["warnings"]: what could not be done as asked
+        #: Set (and `target` None) for a method with `MethodInfo.decides_target` when the
+        #: prediction is not cached: decide(logits of the method's own forward on x) -> the
+        #: resolved target (also sets ctx.target and caches the prediction).
+        self.decide: Callable[[np.ndarray], ResolvedTarget] | None = None
 
     def note_rule(self, rule) -> None:
         """The method runs a backward with `rule` (the engine warns about activations it misses)."""
@@ -419,23 +423,32 @@ class Explainer:
         Without this, an uncached explanation would run a forward for the prediction
         (the default target depends on it) and then a forward + backward.
         """
-        if self._predictions.get(prep.hash) is not None or not getattr(self.backend, "deferred_objective", False):
+        if not self._can_defer(prep):
             return
-        resolved: dict = {}
+        resolved: list[ResolvedTarget] = []
 
         def decide(logits: np.ndarray):
-            pred = self._prediction_from_logits(prep, logits)
-            resolved["pred"] = pred
-            resolved["target"] = resolve_target(
-                target, self.task, self.classes, probs=pred.probs if self.task == "classification" else None,
-                label_map=pred.label_map, image_size=prep.size)
-            return resolved["target"].objective
+            resolved.append(self._decide(prep, target, logits))
+            return resolved[0].objective
 
         self._count("capture")
         cap = self.backend.capture(prep.x, decide, list(layers), input_grad=input_grad, gradients=gradients)
-        self._predictions.put(prep.hash, resolved["pred"], _nbytes(resolved["pred"]))
-        self._resolved.put(_target_key(prep, target), resolved["target"], _nbytes(resolved["target"]))
-        self._captures.put((prep.hash, resolved["target"].key(), None), cap, _capture_bytes(cap))
+        self._captures.put((prep.hash, resolved[0].key(), None), cap, _capture_bytes(cap))
+
+    def _can_defer(self, prep: Prepared) -> bool:
+        """True when the prediction of `prep` is not cached and can come from a method's own
+        forward pass (the backend's `deferred_objective`)."""
+        return self._predictions.get(prep.hash) is None and getattr(self.backend, "deferred_objective", False)
+
+    def _decide(self, prep: Prepared, target: Target | None, logits: np.ndarray) -> ResolvedTarget:
+        """The prediction (from `logits` [C] or [C, H, W] of a pass on prep.x) and the
+        resolved target, both cached as `predict` and `resolve` would."""
+        pred = self._prediction_from_logits(prep, logits)
+        rt = resolve_target(target, self.task, self.classes, probs=pred.probs if self.task == "classification" else None,
+                            label_map=pred.label_map, image_size=prep.size)
+        self._predictions.put(prep.hash, pred, _nbytes(pred))
+        self._resolved.put(_target_key(prep, target), rt, _nbytes(rt))
+        return rt
 
     def resolve(self, image: ImageLike | Prepared, target: Target | None = None) -> ResolvedTarget:
         """The target for this image (cached: a region mask is resized to the original image
@@ -522,17 +535,29 @@ class Explainer:
             self._prefetch(prep, target, (layer,), False, info.layer_gradients)
         elif info.name == "saliency" and not params.get("smooth"):
             self._prefetch(prep, target, (), True)
-        rt = self.resolve(prep, target)
-        key = (prep.hash, method, layer, rt.key(), repr(sorted(params.items())))
-        hit = self._results.get(key)
-        if hit is not None:
-            return hit
+        if info.decides_target and self._can_defer(prep):
+            # the method's own forward gives the prediction and the target (ctx.decide)
+            rt = None
+        else:
+            rt = self.resolve(prep, target)
+            hit = self._results.get((prep.hash, method, layer, rt.key(), repr(sorted(params.items()))))
+            if hit is not None:
+                return hit
         self._count("explain")
         ctx = MethodContext(self, prep, rt, layer, params, progress, info)
+        if rt is None:
+            def decide(logits: np.ndarray) -> ResolvedTarget:
+                ctx.target = self._decide(prep, target, logits)
+                return ctx.target
+            ctx.decide = decide
         if info.batched_gradient:
             m = _run_gradient(fn, ctx)
         else:
             m = fn(ctx)
+        if ctx.target is None:   # the method did not call ctx.decide
+            ctx.target = self.resolve(prep, target)
+        rt = ctx.target
+        key = (prep.hash, method, layer, rt.key(), repr(sorted(params.items())))
         m = np.asarray(m, np.float32)
         if m.shape != ctx.model_size:
             m = resize_map(m, ctx.model_size)

@@ -379,6 +379,7 @@ def _fixed_explainer(model, resolved):
     ex = Explainer(model)
     ex.resolve = lambda image, target=None: resolved
     ex._prefetch = lambda *args, **kwargs: None
+    ex._can_defer = lambda prep: False
     return ex
 
 

@@ -238,6 +238,14 @@ def test_relevant_filters_parity_torch_keras_classification(tmp_path, mobilenets
         maps.append(res.map)
         metas.append(res.as_json()["meta"]["filters"])
         assert res.map.shape == (300, 451) and res.map.min() >= 0 and 0.5 < res.map.max() <= 1 + 1e-6
+        # uncached, the prediction came from the method's own forward (no separate one),
+        # and the map is the one of the path with the prediction known beforehand
+        assert ex.stats.get("forward", 0) == 0 and ex.predict(IMAGES / "cat.jpg").top(1)
+        ex.clear_caches(keep_predictions=True)
+        again = ex.explain(IMAGES / "cat.jpg", "relevant-filters", target=Target.classification("Egyptian cat"),
+                           params={"interpretation": path})
+        np.testing.assert_array_equal(again.map, res.map)
+        assert again.as_json()["meta"]["filters"] == metas[-1]
     assert [(f["layer"], f["channel"]) for f in metas[0]] == [(f["layer"], f["channel"]) for f in metas[1]]
     assert len(metas[0]) == 3 and abs(sum(f["share"] for f in metas[0]) - 1) < 0.5
     r = np.corrcoef(maps[0].ravel(), maps[1].ravel())[0, 1]
@@ -265,6 +273,40 @@ def test_relevant_filters_parity_torch_keras_segmentation_uses_the_region(tmp_pa
     m = maps[0]
     car = truth == 13
     assert m[car].mean() > 3 * m[~car].mean()
+
+
+def _relevance_matches_full_captures(ex, image, targets):
+    """interpret's relevance pass (one forward, per target a backward stopping at the
+    layers, prediction from that forward) equals a full LRP capture per target."""
+    from neuroscope.interpret.passes import layer_relevances
+    from neuroscope.interpret.relevance import COMPOSITE
+    from neuroscope.methods.propagation import make_composite
+
+    class Ctx:
+        params: dict = {}
+        preprocess = staticmethod(ex.preprocess_rgb)
+    comp = make_composite(Ctx(), COMPOSITE)
+    ex.clear_caches()
+    prep = ex.prepare(image)
+    layers = [l.name for l in ex.spatial_layers()][-12::6]
+    rels = layer_relevances(ex.backend, prep.x, lambda z: [ex._decide(prep, t, z).objective for t in targets],
+                            layers, comp)
+    assert ex.stats.get("forward", 0) == 0
+    for t, rel in zip(targets, rels):
+        cap = ex.backend.capture(prep.x, ex.resolve(prep, t).objective, layers, input_grad=True, rule=comp)
+        for l in layers:
+            np.testing.assert_allclose(rel[l], cap.gradients[l], rtol=1e-4, atol=1e-6 * np.abs(cap.gradients[l]).max())
+
+
+def test_relevance_pass_equals_full_lrp_captures_torch_segmentation():
+    ex = Explainer("drivescene-seg")     # decoder with skip branches below the deep layers
+    _relevance_matches_full_captures(ex, IMAGES / "scene-1000002.png",
+                                     [Target.segmentation(c, "predicted") for c in ("car", "road")])
+
+
+def test_relevance_pass_equals_full_lrp_captures_keras(mobilenets):
+    _relevance_matches_full_captures(mobilenets[1], IMAGES / "cat.jpg",
+                                     [Target.classification(c) for c in ("Egyptian cat", "tabby")])
 
 
 def test_strided_fix_as_one_strided_transpose_equals_resize_then_stride_one():

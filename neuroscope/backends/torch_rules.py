@@ -394,6 +394,14 @@ def _pointwise_dgrad(g: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch
     return g.permute(0, 2, 3, 1).matmul(w.reshape(w.shape[0], w.shape[1])).permute(0, 3, 1, 2)
 
 
+def _remember(cache: dict, key: tuple, value: torch.Tensor) -> torch.Tensor:
+    """cache[key] = value, keeping at most 8 entries (input shapes) per layer."""
+    if len(cache) >= 8:
+        cache.clear()
+    cache[key] = value
+    return value
+
+
 class LinearKernel:
     """A basic rule on one linear layer without autograd: the passes' outputs are
     computed in the forward (no graph), the backward maps the relevance and takes the
@@ -477,11 +485,14 @@ class LinearKernel:
                     outs.append(actual if actual is not None else fn(x, w, b))
                 elif nonneg and getattr(in_mod, "positive_part", False):
                     outs.append(fn(x, w, b))
+                elif self.flat:   # the backward needs 1 / stabilize(z) only, cached per input shape
+                    key = ("inv", tuple(x.shape), x.dtype, x.device)
+                    outs.append(None if key in p["constant"] else fn(in_mod(x, OPS), w, b))
                 elif getattr(in_mod, "constant", False):   # the same for every input of this shape
                     key = (len(outs), tuple(x.shape), x.dtype, x.device)
                     out = p["constant"].get(key)
                     if out is None:
-                        out = p["constant"][key] = fn(in_mod(x, OPS), w, b)
+                        out = _remember(p["constant"], key, fn(in_mod(x, OPS), w, b))
                     outs.append(out)
                 else:
                     outs.append(fn(in_mod(x, OPS), w, b))
@@ -495,8 +506,10 @@ class LinearKernel:
             inv = p["constant"].get(("inv",) + key)
             if inv is None:   # 1 / stabilize(z) of the ones pass: the same for every input of this shape
                 z = outs[0]
-                inv = p["constant"][("inv",) + key] = 1.0 / torch.where(z >= 0, z + self.rule.stabilizer,
-                                                                        z - self.rule.stabilizer)
+                if z is None:   # evicted since the forward (another input shape, another thread)
+                    z = self.fn(torch.ones_like(x), *p["passes"][0])
+                inv = _remember(p["constant"], ("inv",) + key,
+                                1.0 / torch.where(z >= 0, z + self.rule.stabilizer, z - self.rule.stabilizer))
             w1 = p.get("flat_w")
             if w1 is None:
                 w = p["w"]

@@ -257,18 +257,21 @@ def interpret(explainer, *, set_name: str | None = None, images: str | None = No
     (partial / "state.json").write_text(json.dumps({**state, "time_s": done_time}))
 
     n_batches = (len(items) + batch - 1) // batch
-    started, first_done = time.perf_counter(), None
-    for b in range(n_batches):
-        f = partial / f"batch-{b:05d}.npz"
-        if f.is_file():
-            continue
+    todo = [b for b in range(n_batches) if not (partial / f"batch-{b:05d}.npz").is_file()]
+
+    def load(b: int):
+        """The batch's model input and truth (generating or reading the images: ~1/3 of
+        the time per scene, done by a second thread while the model runs the batch before)."""
         chunk = items[b * batch:(b + 1) * batch]
         rgb = np.stack([_resize(it.load(), (H, W)) for it in chunk])
-        logits, acts = layer_outputs(backend, explainer.preprocess_rgb(rgb), layers)
         truth = [it.truth() for it in chunk] if chunk[0].truth else None
         if truth and task == "segmentation":
             from ..images import resize_labels
             truth = [resize_labels(t, (H, W)) for t in truth]
+        return explainer.preprocess_rgb(rgb), truth
+
+    def forward_batch(b, f, x, truth, first_done):
+        logits, acts = layer_outputs(backend, x, layers)
         X, lab, idx = batch_features(logits, acts, layers, task, truth)
         atlas = batch_atlas(acts, layers, b * batch)
         tmp = f.with_suffix(".tmp.npz")
@@ -284,7 +287,20 @@ def interpret(explainer, *, set_name: str | None = None, images: str | None = No
                 (partial / "state.json").write_text(json.dumps(
                     {**state, "time_s": done_time + time.perf_counter() - t0}))
                 raise Cancelled(f"interpret cancelled after {done} images; rerun to continue")
+        return first_done
 
+    from concurrent.futures import ThreadPoolExecutor
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="interpret-load")
+    ahead = pool.submit(load, todo[0]) if todo else None      # one batch ahead: memory stays flat
+    started, first_done = time.perf_counter(), None
+    try:
+        for k, b in enumerate(todo):
+            f = partial / f"batch-{b:05d}.npz"
+            x, truth = ahead.result()
+            ahead = pool.submit(load, todo[k + 1]) if k + 1 < len(todo) else None
+            first_done = forward_batch(b, f, x, truth, first_done)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     # merge the batches
     Xs, labs, idxs, atlas = [], [], [], None
     for b in range(n_batches):

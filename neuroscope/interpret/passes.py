@@ -12,6 +12,8 @@ few attributes named here, so the backends stay untouched.
 """
 from __future__ import annotations
 
+import itertools
+import threading
 import weakref
 from typing import Sequence
 
@@ -20,6 +22,9 @@ import numpy as np
 from ..errors import BadParameter
 
 _KERAS_MODELS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_DECIDERS: dict = {}            # call id -> decider of a traced keras_backproject_top call
+_CALL_IDS = itertools.count()
+_LOCK = threading.Lock()
 
 
 def _check_layers(backend, layers: Sequence[str]) -> None:
@@ -108,17 +113,21 @@ def _keras_activations(backend, x, layers):
 
 # ----------------------------------------------------------------- backward
 def backproject(backend, x: np.ndarray, picks, rule: str = "deconvnet-fixed",
-                layers: Sequence[str] = ()) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+                layers: Sequence[str] = (), decide=None) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
     """ONE forward of x [1, H, W, 3] recording `layers`; `picks(activations)` (called with
     {layer: [K, h, w]}) returns [(layer, channel, weight [h, w] or None)]; then one backward
     per pick of the top signal weight * A[channel] from that layer to the input, with
-    `rule` for every ReLU (and strided convolution). Returns (activations, [grad [H, W, 3]])."""
+    `rule` for every ReLU (and strided convolution). Returns (activations, [grad [H, W, 3]]).
+    `decide` (torch only): the forward runs to the logits and `decide(logits [C] or
+    [C, H, W])` is called with them before `picks` (the caller's prediction from this pass)."""
     _check_layers(backend, layers)
     if rule not in getattr(backend, "rules", ()):
         raise BadParameter(f"the {backend.framework} backend has no rule {rule!r}")
     if backend.framework == "torch":
-        return _torch_backproject(backend, x, picks, rule, layers)
+        return _torch_backproject(backend, x, picks, rule, layers, decide)
     if backend.framework == "keras":
+        if decide is not None:
+            raise BadParameter("backproject: `decide` is for the torch backend (keras: keras_backproject_top)")
         return _keras_backproject(backend, x, picks, rule, layers)
     raise BadParameter(f"back-projection is not available for framework {backend.framework!r}")
 
@@ -127,7 +136,7 @@ class _Stop(Exception):
     """Raised by a forward hook once every wanted layer is recorded (the head is not run)."""
 
 
-def _torch_backproject(backend, x, picks, rule, layers):
+def _torch_backproject(backend, x, picks, rule, layers, decide=None):
     import threading
     import torch
     records: dict = {}
@@ -140,14 +149,21 @@ def _torch_backproject(backend, x, picks, rule, layers):
             raise _Stop
 
     with torch.enable_grad(), backend._hooks(want, rule, records):
-        handles = [backend._by_name[n.split("#")[0]].register_forward_hook(stop) for n in layers]
-        try:
-            backend.module(xt)
-        except _Stop:
-            pass
-        finally:
-            for h in handles:
-                h.remove()
+        if decide is not None:     # the whole forward: the logits give the caller's prediction
+            out = backend._run(xt)
+            with torch.no_grad():
+                z = backend._logits(out, tuple(xt.shape[-2:]), 1)[0].detach().float().cpu().numpy()
+            del out
+            decide(z)
+        else:
+            handles = [backend._by_name[n.split("#")[0]].register_forward_hook(stop) for n in layers]
+            try:
+                backend.module(xt)
+            except _Stop:
+                pass
+            finally:
+                for h in handles:
+                    h.remove()
     acts = {k: records[k].detach()[0].float().cpu().numpy() for k in layers}
     chosen = list(picks(acts))
     grads = []
@@ -199,13 +215,17 @@ def _keras_backproject(backend, x, picks, rule, layers):
     return acts, list(grads)
 
 
-def keras_backproject_top(backend, x: np.ndarray, layers: Sequence[str], w: np.ndarray,
-                          masks: dict[str, np.ndarray], n: int, rule: str = "deconvnet-fixed"):
+def keras_backproject_top(backend, x: np.ndarray, layers: Sequence[str], w: np.ndarray | None,
+                          masks: dict[str, np.ndarray] | None, n: int, rule: str = "deconvnet-fixed",
+                          decide=None):
     """relevant-filters in ONE traced Keras call: the forward to `layers`, the evidence
     r = x * w / sum w of every filter (x: energies sum_ij m A^2 per layer, L1-normalised
     times the channel count, as `interpret.core.normalise_features`), its top n, and one
     backward per chosen filter of sum A_f * stopgrad(m A_f) with `rule` from a persistent
     tape. `masks` {layer: [h, w]} are the region weights (ones for a whole image).
+    With `decide` (w and masks None): the forward runs to the logits and, inside the same
+    traced call, `decide(logits [C] or [C, H, W])` returns (w, masks) (the caller's
+    prediction and target from this pass; its exception is re-raised as itself).
     Returns (r [F], top filter indices [n], input gradients [n, H, W, 3])."""
     import keras
     import tensorflow as tf
@@ -220,17 +240,38 @@ def keras_backproject_top(backend, x: np.ndarray, layers: Sequence[str], w: np.n
     F = sum(ks)
     n = max(1, min(int(n), F))
 
+    deferred = decide is not None
+
     def build():
-        model = keras.Model(graph.model.inputs, [graph.model.outputs[1 + i] for i in idx])
+        heads = [graph.model.outputs[0]] if deferred else []
+        model = keras.Model(graph.model.inputs, heads + [graph.model.outputs[1 + i] for i in idx])
         H, W = backend.input_size
-        specs = [tf.TensorSpec([1, H, W, backend._channels], tf.float32), tf.TensorSpec([F], tf.float32)]
-        specs += [tf.TensorSpec(list(shapes[l][1:]), tf.float32) for l in layers]
+        specs = [tf.TensorSpec([1, H, W, backend._channels], tf.float32)]
+        if deferred:
+            specs.append(tf.TensorSpec([], tf.int64))
+        else:
+            specs.append(tf.TensorSpec([F], tf.float32))
+            specs += [tf.TensorSpec(list(shapes[l][1:]), tf.float32) for l in layers]
+
+        def decided(cid, z):
+            def call(c, logits):
+                wv, ms = _DECIDERS[int(c.numpy())](logits.numpy()[0])
+                return [np.asarray(wv, np.float32), *[np.asarray(ms[l], np.float32) for l in layers]]
+            out = tf.py_function(call, [cid, z], [tf.float32] * (1 + len(layers)))
+            return (tf.ensure_shape(tf.stop_gradient(out[0]), [F]),
+                    [tf.ensure_shape(tf.stop_gradient(m), list(shapes[l][1:])) for m, l in zip(out[1:], layers)])
 
         @tf.function(input_signature=specs, autograph=False)
         def fn(xb, wv, *ms):
             with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
                 tape.watch(xb)
-                acts = [o[0] for o in keras.tree.flatten(model(xb, training=False))]    # [h, w, K]
+                outs = keras.tree.flatten(model(xb, training=False))
+                if deferred:
+                    z = backend._logits(outs[0])
+                    z = tf.transpose(z, [0, 3, 1, 2]) if z.shape.rank == 4 else z
+                    wv, ms = decided(wv, tf.stop_gradient(z))
+                    outs = outs[1:]
+                acts = [o[0] for o in outs]    # [h, w, K]
                 feats = []
                 for a, m, k in zip(acts, ms, ks):
                     e = tf.reduce_sum(tf.square(a) * m[:, :, None], axis=[0, 1])
@@ -244,8 +285,109 @@ def keras_backproject_top(backend, x: np.ndarray, layers: Sequence[str], w: np.n
             return r, top, tf.stack([tape.gradient(y, xb)[0] for y in ys])
         return fn
 
-    fn = _keras_model(backend, ("backproject-top", rule, tuple(layers), n), build)
-    ms = [tf.constant(np.asarray(masks[l], np.float32)) for l in layers]
-    with tf.device(backend.device):
-        r, top, grads = fn(backend._batch(x, single=True), tf.constant(np.asarray(w, np.float32)), *ms)
+    fn = _keras_model(backend, ("backproject-top", rule, tuple(layers), n, deferred), build)
+    if not deferred:
+        ms = [tf.constant(np.asarray(masks[l], np.float32)) for l in layers]
+        with tf.device(backend.device):
+            r, top, grads = fn(backend._batch(x, single=True), tf.constant(np.asarray(w, np.float32)), *ms)
+        return r.numpy(), top.numpy(), grads.numpy()
+    errors: list[BaseException] = []
+
+    def deciding(logits):
+        try:
+            return decide(logits)
+        except BaseException as exc:    # re-raised below, outside TensorFlow
+            errors.append(exc)
+            raise
+
+    with _LOCK:
+        cid = next(_CALL_IDS)
+        _DECIDERS[cid] = deciding
+    try:
+        with tf.device(backend.device):
+            r, top, grads = fn(backend._batch(x, single=True), tf.constant(cid, tf.int64))
+    except Exception:
+        if errors:
+            raise errors[0] from None
+        raise
+    finally:
+        with _LOCK:
+            _DECIDERS.pop(cid, None)
     return r.numpy(), top.numpy(), grads.numpy()
+
+
+# ----------------------------------------------------------------- relevance
+def layer_relevances(backend, x: np.ndarray, decide, layers: Sequence[str], rule) -> list[dict[str, np.ndarray] | None]:
+    """LRP relevance ([K, h, w] per layer of `layers`) of x [1, H, W, 3] for several
+    objectives of the same image, equal to `backend.capture(x, objective, layers,
+    input_grad=True, rule=rule).gradients` of each. `decide(logits [C] or [C, H, W])`, called
+    with the logits of this pass (the model's own: the rules change only the backward),
+    returns the objectives (None: skip that one).
+
+    Per objective one forward with `rule` and one backward that stops at the layers
+    (torch: `autograd.grad` to the layer tensors runs only the graph between the logits
+    and them; the forward below them is tracked as in a full capture, so residual branches
+    below are not constants. Keras: a capture with `input_grad=False`). The first pass's
+    logits decide the objectives: no separate prediction forward."""
+    _check_layers(backend, layers)
+    layers = list(layers)
+    if backend.framework == "torch":
+        return _torch_relevances(backend, x, decide, layers, rule)
+    if backend.framework != "keras":
+        raise BadParameter(f"relevance is not available for framework {backend.framework!r}")
+    from ..backends.base import Objective
+    decided: list = []
+
+    def first(logits):
+        decided.extend(decide(logits))
+        return next((o for o in decided if o is not None), None) or Objective(
+            np.zeros(len(logits), np.float32))    # nothing to explain here: a zero objective
+
+    out: list = []
+    cap = backend.capture(x, first, layers, input_grad=False, rule=rule, gradients=True)
+    done = False
+    for o in decided:
+        if o is None:
+            out.append(None)
+            continue
+        if not done:       # the first objective's capture is the one that decided
+            done = True
+        else:
+            cap = backend.capture(x, o, layers, input_grad=False, rule=rule, gradients=True)
+        out.append({l: np.asarray(cap.gradients[l], np.float32) for l in layers})
+    return out
+
+
+def _torch_relevances(backend, x, decide, layers, rule):
+    """Per objective one forward with `rule` and one backward that stops at the layers
+    (the rules' backwards free their state: one backward per forward). The first
+    forward's logits decide the objectives."""
+    import torch
+    objectives = None
+    out: list = []
+    k = 0
+    while objectives is None or k < len(objectives):
+        if objectives is not None and objectives[k] is None:
+            out.append(None)
+            k += 1
+            continue
+        records: dict = {}
+        xt = backend._to_tensor(x, requires_grad=True)
+        with torch.enable_grad(), backend._hooks(set(layers), rule, records):
+            z = backend._logits(backend._run(xt), tuple(xt.shape[-2:]), 1)
+            if objectives is None:
+                objectives = list(decide(z[0].detach().float().cpu().numpy()))
+                missing = set(layers) - set(records)
+                if missing:
+                    raise BadParameter(f"layer(s) not found or not a tensor output: {', '.join(sorted(missing))}")
+                while k < len(objectives) and objectives[k] is None:
+                    out.append(None)
+                    k += 1
+                if k == len(objectives):
+                    break
+            y = backend._objective(z, objectives[k], "logit").sum()
+        grads = torch.autograd.grad(y, [records[l] for l in layers], allow_unused=True)
+        out.append({l: (np.zeros(tuple(records[l].shape[1:]), np.float32) if g is None
+                        else g[0].float().cpu().numpy()) for l, g in zip(layers, grads)})
+        k += 1
+    return out

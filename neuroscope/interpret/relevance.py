@@ -15,7 +15,8 @@ filter's share of the class's evidence there. Kept:
   (``avg_rgb`` [P, S, S, 3]) and the mean of its positive relevance there, each window
   scaled to max 1 (``avg_map`` [P, S, S]); ``avg_pairs`` [P, 2] = (class row, filter index).
 
-Cost: a prediction per image and one forward + one LRP backward per sample.
+Cost: per sample one forward and one LRP backward that stops at the interpreted layers
+(`passes.layer_relevances`; the first pass of an image gives its prediction and targets).
 """
 from __future__ import annotations
 
@@ -64,6 +65,7 @@ def relevance_pass(explainer, it, items, images: int = RELEVANCE_IMAGES,
     """Fill it.relevance_atlas, it.R, it.average and it.extra["relevance"] (see the module)."""
     from ..images import resize_map, resize_rgb
     from ..methods.propagation import make_composite
+    from .passes import layer_relevances
     from ..targets import Target
     t0 = time.perf_counter()
     if it.labels is None or it.sample_image is None or images <= 0:
@@ -105,22 +107,34 @@ def relevance_pass(explainer, it, items, images: int = RELEVANCE_IMAGES,
         rgb = rgb if rgb.shape[:2] == (H, W) else resize_rgb(rgb, (H, W))
         prep = explainer.prepare(rgb)
         new = {k: np.zeros((C, F, 1), v.dtype) for k, v in top.items()}
-        for cid in by_image[i]:
-            r = row_of.get(cid)
-            if r is None:
-                continue
-            name = names[r]
-            target = Target.classification(name) if it.task == "classification" else Target.segmentation(name, "predicted")
-            try:
-                rt = explainer.resolve(prep, target)
-                cap = explainer.backend.capture(prep.x, rt.objective, layers, input_grad=True, rule=comp, gradients=True)
-            except NeuroscopeError:
-                skipped += 1          # e.g. the class is not predicted in this image
+        samples = [(row_of[cid], cid) for cid in by_image[i] if cid in row_of]
+        targets = [Target.classification(names[r]) if it.task == "classification"
+                   else Target.segmentation(names[r], "predicted") for r, _ in samples]
+
+        def decide(logits, prep=prep, targets=targets):
+            # the prediction and targets from the relevance pass's own forward (cached
+            # as `Explainer.predict` / `resolve` would); None: e.g. the class is not
+            # predicted in this image
+            out = []
+            for t in targets:
+                try:
+                    out.append(explainer._decide(prep, t, logits).objective)
+                except NeuroscopeError:
+                    out.append(None)
+            return out
+
+        try:
+            rels = layer_relevances(explainer.backend, prep.x, decide, layers, comp) if samples else []
+        except NeuroscopeError:
+            rels = [None] * len(samples)
+        for (r, _), rel_of in zip(samples, rels):
+            if rel_of is None:
+                skipped += 1
                 continue
             done_samples += 1
             count[r] += 1
             for l in layers:
-                rel = np.asarray(cap.gradients[l], np.float32)            # [K, h, w]
+                rel = rel_of[l]                                            # [K, h, w]
                 rel = rel / max(float(np.abs(rel).sum()), 1e-12)
                 K, h, w = rel.shape
                 o = offsets[l]

@@ -32,6 +32,10 @@ class MethodInfo:
     #: prefetch, the sweep) keep none, so torch frees each layer gradient during the
     #: backward (a 163-layer sweep: ~8 ms less).
     layer_gradients: bool = True
+    #: True when the method's own forward reaches the logits: on an image whose prediction
+    #: is not cached, the engine runs it with `ctx.target` None and `ctx.decide` set (the
+    #: prediction and target come from that forward: no separate prediction pass).
+    decides_target: bool = False
     #: {parameter: {allowed value: what it is for}} for parameters with a fixed set of
     #: values (the dashboard shows a choice list with each value's help text)
     choices: dict[str, dict[str, str]] = field(default_factory=dict)
