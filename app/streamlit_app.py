@@ -46,6 +46,8 @@ def main() -> None:
         with timing.phase("state"):
             state.sidebar()
         navigation.run()
+        if timing.enabled():
+            timing.note("cache_mb", round(state.cache_pool().nbytes / 2**20, 1))
     except Exception as exc:  # an unexpected failure: one line for the user, the traceback in the server log
         logging.getLogger("neuroscope.app").exception("page failed")
         detail = str(exc).strip().splitlines()

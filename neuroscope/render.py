@@ -251,8 +251,22 @@ def save_png(rgb: np.ndarray, path, compress_level: int = 6) -> None:
     Image.fromarray(rgb).save(path, format="PNG", compress_level=compress_level)
 
 
-def to_png_bytes(rgb: np.ndarray, compress_level: int = 6) -> bytes:
-    """PNG bytes; `compress_level` 1 is ~5x faster than the default 6 for a few % more bytes."""
+def to_png_bytes(rgb: np.ndarray, compress_level: int = 6, fast: bool = False) -> bytes:
+    """PNG bytes of uint8 RGB [H, W, 3]. `fast`: no row filters (Pillow tries five per row)
+    and zlib at `compress_level` on the raw rows: ~10x faster than Pillow at level 1 for an
+    overlay (bigger files; for downloads rebuilt on every new map)."""
+    if fast:
+        import struct
+        import zlib
+        a = np.ascontiguousarray(rgb, np.uint8)
+        h, w = a.shape[:2]
+        rows = np.zeros((h, w * 3 + 1), np.uint8)      # filter byte 0 (none) + the row
+        rows[:, 1:] = a.reshape(h, w * 3)
+
+        def chunk(tag: bytes, data: bytes) -> bytes:
+            return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(rows.tobytes(), compress_level)) + chunk(b"IEND", b""))
     import io
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG", compress_level=compress_level)

@@ -48,6 +48,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--app", default=str(ROOT / "app" / "streamlit_app.py"))
     ap.add_argument("--chromium", default="/usr/bin/chromium")
+    ap.add_argument("--trace", action="store_true", help="tracemalloc in the server: the allocation sites that "
+                    "grew, every 20 script runs, in FOLDER/tracemalloc.txt (slow; app/dashboard/timing.py)")
     args = ap.parse_args()
     from playwright.sync_api import expect, sync_playwright
     from neuroscope.zoo import bundled_specs
@@ -61,6 +63,8 @@ def main() -> None:
                                                                     os.environ.get("PYTHONPATH")])))
     env["NEUROSCOPE_APP_PROFILE"] = str(folder / "profile.jsonl")   # each run's end: the actions wait for it
     profile = Profile(folder / "profile.jsonl")
+    if args.trace:
+        env["NEUROSCOPE_APP_TRACEMALLOC"] = str(folder / "tracemalloc.txt")
     log = folder / "streamlit.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port),
@@ -182,6 +186,13 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
     xs, ys = [a for a, _ in samples], [r for _, r in samples]
+    profile.offset = 0
+    runs = [r for r in profile.since_mark() if "cache_mb" in r]
+    if runs:   # RSS minus what the engine caches hold, per quarter of the runs
+        rest = np.array([r["rss_mb"] - r["cache_mb"] for r in runs])
+        parts = np.array_split(rest[len(rest) // 4:], 3)
+        print("RSS minus the engine caches' bytes (script runs after the first quarter, in thirds): "
+              + ", ".join(f"{p.min():.0f}-{p.max():.0f} MB" for p in parts if len(p)))
     load = os.getloadavg()
     print(f"\nactions: {counts}; load average {load[0]:.1f} at the end")
     print(f"RSS after warm-up {ys[0]:.0f} MB, max {max(ys):.0f} MB, end {ys[-1]:.0f} MB")

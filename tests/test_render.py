@@ -44,3 +44,13 @@ def test_a_sign_filter_that_leaves_nothing_is_reported():
     cam = np.abs(signed_map())
     assert render.empty_after_sign(cam, "negative") and not render.empty_after_sign(cam, "positive")
     assert not render.empty_after_sign(signed_map(), "negative") and not render.empty_after_sign(cam, "both")
+
+
+def test_fast_png_decodes_to_the_same_pixels():
+    import io
+    from PIL import Image
+    from neuroscope import render
+    rgb = np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8)
+    data = render.to_png_bytes(rgb, compress_level=1, fast=True)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), rgb)

@@ -4,8 +4,9 @@ The files are built from this session's results and target only (an engine resul
 be shared with another session that asked the same question, so its metadata's target is
 replaced by this session's), as bytes (no deferred callables: a rerun between the click
 and the fetch dropped those), and memoised per session so a rerun does not rebuild them.
-They are rebuilt on every new map, so they are built cheaply: the PNG at zlib level 1 and
-the maps uncompressed (np.savez; compressing 0.5 MB of floats cost ~40-150 ms a click).
+They are rebuilt on every new map, so they are built cheaply: the PNG without row filters
+at zlib level 1 (`render.to_png_bytes(fast=True)`; Pillow took 50-150 ms) and the maps
+uncompressed (np.savez; compressing 0.5 MB of floats cost ~40-150 ms a click).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def overlays_png(results: dict, overlays: dict) -> bytes:
     """The overlays as one PNG grid, each labelled with its method and layer."""
     names = [m for m in results if m in overlays]
     labels = [f"{m} ({results[m].meta['layer'] or 'input'})" for m in names]
-    return render.to_png_bytes(render.montage([overlays[m] for m in names], labels, cols=3), compress_level=1)
+    return render.to_png_bytes(render.montage([overlays[m] for m in names], labels, cols=3), compress_level=1, fast=True)
 
 
 def maps_npz(results: dict) -> bytes:

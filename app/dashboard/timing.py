@@ -17,6 +17,13 @@ import time
 from typing import Iterator
 
 ENV = "NEUROSCOPE_APP_PROFILE"
+#: With the profile on: NEUROSCOPE_APP_TRACEMALLOC=path traces Python allocations (numpy's
+#: included) from script run TRACE_START on (after a warm-up: tracing a model load is very
+#: slow), takes a first snapshot TRACE_EVERY runs later, and every TRACE_EVERY runs after
+#: that appends to `path` the allocation sites that grew most since. Diagnosis only.
+TRACE_ENV = "NEUROSCOPE_APP_TRACEMALLOC"
+TRACE_START, TRACE_EVERY = 30, 15
+_trace: dict = {"runs": 0, "first": None}
 _local = threading.local()
 _write_lock = threading.Lock()
 
@@ -40,7 +47,7 @@ def run(page: str = "") -> Iterator[None]:
         yield
         return
     t0, wall = time.perf_counter(), time.time()
-    _local.rec = {"phases": {}, "bytes": {}, "marks": {}, "stack": [], "page": page, "t0": t0}
+    _local.rec = {"phases": {}, "bytes": {}, "marks": {}, "notes": {}, "stack": [], "page": page, "t0": t0}
     try:
         with phase("other"):
             yield
@@ -49,9 +56,11 @@ def run(page: str = "") -> Iterator[None]:
         if rec is not None:
             line = {"t": wall, "page": rec["page"], "total_ms": round(1000 * (time.perf_counter() - t0), 2),
                     "phases": {k: round(v, 2) for k, v in rec["phases"].items()}, "bytes": rec["bytes"],
-                    "marks": rec["marks"], "rss_mb": round(_rss_mb(), 1)}
+                    "marks": rec["marks"], **rec["notes"], "rss_mb": round(_rss_mb(), 1)}
             with _write_lock, open(os.environ[ENV], "a") as fh:
                 fh.write(json.dumps(line) + "\n")
+            if os.environ.get(TRACE_ENV):
+                _trace_step(os.environ[TRACE_ENV])
 
 
 def set_page(name: str) -> None:
@@ -94,3 +103,30 @@ def mark(name: str) -> None:
     rec = getattr(_local, "rec", None)
     if rec is not None and name not in rec["marks"]:
         rec["marks"][name] = round(1000 * (time.perf_counter() - rec["t0"]), 2)
+
+
+def _trace_step(path: str) -> None:
+    import tracemalloc
+    _trace["runs"] += 1
+    n = _trace["runs"]
+    if n == TRACE_START:
+        tracemalloc.start(6)
+    elif n == TRACE_START + TRACE_EVERY:
+        _trace["first"] = tracemalloc.take_snapshot()
+    elif n > TRACE_START + TRACE_EVERY and (n - TRACE_START) % TRACE_EVERY == 0 and _trace["first"] is not None:
+        snap = tracemalloc.take_snapshot()
+        stats = snap.compare_to(_trace["first"], "traceback")[:12]
+        with _write_lock, open(path, "a") as fh:
+            fh.write(f"=== run {n}: traced {tracemalloc.get_traced_memory()[0] / 2**20:.0f} MB, "
+                     f"RSS {_rss_mb():.0f} MB\n")
+            for st in stats:
+                fh.write(f"{st.size_diff / 2**20:+8.1f} MB ({st.count_diff:+d} blocks), now {st.size / 2**20:.1f} MB\n")
+                for line in st.traceback.format()[-12:]:
+                    fh.write(f"      {line}\n")
+
+
+def note(name: str, value) -> None:
+    """A value for this run's line (e.g. the engine caches' bytes)."""
+    rec = getattr(_local, "rec", None)
+    if rec is not None:
+        rec["notes"][name] = value
