@@ -4,8 +4,8 @@ pairs), printed as a Markdown table.
 
     nice -n 10 python scripts/bench_interpret.py [--repeats 5] [--models a,b]
 
-relevant-filters is timed as a full uncached `Explainer.explain` (prediction, target,
-one forward to the interpreted layers, one backward per filter, resize), with the
+relevant-filters is timed as a full uncached `Explainer.explain` (prediction and target
+from the method's own forward, one backward per filter, resize), with the
 bundled interpretation already loaded; the reference is `backend.input_gradients` of the
 same image and target (one forward + one backward).
 """
