@@ -129,6 +129,8 @@ def main() -> None:
                 if not frame.count():
                     return
                 box = frame.bounding_box()
+                if box is None:   # redrawn just now: no click this time
+                    return
                 act(page.mouse.click, box["x"] + rng.random() * box["width"], box["y"] + rng.random() * box["height"])
 
             def switch_layer() -> None:
