@@ -22,6 +22,8 @@ if APP_DIR not in sys.path:  # `dashboard` lives beside this file
 import streamlit as st  # noqa: E402
 
 from dashboard import state, timing  # noqa: E402
+from neuroscope import runtime  # noqa: E402
+from neuroscope.limits import limit  # noqa: E402
 
 PAGES = [
     ("app_pages/explain.py", "Explain", ":material/insights:"),
@@ -48,6 +50,8 @@ def main() -> None:
         navigation.run()
         if timing.enabled():
             timing.note("cache_mb", round(state.cache_pool().nbytes / 2**20, 1))
+        with timing.phase("trim"):   # freed memory the tuned allocator keeps stays bounded
+            runtime.trim_above(limit("server_rss_soft_bytes"))
     except Exception as exc:  # an unexpected failure: one line for the user, the traceback in the server log
         logging.getLogger("neuroscope.app").exception("page failed")
         detail = str(exc).strip().splitlines()

@@ -15,6 +15,7 @@ gives the value, the limit and the variable that raises it; the CLI turns it int
 | archive_bytes: decompressed size of a .keras (zip) archive | 1 GiB | NEUROSCOPE_MAX_ARCHIVE_BYTES |
 | cache_bytes: an Explainer's result, image, prediction and target caches together (captures: capture_cache_bytes) | 512 MiB | NEUROSCOPE_CACHE_BYTES |
 | server_cache_bytes: the dashboard's engine caches, all models together (engine.CachePool) | 1.5 GiB | NEUROSCOPE_SERVER_CACHE_BYTES |
+| server_rss_soft_bytes: the dashboard returns freed memory to the OS after a script run when its RSS is above this | 4 GiB | NEUROSCOPE_SERVER_RSS_SOFT_BYTES |
 | passes: model passes (forward or forward+backward, per image) of one explanation | 10,000 | NEUROSCOPE_MAX_PASSES |
 
 Pass estimates (`estimate_passes`) are what the engine checks before it runs a method, and
@@ -59,6 +60,8 @@ LIMITS: dict[str, Limit] = {l.name: l for l in (
           "an Explainer's result, image, prediction and target caches together (not captures)"),
     Limit("server_cache_bytes", "NEUROSCOPE_SERVER_CACHE_BYTES", 3 << 29, "bytes",
           "the dashboard's engine caches (captures included), all loaded models together"),
+    Limit("server_rss_soft_bytes", "NEUROSCOPE_SERVER_RSS_SOFT_BYTES", 4 << 30, "bytes",
+          "the dashboard's resident memory above which freed memory is returned to the OS after a script run"),
     Limit("passes", "NEUROSCOPE_MAX_PASSES", 10_000, "passes",
           "most model passes one explanation may run (steps x samples, masks, windows, channels)"),
 )}

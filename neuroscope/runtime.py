@@ -15,7 +15,9 @@ keep up to the trim threshold in each. The number of arenas is capped at
 NEUROSCOPE_MALLOC_ARENAS (default 2, M_ARENA_MAX; effective for arenas created after
 neuroscope is imported, i.e. nearly all in a server).
 
-Opt out with NEUROSCOPE_TUNE_MALLOC=0. A no-op off glibc (macOS, Windows, musl).
+Opt out with NEUROSCOPE_TUNE_MALLOC=0. A no-op off glibc (macOS, Windows, musl). A
+long-lived process bounds what is kept with `trim_above` (the dashboard: after each script
+run, above the limit server_rss_soft_bytes).
 
 OpenBLAS (numpy's and scipy's) gets one thread: its idle workers spin for a while after
 every matrix product, and on a 2-core machine they then take a core from the framework's
@@ -76,6 +78,33 @@ def tune_allocator() -> bool:
     if arenas > 0:
         mallopt(M_ARENA_MAX, arenas)
     return _tuned
+
+
+def rss_bytes() -> int:
+    """This process's resident set size (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def trim_above(limit_bytes: int) -> bool:
+    """Return freed heap to the OS (glibc malloc_trim) when RSS is above `limit_bytes`.
+
+    The tuned allocator keeps freed memory for reuse (fast passes); a long-lived server
+    calls this after each unit of work, so what is kept stays bounded: RSS above the
+    limit costs one trim (a few ms, then page faults on the next pass), below it nothing.
+    True when a trim ran."""
+    if not _tuned or limit_bytes <= 0 or rss_bytes() <= limit_bytes:
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        return False
+    return True
 
 
 _blas_limited: int | None = None

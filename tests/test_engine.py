@@ -301,6 +301,24 @@ def test_allocator_tuning_is_on_by_default_and_can_be_switched_off():
     assert on.stdout.strip() == ("True" if sys.platform.startswith("linux") else "False")
 
 
+def test_trim_above_returns_kept_memory_only_above_the_limit():
+    import subprocess
+    import sys
+    if not sys.platform.startswith("linux"):
+        return
+    # 300 MB in 1 MB blocks (heap, below the mmap threshold), freed: the tuned allocator keeps
+    # it; trim_above gives it back only when RSS is above the limit
+    code = ("import neuroscope.runtime as r, numpy as np; "
+            "a = [np.ones(1 << 20, np.uint8) for _ in range(300)]; del a; "
+            "kept = r.rss_bytes(); no = r.trim_above(1 << 45); after_no = r.rss_bytes(); "
+            "yes = r.trim_above(kept - (100 << 20)); after = r.rss_bytes(); "
+            "print(no, yes, (kept - after_no) >> 20, (kept - after) >> 20)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    no, yes, freed_no, freed = out.stdout.split()
+    assert (no, yes) == ("False", "True")
+    assert int(freed_no) < 50 and int(freed) > 200
+
+
 def test_numpys_blas_runs_one_thread_after_import():
     import subprocess
     import sys
