@@ -16,6 +16,7 @@ The machine's load inflates every number: compare within one run, and report the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -26,6 +27,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -38,6 +40,33 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_app(app: Path, log: Path, env: dict) -> Iterator[tuple[subprocess.Popen, int]]:
+    """`streamlit run APP` on a free local port, healthy when entered, stopped on exit:
+    yields (process, port). Its output goes to `log`."""
+    port = free_port()
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port),
+                                 "--server.address", "127.0.0.1", "--server.headless", "true",
+                                 "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+                                cwd=app.parent.parent, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(600):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        break
+            except OSError:
+                time.sleep(0.2)   # polling the server's start, not a synchronisation of the page
+        yield proc, port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def click_points(n: int) -> list[tuple[int, int]]:
@@ -216,27 +245,14 @@ def main() -> None:
     from playwright.sync_api import expect, sync_playwright
 
     points = click_points(args.clicks)
-    port = free_port()
     log = Path(tempfile.mkdtemp(prefix="bench-browser-")) / "streamlit.log"
     profile = Profile(log.with_name("profile.jsonl"))
     app = Path(args.app).resolve()
     env = dict(os.environ, NEUROSCOPE_APP_PROFILE=str(profile.path),
                PYTHONPATH=os.pathsep.join(filter(None, [str(app.parent.parent), os.environ.get("PYTHONPATH")])))
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port),
-                                 "--server.address", "127.0.0.1", "--server.headless", "true",
-                                 "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-                                cwd=app.parent.parent, env=env, stdout=out, stderr=subprocess.STDOUT)
     timed: dict[str, list[Timed]] = {"click -> map": [], "layer switch": []}
     first_page: list[float] = []
-    try:
-        for _ in range(600):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
-                    if r.read().strip() == b"ok":
-                        break
-            except OSError:
-                time.sleep(0.2)   # polling the server's start, not a synchronisation of the page
+    with serve_app(app, log, env) as (proc, port):
         url = f"http://127.0.0.1:{port}/?"
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=args.chromium,
@@ -301,12 +317,6 @@ def main() -> None:
                 tab.close()
             browser.close()
             rss_end = rss_mb(proc.pid)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
     ref = reference_pass_ms()
     load = os.getloadavg()
     print(f"Dashboard latency, {MODEL} on generated scene {SEED}, Grad-CAM shown; {os.cpu_count()} cores, "

@@ -19,17 +19,15 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_browser import ROOT, Profile, free_port, rss_mb, wait_idle  # noqa: E402
+from bench_browser import ROOT, Profile, rss_mb, serve_app, wait_idle  # noqa: E402
 
 SEG = "drivescene-seg"
 PAGES = ["Layers", "Ground truth", "Model", "Results", "Concepts", "Evaluate"]
@@ -56,7 +54,6 @@ def main() -> None:
 
     models = list(bundled_specs())
     rng = random.Random(args.seed)
-    port = free_port()
     folder = Path(tempfile.mkdtemp(prefix="soak-app-"))
     app = Path(args.app).resolve()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(app.parent.parent),
@@ -66,114 +63,103 @@ def main() -> None:
     if args.trace:
         env["NEUROSCOPE_APP_TRACEMALLOC"] = str(folder / "tracemalloc.txt")
     log = folder / "streamlit.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port),
-                                 "--server.address", "127.0.0.1", "--server.headless", "true",
-                                 "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-                                cwd=app.parent.parent, env=env, stdout=out, stderr=subprocess.STDOUT)
     samples: list[tuple[int, float]] = []
     counts: dict[str, int] = {}
     t_start = time.monotonic()
     try:
-        for _ in range(600):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
-                    if r.read().strip() == b"ok":
-                        break
-            except OSError:
-                time.sleep(0.2)   # polling the server's start
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=args.chromium,
-                                         args=["--headless", "--no-sandbox", "--disable-gpu"])
-            page = browser.new_page(viewport={"width": 1440, "height": 1180})
-            sidebar = page.locator('[data-testid="stSidebar"]')
-            summary = page.locator(".st-key-target_summary")
-            nav = page.locator('[data-testid="stSidebarNav"]')
-            page.goto(f"http://127.0.0.1:{port}/?")
-            expect(summary).to_be_visible(timeout=120_000)
-            wait_idle(page)
-
-            def settle(t0: float, timeout_s: float = 120.0) -> None:
-                """Until a script run that started after t0 has ended and the page is idle (the
-                status widget alone can vanish before a run's end or show up late)."""
-                end = time.monotonic() + timeout_s
-                while time.monotonic() < end and not any(r["t"] >= t0 for r in profile.since_mark()):
-                    time.sleep(0.05)   # polling the file the server appends to
+        with serve_app(app, log, env) as (proc, port):
+            with sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path=args.chromium,
+                                             args=["--headless", "--no-sandbox", "--disable-gpu"])
+                page = browser.new_page(viewport={"width": 1440, "height": 1180})
+                sidebar = page.locator('[data-testid="stSidebar"]')
+                summary = page.locator(".st-key-target_summary")
+                nav = page.locator('[data-testid="stSidebarNav"]')
+                page.goto(f"http://127.0.0.1:{port}/?")
+                expect(summary).to_be_visible(timeout=120_000)
                 wait_idle(page)
 
-            def act(fn, *a) -> None:
-                profile.mark()
-                t0 = time.time()
-                fn(*a)
-                settle(t0)
+                def settle(t0: float, timeout_s: float = 120.0) -> None:
+                    """Until a script run that started after t0 has ended and the page is idle (the
+                    status widget alone can vanish before a run's end or show up late)."""
+                    end = time.monotonic() + timeout_s
+                    while time.monotonic() < end and not any(r["t"] >= t0 for r in profile.since_mark()):
+                        time.sleep(0.05)   # polling the file the server appends to
+                    wait_idle(page)
 
-            def go(title: str) -> None:
-                act(lambda: nav.get_by_text(title, exact=True).click())
+                def act(fn, *a) -> None:
+                    profile.mark()
+                    t0 = time.time()
+                    fn(*a)
+                    settle(t0)
 
-            def pick_model(name: str) -> None:
-                sidebar.locator('[data-testid="stSelectbox"]').filter(has_text="Model").click()
-                act(lambda: page.get_by_role("option").filter(has_text=f"{name} ·").first.click())
-                expect(summary).to_contain_text(f"{name} · ", timeout=120_000)
+                def go(title: str) -> None:
+                    act(lambda: nav.get_by_text(title, exact=True).click())
 
-            def new_scene() -> None:
-                radio = sidebar.get_by_text("Generated scene", exact=True)
-                if radio.count() and not sidebar.get_by_label("Scene seed").count():
-                    act(radio.click)
-                seed = sidebar.get_by_label("Scene seed")
-                if seed.count():
-                    seed.fill(str(rng.randrange(1000)))
-                    act(seed.press, "Enter")
+                def pick_model(name: str) -> None:
+                    sidebar.locator('[data-testid="stSelectbox"]').filter(has_text="Model").click()
+                    act(lambda: page.get_by_role("option").filter(has_text=f"{name} ·").first.click())
+                    expect(summary).to_contain_text(f"{name} · ", timeout=120_000)
 
-            def click_picture() -> None:
-                frame = page.frame_locator('iframe[title*="streamlit_image_coordinates"]').first.locator("#image")
-                if not frame.count():
-                    return
-                box = frame.bounding_box()
-                if box is None:   # redrawn just now: no click this time
-                    return
-                act(page.mouse.click, box["x"] + rng.random() * box["width"], box["y"] + rng.random() * box["height"])
+                def new_scene() -> None:
+                    radio = sidebar.get_by_text("Generated scene", exact=True)
+                    if radio.count() and not sidebar.get_by_label("Scene seed").count():
+                        act(radio.click)
+                    seed = sidebar.get_by_label("Scene seed")
+                    if seed.count():
+                        seed.fill(str(rng.randrange(1000)))
+                        act(seed.press, "Enter")
 
-            def switch_layer() -> None:
-                box = sidebar.get_by_role("combobox", name="Layer", exact=True)
-                if not box.count():
-                    return
-                box.click()
-                options = page.get_by_role("option")
-                expect(options.first).to_be_visible(timeout=60_000)
-                act(options.nth(rng.randrange(min(8, options.count()))).click)
+                def click_picture() -> None:
+                    frame = page.frame_locator('iframe[title*="streamlit_image_coordinates"]').first.locator("#image")
+                    if not frame.count():
+                        return
+                    box = frame.bounding_box()
+                    if box is None:   # redrawn just now: no click this time
+                        return
+                    act(page.mouse.click, box["x"] + rng.random() * box["width"], box["y"] + rng.random() * box["height"])
 
-            # warm-up: every model on the Explain page, then every page once
-            for name in models:
-                pick_model(name)
-            pick_model(SEG)
-            new_scene()
-            click_picture()
-            for title in PAGES:
-                go(title)
-            go("Explain")
-            samples.append((0, rss_mb(proc.pid)))
-            print(f"after warm-up ({len(models)} models, {len(PAGES) + 1} pages, "
-                  f"{time.monotonic() - t_start:.0f} s): RSS {samples[-1][1]:.0f} MB", flush=True)
+                def switch_layer() -> None:
+                    box = sidebar.get_by_role("combobox", name="Layer", exact=True)
+                    if not box.count():
+                        return
+                    box.click()
+                    options = page.get_by_role("option")
+                    expect(options.first).to_be_visible(timeout=60_000)
+                    act(options.nth(rng.randrange(min(8, options.count()))).click)
 
-            actions = [("click", click_picture, 5), ("scene", new_scene, 2), ("layer", switch_layer, 2),
-                       ("model", None, 1), ("page", None, 1)]
-            weights = [w for *_, w in actions]
-            for i in range(1, args.actions + 1):
-                kind, fn, _ = rng.choices(actions, weights)[0]
-                counts[kind] = counts.get(kind, 0) + 1
-                if kind == "model":   # another model, then back to the segmenter on a scene
-                    pick_model(rng.choice([m for m in models if m != SEG]))
-                    pick_model(SEG)
-                elif kind == "page":
-                    go(rng.choice(PAGES))
-                    go("Explain")
-                else:
-                    fn()
-                samples.append((i, rss_mb(proc.pid)))
-                if i % args.every == 0:
-                    print(f"action {i:4d}: RSS {samples[-1][1]:.0f} MB ({time.monotonic() - t_start:.0f} s)",
-                          flush=True)
-            browser.close()
+                # warm-up: every model on the Explain page, then every page once
+                for name in models:
+                    pick_model(name)
+                pick_model(SEG)
+                new_scene()
+                click_picture()
+                for title in PAGES:
+                    go(title)
+                go("Explain")
+                samples.append((0, rss_mb(proc.pid)))
+                print(f"after warm-up ({len(models)} models, {len(PAGES) + 1} pages, "
+                      f"{time.monotonic() - t_start:.0f} s): RSS {samples[-1][1]:.0f} MB", flush=True)
+
+                actions = [("click", click_picture, 5), ("scene", new_scene, 2), ("layer", switch_layer, 2),
+                           ("model", None, 1), ("page", None, 1)]
+                weights = [w for *_, w in actions]
+                for i in range(1, args.actions + 1):
+                    kind, fn, _ = rng.choices(actions, weights)[0]
+                    counts[kind] = counts.get(kind, 0) + 1
+                    if kind == "model":   # another model, then back to the segmenter on a scene
+                        pick_model(rng.choice([m for m in models if m != SEG]))
+                        pick_model(SEG)
+                    elif kind == "page":
+                        go(rng.choice(PAGES))
+                        go("Explain")
+                    else:
+                        fn()
+                    samples.append((i, rss_mb(proc.pid)))
+                    if i % args.every == 0:
+                        print(f"action {i:4d}: RSS {samples[-1][1]:.0f} MB ({time.monotonic() - t_start:.0f} s)",
+                              flush=True)
+                browser.close()
     except Exception:
         try:
             page.screenshot(path=str(folder / "failed.png"), full_page=True)
@@ -181,12 +167,6 @@ def main() -> None:
         except Exception:  # noqa: BLE001 -- the screenshot is a diagnosis only
             pass
         raise
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
     xs, ys = [a for a, _ in samples], [r for _, r in samples]
     profile.offset = 0
     runs = [r for r in profile.since_mark() if "cache_mb" in r]
