@@ -52,11 +52,12 @@ MMAP_THRESHOLD = 32 << 20      # glibc's maximum on 64-bit
 TRIM_THRESHOLD = 1 << 30
 
 _tuned: bool | None = None
+_glibc = None   # the C library once tune_allocator found glibc's mallopt (trim_above reuses it)
 
 
 def tune_allocator() -> bool:
     """Apply the malloc settings once; True when they are in effect."""
-    global _tuned
+    global _tuned, _glibc
     if _tuned is not None:
         return _tuned
     _tuned = False
@@ -71,6 +72,7 @@ def tune_allocator() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     _tuned = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    _glibc = libc
     try:
         arenas = int(os.environ.get("NEUROSCOPE_MALLOC_ARENAS", "2"))
     except ValueError:
@@ -96,14 +98,13 @@ def trim_above(limit_bytes: int) -> bool:
     calls this after each unit of work, so what is kept stays bounded: RSS above the
     limit costs one trim (a few ms, then page faults on the next pass), below it nothing.
     True when a trim ran."""
-    if not _tuned or limit_bytes <= 0 or rss_bytes() <= limit_bytes:
+    if not _tuned or _glibc is None or limit_bytes <= 0 or rss_bytes() <= limit_bytes:
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
+    trim = getattr(_glibc, "malloc_trim", None)
+    if trim is None:
         return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)
     return True
 
 

@@ -343,7 +343,7 @@ class GuidedReLU(ElementwiseRule):
         if act is None:
             return None
         zero = ops.zeros_like(dy)
-        g = ops.where(dy > 0, dy, zero)
+        g = ops.clamp(dy, lo=0.0)           # dy * [dy > 0], as Deconvnet
         # f'(x): 1 above the threshold, the slope below it (0 for ReLU, leaky otherwise)
         g = ops.where(x > act.threshold, g, zero if act.slope == 0.0 else g * act.slope)
         if act.upper != float("inf"):
