@@ -184,6 +184,11 @@ def test_interpret_cli_json_and_errors(tmp_path, capsys):
     assert rc == 2 and "nope" in capsys.readouterr().err
     rc = main(["interpret", "mobilenet_v2-imagenet", "--set", "nope", "--out", str(tmp_path / "o")])
     assert rc == 2 and "unknown set" in capsys.readouterr().err
+    rc = main(["interpret", "mobilenet_v2-imagenet", "--images", str(folder), "--out", str(tmp_path / "neg"),
+               "--relevance-images", "-1"])
+    err = capsys.readouterr().err   # refused before any pass: one line, nothing written
+    assert rc == 2 and "--relevance-images must be >= 0" in err and "images" not in err.split("error:")[0]
+    assert not (tmp_path / "neg").exists()
     rc = main(["interpret", "mobilenet_v2-imagenet", "--images", str(folder), "--out", str(tmp_path / "o"),
                "--layers", "features.18.2", "--json"])
     assert rc == 0

@@ -231,6 +231,9 @@ def interpret(explainer, *, set_name: str | None = None, images: str | None = No
         raise BadParameter("give either --set or --images, not both")
     if mu <= 0:
         raise BadParameter(f"--mu must be > 0, got {mu}")
+    n_rel = RELEVANCE_IMAGES if relevance_images is None else relevance_images
+    if n_rel < 0:   # checked before the forward pass, not after it
+        raise BadParameter(f"--relevance-images must be >= 0, got {n_rel}")
     all_layers = {l.name: l for l in backend.layers()}
     layers = list(layers) if layers else default_layers(all_layers.values())
     for l in layers:
@@ -329,9 +332,6 @@ def interpret(explainer, *, set_name: str | None = None, images: str | None = No
     it.extra = {"batch": batch, "input_size": [H, W], "feature_scaling": "L1 per layer x channels",
                 "samples": int(len(lab)), "atlas_k": ATLAS_K}
     it.save(out)          # usable already; the partial batches stay until the relevance is in
-    n_rel = RELEVANCE_IMAGES if relevance_images is None else relevance_images
-    if n_rel < 0:
-        raise BadParameter(f"--relevance-images must be >= 0, got {n_rel}")
     if n_rel:
         t1 = time.perf_counter()
         relevance_pass(explainer, it, items, n_rel, progress)
