@@ -284,6 +284,10 @@ def test_every_page_runs_its_main_action(page):
     grid.click(position={"x": 1.5 * gbox["width"] / 8, "y": 10})
     expect(channel).not_to_have_value(first, timeout=TIMEOUT_MS)
     wait_idle(page)
+    # the sort that puts the class's relevant filters first (the model interpretation)
+    page.get_by_text("relevant filters of the class first", exact=True).click()
+    expect(page.get_by_text("sorted by relevant filters of the class first")).to_be_visible(timeout=TIMEOUT_MS)
+    wait_idle(page)
     no_errors(page)
     page.screenshot(path=str(ARTIFACTS / "layers.png"))
 
