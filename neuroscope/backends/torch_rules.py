@@ -382,16 +382,40 @@ def _pointwise(module: nn.Module) -> bool:
             and module.padding in ((0, 0), "valid") and module.groups == 1)
 
 
+# A pointwise kernel keeps its weights as [Cin, Cout] (contiguous: x @ w is a faster
+# product than linear's x @ w.T), and a bias the product adds as [w ; b] (see _with_ones).
+
+def _right(w: torch.Tensor) -> torch.Tensor:
+    """A pointwise weight [Cout, Cin, 1, 1] as [Cin, Cout]."""
+    return w.reshape(w.shape[0], -1).t().contiguous()
+
+
 def _pointwise_fn(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
     # NCHW in channels_last memory is NHWC: the product runs on it without a copy
-    y = nn.functional.linear(x.permute(0, 2, 3, 1), w.reshape(w.shape[0], w.shape[1]))
+    y = x.permute(0, 2, 3, 1).matmul(w)
     if b is not None:
         y.add_(b)   # (an addmm first copies the broadcast bias into the output: slower)
     return y.permute(0, 3, 1, 2)
 
 
 def _pointwise_dgrad(g: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    return g.permute(0, 2, 3, 1).matmul(w.reshape(w.shape[0], w.shape[1])).permute(0, 3, 1, 2)
+    return g.permute(0, 2, 3, 1).matmul(w.t()).permute(0, 3, 1, 2)
+
+
+def _with_ones(x: torch.Tensor, split: bool) -> torch.Tensor:
+    """NHWC [x | 1], or [x+ | x- | 1] with `split`, written into one new buffer: its
+    product with [w ; b] adds the bias in the product, not in a pass over the output."""
+    xh = x.permute(0, 2, 3, 1)
+    c = xh.shape[-1]
+    k = 2 * c if split else c
+    buf = xh.new_empty((*xh.shape[:-1], k + 1))
+    if split:
+        torch.clamp(xh, min=0, out=buf[..., :c])
+        torch.clamp(xh, max=0, out=buf[..., c:k])
+    else:
+        buf[..., :c] = xh
+    buf[..., k] = 1.0
+    return buf
 
 
 def _remember(cache: dict, key: tuple, value: torch.Tensor) -> torch.Tensor:
@@ -411,7 +435,7 @@ class LinearKernel:
 
     def __init__(self, rule: Rule, module: nn.Module, bn: nn.Module | None) -> None:
         self.rule, self.module, self.bn = rule, module, bn
-        pointwise = self.pointwise = self.pointwise_cat = _pointwise(module)
+        pointwise = self.pointwise = _pointwise(module)
         self.fn = _pointwise_fn if pointwise else _linear_fn(module)
         self.dgrad = _pointwise_dgrad if pointwise else _dgrad_fn(module)
         self.groups = rule.sign_groups() if isinstance(rule, BasicRule) else None
@@ -445,14 +469,36 @@ class LinearKernel:
                 # (w for x+, w for x-, bias + the stabiliser of T's sign)
                 value["groups"] = [(grp.pos(w, "weight", OPS), grp.neg(w, "weight", OPS),
                                     grp.pos(b0, "bias", OPS) + grp.sign * eps) for grp in self.groups]
-                if self.pointwise:   # [w for x+ | w for x-]: one product over [x+ | x-]
-                    value["cat"] = [torch.cat([wa.reshape(wa.shape[0], -1), wb.reshape(wb.shape[0], -1)], dim=1)
-                                    for wa, wb, _ in value["groups"]]
             else:
                 value["passes"] = [(param_mod(w, "weight", OPS), None if b is None else param_mod(b, "bias", OPS))
                                    for _, param_mod in self.rule.passes()]
+            if self.pointwise:
+                self._pointwise_params(value)
         self._cache = (key, value)
         return value
+
+    @staticmethod
+    def _pointwise_params(value: dict) -> None:
+        """The parameters of a pointwise kernel as [Cin, Cout] (see _right), with the
+        bias as a last row where the product adds it (see _with_ones): in [w for x+ ;
+        w for x- ; bias] (one product over [x+ | x- | 1] per sign group) and, when the
+        output is at least twice as wide as the input, in [w ; b] for the layer's own
+        output."""
+        w, b = value["w"], value["b"]
+        value["w"] = _right(w)
+        if b is not None and w.shape[0] >= 2 * w.shape[1]:
+            value["w_b"] = torch.cat([value["w"], b.reshape(1, -1)])
+        if "groups" in value:
+            value["groups"] = [(_right(wa), _right(wb), ba) for wa, wb, ba in value["groups"]]
+            value["cat"] = [torch.cat([wa, wb, ba.reshape(1, -1)]) for wa, wb, ba in value["groups"]]
+        else:
+            value["passes"] = [(_right(pw), pb) for pw, pb in value["passes"]]
+
+    def output(self, x: torch.Tensor, p: dict) -> torch.Tensor:
+        """The layer's own (BatchNorm-merged) output with the parameters `p`."""
+        if "w_b" in p:
+            return _with_ones(x, False).matmul(p["w_b"]).permute(0, 3, 1, 2)
+        return self.fn(x, p["w"], p["b"])
 
     def forward(self, x: torch.Tensor, actual: torch.Tensor | None, nonneg: bool, p: dict | None = None) -> tuple:
         """The state the backward needs (computed without autograd). `actual`: the
@@ -464,19 +510,20 @@ class LinearKernel:
         with torch.no_grad():
             if self.groups is not None:
                 totals = []
-                xp, xn = (x, None) if nonneg else (x.clamp(min=0), x.clamp(max=0))
-                if xn is not None and self.pointwise_cat:
-                    xc = torch.cat([xp, xn], dim=1)
-                    totals = [fn(xc, wc, ba) for wc, (_, _, ba) in zip(p["cat"], p["groups"])]
-                    xp, xn = xc[:, :x.shape[1]], xc[:, x.shape[1]:]   # kept for the backward (views)
+                if not nonneg and self.pointwise:
+                    xc = _with_ones(x, True)
+                    totals = [xc.matmul(wc).permute(0, 3, 1, 2) for wc in p["cat"]]
+                    c = x.shape[1]   # x+ and x- kept for the backward (views)
+                    xp, xn = xc[..., :c].permute(0, 3, 1, 2), xc[..., c:2 * c].permute(0, 3, 1, 2)
                 else:
+                    xp, xn = (x, None) if nonneg else (x.clamp(min=0), x.clamp(max=0))
                     for wa, wb, ba in p["groups"]:
                         t = fn(xp, wa, ba)
                         if xn is not None:
                             t += fn(xn, wb, None)
                         totals.append(t)
                 if any(grp.select for grp in self.groups) and actual is None:
-                    actual = fn(x, p["w"], p["b"])
+                    actual = self.output(x, p)
                 return (p, nonneg, (totals, actual, xp, xn))
             outs = []
             for (in_mod, param_mod), (w, b) in zip(self.rule.passes(), p["passes"]):
@@ -529,9 +576,9 @@ class LinearKernel:
                     g = torch.where(z < 0, g, 0.0)
                 gs.append(g)
             da = db = None
-            if xn is not None and self.pointwise_cat:   # [d for x+ | d for x-] in one product per group
+            if xn is not None and self.pointwise:   # [d for x+ | d for x-] in one product per group
                 for g, wc in zip(gs, p["cat"]):
-                    d = g.permute(0, 2, 3, 1).matmul(wc)
+                    d = g.permute(0, 2, 3, 1).matmul(wc[:-1].t())
                     da = d if da is None else da.add_(d)
                 da = da.permute(0, 3, 1, 2)
                 da, db = da[:, :x.shape[1]], da[:, x.shape[1]:]
@@ -835,7 +882,7 @@ class _RuleMode(TorchFunctionMode):
                 kernel = entry.kernel
                 with torch.no_grad():
                     p = kernel.params()
-                    y = kernel.fn(args[0], p["w"], p["b"])
+                    y = kernel.output(args[0], p)
                 calls.made, calls.params = y, p
                 return y
             if name == "batch_norm" and calls.made is not None and args and args[0] is calls.made:
