@@ -22,7 +22,8 @@ from ..propagation.rules import ActSpec
 from .base import OPTIONAL_RULES, RULES, Capture, LayerInfo, Objective
 from .torch_model import (OUTPUT_KINDS, RELU_LIKE, CallerError, FunctionalRules, HeadMode, InplaceWatch, guarded,
                           head_kind, is_activation_module, model_error, private_copy)
-from .torch_rules import RulePlan, _Elementwise, ChainCalls, apply_entry, apply_kernel, build_plan, rule_mode
+from .torch_rules import (RulePlan, _Elementwise, ChainCalls, apply_entry, apply_kernel, build_plan, mode_runs,
+                          rule_mode)
 
 
 class _MaskChannels(torch.autograd.Function):
@@ -244,59 +245,22 @@ class TorchBackend:
         masks = dict(composite.masks) if composite is not None else {}
         handles = []
         # linear -> merged BatchNorm -> pass activation chains (torch_rules.Chain) that no
-        # recorded or masked layer is part of: the chain's inner outputs run without
-        # autograd and one Function carries the linear rule from its end to its input
+        # recorded or masked layer is part of: the function mode computes the merged output
+        # at the linear call (armed by its pre-hook) and passes it through the BatchNorm,
+        # and one Function from the chain's end (its only forward hook) to its input
+        # carries the linear rule; a chain the mode cannot run gets per-layer rules
         blocked = base_names | {m.split("#")[0] for m in masks}
         chains = plan.chains if plan is not None else {}
-        if blocked and chains:
-            chains = {n: c for n, c in chains.items() if not set(c.members) & blocked}
-        pending: dict = {}
+        if chains:
+            runs = {c: not set(c.members) & blocked and mode_runs(c, plan, self._by_name) for c in set(chains.values())}
+            chains = {n: c for n, c in chains.items() if runs[c]}
         calls = ChainCalls() if chains else None
 
         def pre_hook(chain, entry):
             def hook(module, inputs):
-                if threading.get_ident() != owner or calls is None or counts[chain.start] != 0:
-                    return None
-                x = inputs[0] if inputs else None
-                calls.made = None
-                if torch.is_grad_enabled() and isinstance(x, torch.Tensor) and x.requires_grad \
-                        and (entry.merge is None or not entry.merge.training) \
-                        and not isinstance(module, nn.modules.conv._ConvTransposeNd):
-                    calls.armed = (entry, module)   # its convolution computes the merged output
-                return None
+                if threading.get_ident() == owner:
+                    calls.armed = (chain, entry, module)
             return hook
-
-        def chain_step(chain, name: str, entry, inputs, out):
-            """(handled, hook result) for a chain member's first call."""
-            if name == chain.start:
-                made = calls.made if calls is not None else None
-                if calls is not None:
-                    calls.armed = calls.made = None
-                x = inputs[0] if inputs else None
-                if not (torch.is_grad_enabled() and isinstance(x, torch.Tensor) and x.requires_grad):
-                    return False, None
-                if made is not None and out is made:   # merged already: the BatchNorm passes it on
-                    calls.made = made if entry.merge is not None else None
-                    pending[chain] = [x, made, True, calls.params]
-                    return True, None
-                pending[chain] = [x, out.detach() if entry.merge is None else None, False, None]
-                return True, out.detach()
-            state = pending.get(chain)
-            if state is None:
-                return False, None
-            value = None
-            if entry.kind == "batchnorm":
-                if state[2]:
-                    value = None if out is state[1] else state[1]   # never normalised twice
-                    if calls is not None:
-                        calls.made = None
-                else:
-                    state[1] = out.detach()           # the merged linear layer's output
-            if name != chain.end:
-                return True, value
-            del pending[chain]
-            return True, apply_kernel(plan.entries[chain.start], state[0], out if value is None else value, state[1],
-                                      state[3])
 
         def make_hook(name: str, entry):
             chain = chains.get(name)
@@ -311,10 +275,11 @@ class TorchBackend:
                 k = counts[name]
                 counts[name] += 1
                 key = name if k == 0 else f"{name}#{k}"
-                if chain is not None and k == 0 and isinstance(out, torch.Tensor):
-                    handled, value = chain_step(chain, name, entry, inputs, out)
-                    if handled:
-                        return value
+                if chain is not None and k == 0:
+                    begun = calls.begun.get(chain)
+                    if begun is not None:   # (input, merged output, parameters)
+                        calls.begun[chain] = None   # done: the chain begins once per call
+                        return apply_kernel(plan.entries[chain.start], begun[0], out, begun[1], begun[2])
                 replaced = None
                 if entry is not None and entry.rule is not None:
                     new = apply_entry(entry, module, inputs, out)
@@ -343,11 +308,13 @@ class TorchBackend:
         try:
             for name, module in self._by_name.items():
                 entry = plan.entries.get(name) if plan is not None else None
-                if name in base_names or (entry is not None and entry.rule is not None) or name in mask_names:
-                    handles.append(module.register_forward_hook(make_hook(name, entry)))
                 chain = chains.get(name)
                 if chain is not None and chain.start == name:
                     handles.append(module.register_forward_pre_hook(pre_hook(chain, entry)))
+                if chain is not None and chain.end != name:
+                    continue   # run by the function mode
+                if name in base_names or (entry is not None and entry.rule is not None) or name in mask_names:
+                    handles.append(module.register_forward_hook(make_hook(name, entry)))
             with rule_mode(plan, composite, calls) if plan is not None else nullcontext(), functional:
                 yield
         finally:

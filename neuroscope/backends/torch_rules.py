@@ -845,14 +845,31 @@ _MULS = {"mul", "__mul__", "__rmul__", "mul_", "__imul__"}
 _LINEAR_FUNCS = {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "linear"}
 
 
+# plain torch layers whose forward is one F.convNd / F.linear call with the module's own
+# weight, and one F.batch_norm call on its input: the function mode sees all of a chain
+_CHAIN_STARTS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_CHAIN_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def mode_runs(chain: Chain, plan: RulePlan, by_name: dict) -> bool:
+    """The function mode can run `chain` in this call: its linear layer is a plain torch
+    layer (not a subclass, not parametrised: same class) and its BatchNorm, if any, a
+    plain one in eval mode."""
+    entry = plan.entries[chain.start]
+    return type(by_name[chain.start]) in _CHAIN_STARTS and (
+        entry.merge is None or (type(entry.merge) in _CHAIN_NORMS and not entry.merge.training))
+
+
 class ChainCalls:
-    """Per call: the chain start whose module is about to run (`armed`, set by its
-    pre-hook) and the merged output its convolution returned (`made`)."""
+    """Per call: the chain whose linear module is about to run (`armed`, set by its
+    pre-hook), the chains begun (chain -> (input, merged output, kernel parameters)),
+    and the merged output the next BatchNorm call passes on (`made`). Only the chain's
+    last module has a forward hook: it applies the kernel (see _RuleMode)."""
 
     def __init__(self) -> None:
-        self.armed: tuple | None = None     # (entry, module)
+        self.armed: tuple | None = None     # (chain, entry, module)
+        self.begun: dict = {}
         self.made: torch.Tensor | None = None
-        self.params: dict | None = None     # the kernel parameters `made` was computed with
 
 
 class _RuleMode(TorchFunctionMode):
@@ -876,16 +893,19 @@ class _RuleMode(TorchFunctionMode):
         calls = self.calls
         if calls is not None:
             armed = calls.armed
-            if armed is not None and name in _LINEAR_FUNCS and len(args) >= 2 and args[1] is armed[1].weight:
+            if armed is not None and name in _LINEAR_FUNCS and len(args) >= 2 and args[1] is armed[2].weight:
                 calls.armed = None
-                entry = armed[0]
-                kernel = entry.kernel
-                with torch.no_grad():
-                    p = kernel.params()
-                    y = kernel.output(args[0], p)
-                calls.made, calls.params = y, p
-                return y
+                chain, entry, _ = armed
+                x = args[0]
+                if chain not in calls.begun and torch.is_grad_enabled() and x.requires_grad:
+                    with torch.no_grad():
+                        p = entry.kernel.params()
+                        y = entry.kernel.output(x, p)
+                    calls.begun[chain] = (x, y, p)
+                    calls.made = y if entry.merge is not None else None
+                    return y
             if name == "batch_norm" and calls.made is not None and args and args[0] is calls.made:
+                calls.made = None
                 return args[0]       # merged into the convolution before it
         if self.residual and (name in _ADDS or name in _MULS) and len(args) == 2 and not kwargs \
                 and all(isinstance(a, torch.Tensor) and a.requires_grad for a in args) \
