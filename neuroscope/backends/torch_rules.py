@@ -556,13 +556,15 @@ class LinearKernel:
                 z = outs[0]
                 if z is None:   # evicted since the forward (another input shape, another thread)
                     z = self.fn(torch.ones_like(x), *p["passes"][0])
+                # (z counts the taps in each receptive field: the same in every output channel)
                 inv = _remember(p["constant"], ("inv",) + key,
-                                1.0 / torch.where(z >= 0, z + self.rule.stabilizer, z - self.rule.stabilizer))
+                                1.0 / torch.where(z >= 0, z + self.rule.stabilizer, z - self.rule.stabilizer)[:, :1])
             w1 = p.get("flat_w")
             if w1 is None:
                 w = p["w"]
-                w1 = p["flat_w"] = torch.ones((1, *w.shape[1:]), dtype=w.dtype, device=w.device)
-            return dgrad((relevance * inv).sum(dim=1, keepdim=True), x, w1)
+                w1 = p["flat_w"] = torch.ones((1, 1, *w.shape[2:]), dtype=w.dtype, device=w.device)
+            # one input channel's back-projection (all weights 1), the same in every input channel
+            return dgrad(relevance.sum(dim=1, keepdim=True).mul_(inv), x, w1).expand_as(x).contiguous()
         if self.groups is not None:
             totals, z, xp, xn = outs
             gs = []
