@@ -418,6 +418,17 @@ def _with_ones(x: torch.Tensor, split: bool) -> torch.Tensor:
     return buf
 
 
+def _selected(t: torch.Tensor, sign: torch.Tensor, select: str | None) -> torch.Tensor:
+    """A sign group's total `t` (in place) where the layer's output has the sign the group
+    selects (`sign` = +1 for ">", -1 for "<"), +inf / -inf elsewhere, so that the
+    backward's R / t is 0 there (no torch.where, no bool mask: ~10x a product on the CPU)."""
+    if select is None:
+        return t
+    # (sign - 0.5) * -inf: -inf where sign = +1 (max keeps t), +inf elsewhere; (sign + 0.5) * -inf likewise
+    off = sign.add(-0.5 if select == ">" else 0.5).mul_(-float("inf"))
+    return torch.maximum(t, off, out=t) if select == ">" else torch.minimum(t, off, out=t)
+
+
 def _remember(cache: dict, key: tuple, value: torch.Tensor) -> torch.Tensor:
     """cache[key] = value, keeping at most 8 entries (input shapes) per layer."""
     if len(cache) >= 8:
@@ -522,9 +533,10 @@ class LinearKernel:
                         if xn is not None:
                             t += fn(xn, wb, None)
                         totals.append(t)
-                if any(grp.select for grp in self.groups) and actual is None:
-                    actual = self.output(x, p)
-                return (p, nonneg, (totals, actual, xp, xn))
+                if any(grp.select for grp in self.groups):
+                    sign = (actual if actual is not None else self.output(x, p)).sign()
+                    totals = [_selected(t, sign, grp.select) for grp, t in zip(self.groups, totals)]
+                return (p, nonneg, (totals, xp, xn))
             outs = []
             for (in_mod, param_mod), (w, b) in zip(self.rule.passes(), p["passes"]):
                 if nonneg and getattr(in_mod, "negative_part", False) and getattr(param_mod, "zero_bias", False):
@@ -566,16 +578,12 @@ class LinearKernel:
             # one input channel's back-projection (all weights 1), the same in every input channel
             return dgrad(relevance.sum(dim=1, keepdim=True).mul_(inv), x, w1).expand_as(x).contiguous()
         if self.groups is not None:
-            totals, z, xp, xn = outs
+            totals, xp, xn = outs
             gs = []
             for grp, t in zip(self.groups, totals):
                 g = relevance / t
                 if grp.coef != 1.0:
                     g.mul_(grp.coef)
-                if grp.select == ">":
-                    g = torch.where(z > 0, g, 0.0)
-                elif grp.select == "<":
-                    g = torch.where(z < 0, g, 0.0)
                 gs.append(g)
             da = db = None
             if xn is not None and self.pointwise:   # [d for x+ | d for x-] in one product per group
