@@ -520,21 +520,28 @@ class LinearKernel:
         fn = self.fn
         with torch.no_grad():
             if self.groups is not None:
+                kappa = self.rule.totals_sum()
+                n = len(self.groups) if kappa is None else 1   # (the second: kappa z - the first)
                 totals = []
                 if not nonneg and self.pointwise:
                     xc = _with_ones(x, True)
-                    totals = [xc.matmul(wc).permute(0, 3, 1, 2) for wc in p["cat"]]
+                    totals = [xc.matmul(wc).permute(0, 3, 1, 2) for wc in p["cat"][:n]]
                     c = x.shape[1]   # x+ and x- kept for the backward (views)
                     xp, xn = xc[..., :c].permute(0, 3, 1, 2), xc[..., c:2 * c].permute(0, 3, 1, 2)
                 else:
                     xp, xn = (x, None) if nonneg else (x.clamp(min=0), x.clamp(max=0))
-                    for wa, wb, ba in p["groups"]:
+                    for wa, wb, ba in p["groups"][:n]:
                         t = fn(xp, wa, ba)
                         if xn is not None:
                             t += fn(xn, wb, None)
                         totals.append(t)
-                if any(grp.select for grp in self.groups):
-                    sign = (actual if actual is not None else self.output(x, p)).sign()
+                selects = any(grp.select for grp in self.groups)
+                if kappa is not None or selects:
+                    z = actual if actual is not None else self.output(x, p)
+                if kappa is not None:
+                    totals.append(torch.mul(z, kappa).sub_(totals[0]))
+                if selects:
+                    sign = z.sign()
                     totals = [_selected(t, sign, grp.select) for grp, t in zip(self.groups, totals)]
                 return (p, nonneg, (totals, xp, xn))
             outs = []

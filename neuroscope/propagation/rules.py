@@ -118,6 +118,12 @@ class BasicRule(Rule):
         """The same rule as sign groups (see SignGroup), or None."""
         return None
 
+    def totals_sum(self) -> float | None:
+        """k when the two sign groups' totals (stabilisers included) sum to k z (z: the
+        layer's output), so that a backend may compute the second as k z - the first
+        (one pass fewer); None otherwise."""
+        return None
+
 
 @dataclass(frozen=True)
 class SignGroup:
@@ -235,6 +241,12 @@ class Gamma(BasicRule):
         # the positive group is z plus gamma times non-negative terms: > 0 where z > 0
         up, down = self._boost(0.0, None, False), self._boost(None, 0.0, False)
         return [SignGroup(up, down, select=">"), SignGroup(down, up, select="<", sign=-1)]
+
+    def totals_sum(self):
+        # up(p) + down(p) = (2 + gamma) p for weights and biases; the stabilisers +eps and
+        # -eps cancel. Where each group is used (its selection) neither total is small
+        # against the other (|ratio| <= (1 + gamma) / gamma): the difference loses little
+        return 2.0 + self.gamma
 
     def mapper(self, out_grad, outputs, ops):
         zero = ops.zeros_like(out_grad)
