@@ -204,6 +204,11 @@ class _LRU:
         with self._lock:
             return sum(self._sizes.values())
 
+    def newest_first(self) -> list[tuple[Any, Any]]:
+        """(key, value) pairs, most recently used first (a snapshot)."""
+        with self._lock:
+            return list(reversed(self._d.items()))
+
     def clear(self) -> None:
         with self._lock:
             for key in list(self._d):
@@ -350,6 +355,7 @@ class Explainer:
         self._predictions = _LRU(32, budget // 4, cache_pool)
         self._resolved = _LRU(64, budget // 8, cache_pool)      # (image hash, Target.key()) -> ResolvedTarget
         self._captures = _LRU(16, capture_cache_bytes, cache_pool)
+        self._tails = _LRU(2, capture_cache_bytes, cache_pool)    # (image hash, layer) -> kept graph (torch)
         self._results = _LRU(cache_size, budget // 2, cache_pool)
 
     # ----------------------------------------------------------- basics
@@ -432,7 +438,11 @@ class Explainer:
             return resolved[0].objective
 
         self._count("capture")
-        cap = self.backend.capture(prep.x, decide, list(layers), input_grad=input_grad, gradients=gradients)
+        cap = None
+        if not input_grad and len(layers) == 1:
+            cap = self._capture_single(prep, decide, layers[0], gradients)
+        if cap is None:
+            cap = self.backend.capture(prep.x, decide, list(layers), input_grad=input_grad, gradients=gradients)
         self._captures.put((prep.hash, resolved[0].key(), None), cap, _capture_bytes(cap))
 
     def _can_defer(self, prep: Prepared) -> bool:
@@ -474,8 +484,12 @@ class Explainer:
                 and (cached.input_grad is not None or not input_grad)):
             return cached
         self._count("capture")
-        cap = self.backend.capture(prep.x, target.objective, list(layers), input_grad=input_grad, rule=rule,
-                                   gradients=gradients)
+        cap = None
+        if not input_grad and rule is None and len(layers) == 1:
+            cap = self._capture_single(prep, target.objective, layers[0], gradients)
+        if cap is None:
+            cap = self.backend.capture(prep.x, target.objective, list(layers), input_grad=input_grad, rule=rule,
+                                       gradients=gradients)
         if cached is not None:  # merge: keep what the earlier pass had
             cap.activations = {**cached.activations, **cap.activations}
             cap.gradients = {**cached.gradients, **cap.gradients}
@@ -483,6 +497,24 @@ class Explainer:
             if cap.input_grad is None:
                 cap.input_grad = cached.input_grad
         self._captures.put(key, cap, _capture_bytes(cap))
+        return cap
+
+    def _capture_single(self, prep: Prepared, objective, layer: str, gradients: bool):
+        """One layer's capture without the input gradient, through a kept graph of this
+        image (`backend.capture_tail`, torch): the first call runs the full pass and keeps
+        its graph from `layer` up; later ones (other targets: a new click on the picture)
+        run only a backward of the model above the layer. `objective` may be a callable
+        (decided from the logits of this very pass): it then always runs the full pass."""
+        capture_tail = getattr(self.backend, "capture_tail", None)
+        if capture_tail is None:
+            return None
+        key = (prep.hash, layer)
+        tail = self._tails.get(key) if not callable(objective) else None
+        if tail is not None:
+            return tail.capture(objective, gradients)
+        cap, tail = capture_tail(prep.x, objective, layer, gradients)
+        if tail is not None:
+            self._tails.put(key, tail, tail.nbytes)
         return cap
 
     def capture(self, image: ImageLike | Prepared, target: Target | None = None,
@@ -648,7 +680,7 @@ class Explainer:
     def clear_caches(self, keep_predictions: bool = False) -> None:
         """Empty the caches; `keep_predictions` keeps the predictions and resolved targets
         (so the targets are known, as a peer library is handed them) and drops everything else."""
-        for c in (self._prepared, self._captures, self._results):
+        for c in (self._prepared, self._captures, self._tails, self._results):
             c.clear()
         if not keep_predictions:
             self._predictions.clear()
