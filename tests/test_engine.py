@@ -418,7 +418,7 @@ def test_a_new_target_on_a_shown_image_reuses_the_kept_graph(layer, rng):
     the model above the layer through the graph kept from the image's first capture: no
     forward, and the very maps of a fresh explainer (also from several threads at once)."""
     net = TinySegNet()
-    ex = Explainer(load_model(net, task="segmentation", input_size=(32, 48), num_classes=4))
+    ex = Explainer(load_model(net, task="segmentation", input_size=(32, 48), num_classes=4), kept_graphs=2)
     fresh = Explainer(load_model(TinySegNet(), task="segmentation", input_size=(32, 48), num_classes=4))
     image = rng.integers(0, 255, size=(32, 48, 3), dtype=np.uint8)
     forwards = []
