@@ -444,3 +444,36 @@ def test_a_new_target_on_a_shown_image_reuses_the_kept_graph(layer, rng):
         fresh.clear_caches()
         want = fresh.explain(image, method, target=Target(region=r), layer=layer).map
         np.testing.assert_allclose(m, want, rtol=1e-5, atol=1e-6 * float(np.abs(want).max()))
+
+
+def test_background_fills_wait_for_the_foreground():
+    """A fill's next pass (interactive.background_progress) starts only once no script run
+    is active and the last ended `quiet_s` ago; a never-idle server still lets it go after
+    `max_wait_s`."""
+    from neuroscope.interactive import Foreground
+    gate = Foreground(max_wait_s=30.0, quiet_s=0.05)
+    order: list[str] = []
+    entered, release = threading.Event(), threading.Event()
+
+    def run():
+        with gate.active():
+            entered.set()
+            release.wait(30)
+            order.append("run ended")
+
+    def fill():
+        entered.wait(30)
+        assert gate.wait_idle()
+        order.append("fill pass")
+    threads = [threading.Thread(target=run), threading.Thread(target=fill)]
+    for t in threads:
+        t.start()
+    entered.wait(30)
+    assert order == []               # the fill is held while the run is active
+    release.set()
+    for t in threads:
+        t.join(30)
+    assert order == ["run ended", "fill pass"]
+    busy = Foreground(max_wait_s=0.2, quiet_s=0.0)
+    with busy.active():
+        assert busy.wait_idle() is False     # bounded: a busy server does not starve it forever
