@@ -23,6 +23,7 @@ import streamlit as st  # noqa: E402
 
 from dashboard import state, timing  # noqa: E402
 from neuroscope import runtime  # noqa: E402
+from neuroscope.interactive import FOREGROUND  # noqa: E402
 from neuroscope.limits import limit  # noqa: E402
 
 PAGES = [
@@ -45,9 +46,10 @@ def main() -> None:
     timing.set_page(navigation.title)
     st.sidebar.title("Neuroscope")
     try:
-        with timing.phase("state"):
-            state.sidebar()
-        navigation.run()
+        with FOREGROUND.active():   # background fills wait for this run (neuroscope.interactive.Foreground)
+            with timing.phase("state"):
+                state.sidebar()
+            navigation.run()
         if timing.enabled():
             timing.note("cache_mb", round(state.cache_pool().nbytes / 2**20, 1))
         with timing.phase("trim"):   # freed memory the tuned allocator keeps stays bounded

@@ -6,10 +6,12 @@ nothing here imports Streamlit.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import threading
+import time
 import weakref
 
 import numpy as np
@@ -121,6 +123,63 @@ def lower_priority(nice: int | None = None) -> bool:
         return False
 
 
+class Foreground:
+    """Script runs in progress, over all sessions of a server: background fills (the layer
+    prefetch, the Parts view's passes) start their next model pass only when none is
+    running, so a click's own pass does not share the cores (and the GIL) with them.
+
+    Measured (scripts/bench_browser.py, 2 cores): a click's one-layer Grad-CAM took ~144 ms
+    in the server while the previous click's fills ran, vs ~64 ms alone. A fill waits at
+    most `max_wait_s` per pass, so a server that is never idle still makes progress."""
+
+    def __init__(self, max_wait_s: float = 5.0, quiet_s: float = 0.3):
+        self._cond = threading.Condition()
+        self._active = 0
+        self._ended = 0.0          # time.monotonic() when the last run ended
+        self.max_wait_s = max_wait_s
+        self.quiet_s = quiet_s     # after a run: the browser still fetches and draws its pictures
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        with self._cond:
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._ended = time.monotonic()
+                if not self._active:
+                    self._cond.notify_all()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block while a script run is active or ended less than `quiet_s` ago (at most
+        `timeout`, default `max_wait_s`); True when idle."""
+        end = time.monotonic() + (self.max_wait_s if timeout is None else timeout)
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                if self._active == 0 and now - self._ended >= self.quiet_s:
+                    return True
+                if now >= end:
+                    return False
+                left = end - now if self._active else min(end - now, self.quiet_s - (now - self._ended))
+                self._cond.wait(left)
+
+
+#: One per process: every session's script runs count.
+FOREGROUND = Foreground()
+
+
+def background_progress(progress=None):
+    """A progress callback for background work: before each further pass, wait for the
+    foreground to be idle (`FOREGROUND`), then report to `progress` (if any)."""
+    def report(fraction: float, message: str) -> bool:
+        FOREGROUND.wait_idle()
+        return True if progress is None else progress(fraction, message)
+    return report
+
+
 class Prefetcher:
     """Fills the engine's caches in one background thread so the next click is a cache hit.
 
@@ -164,6 +223,7 @@ class Prefetcher:
                 fn = self._pending.pop(key)
                 self._running = key
             try:
+                FOREGROUND.wait_idle()   # the click that queued this first: its page is still drawing
                 fn()
             except Exception:  # noqa: BLE001 -- see the class docstring
                 pass

@@ -410,3 +410,70 @@ def test_cache_pool_bounds_the_caches_of_several_explainers_together():
     assert pool.nbytes == 70 and a.nbytes == 0 and b.get("b3") == 5
     b.clear()
     assert pool.nbytes == 0
+
+
+@pytest.mark.parametrize("layer", ["stem", "block", "act"])
+def test_a_new_target_on_a_shown_image_reuses_the_kept_graph(layer, rng):
+    """A new click (another region of the same image) at one layer runs only a backward of
+    the model above the layer through the graph kept from the image's first capture: no
+    forward, and the very maps of a fresh explainer (also from several threads at once)."""
+    net = TinySegNet()
+    ex = Explainer(load_model(net, task="segmentation", input_size=(32, 48), num_classes=4), kept_graphs=2)
+    fresh = Explainer(load_model(TinySegNet(), task="segmentation", input_size=(32, 48), num_classes=4))
+    image = rng.integers(0, 255, size=(32, 48, 3), dtype=np.uint8)
+    forwards = []
+    handle = net.stem.register_forward_pre_hook(lambda m, i: forwards.append(1))
+    try:
+        ex.explain(image, "grad-cam", layer=layer)          # the page's first map: a full pass, graph kept
+        before = len(forwards)
+        regions = [(0, 0, 12, 10), (20, 8, 40, 30), (30, 0, 48, 16), (5, 18, 25, 32)]
+        got: dict = {}
+
+        def click(r):
+            for method in ("grad-cam", "layer-cam"):
+                got[r, method] = ex.explain(image, method, target=Target(region=r), layer=layer).map
+        threads = [threading.Thread(target=click, args=(r,)) for r in regions]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(forwards) == before                       # no forward for the new targets
+    finally:
+        handle.remove()
+    for (r, method), m in got.items():
+        fresh.clear_caches()
+        want = fresh.explain(image, method, target=Target(region=r), layer=layer).map
+        np.testing.assert_allclose(m, want, rtol=1e-5, atol=1e-6 * float(np.abs(want).max()))
+
+
+def test_background_fills_wait_for_the_foreground():
+    """A fill's next pass (interactive.background_progress) starts only once no script run
+    is active and the last ended `quiet_s` ago; a never-idle server still lets it go after
+    `max_wait_s`."""
+    from neuroscope.interactive import Foreground
+    gate = Foreground(max_wait_s=30.0, quiet_s=0.05)
+    order: list[str] = []
+    entered, release = threading.Event(), threading.Event()
+
+    def run():
+        with gate.active():
+            entered.set()
+            release.wait(30)
+            order.append("run ended")
+
+    def fill():
+        entered.wait(30)
+        assert gate.wait_idle()
+        order.append("fill pass")
+    threads = [threading.Thread(target=run), threading.Thread(target=fill)]
+    for t in threads:
+        t.start()
+    entered.wait(30)
+    assert order == []               # the fill is held while the run is active
+    release.set()
+    for t in threads:
+        t.join(30)
+    assert order == ["run ended", "fill pass"]
+    busy = Foreground(max_wait_s=0.2, quiet_s=0.0)
+    with busy.active():
+        assert busy.wait_idle() is False     # bounded: a busy server does not starve it forever

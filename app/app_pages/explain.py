@@ -1,6 +1,7 @@
 """Explain: the image (clickable), the prediction, and one overlay per method side by side."""
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Callable
 
@@ -129,8 +130,11 @@ def compute(sel: state.Selection, chosen: list[str], infos: dict[str, MethodInfo
                 bar["bar"] = slot.progress(0.0)
             bar["bar"].progress(min(1.0, fraction), text=f"{m}: {message} ({fraction:.0%})")
             return True
+        # Streamlit's spinner appears only after 0.5 s, and starting its timer thread took up
+        # to 60 ms of a click on a busy machine: only for work estimated to last that long
+        waiting = st.spinner(f"Computing {m}…") if c.seconds >= 0.5 else contextlib.nullcontext()
         try:
-            with slot, st.spinner(f"Computing {m}…"), timing.phase("cam"):
+            with slot, waiting, timing.phase("cam"):
                 results[m] = ex.explain(sel.image, m, target=sel.target, layer=layer, params=params.get(m),
                                         progress=progress if info.slow or params[m].get("smooth") else None)
         except NeuroscopeError as exc:

@@ -85,7 +85,7 @@ KEEP_JOBS = 4
 def _job(sel, key):
     """The background computation of the parts of this selection's target (per session,
     the newest KEEP_JOBS kept): a click shows its map at once, the parts when they are ready."""
-    from neuroscope.interactive import Job, lower_priority
+    from neuroscope.interactive import Job, background_progress, lower_priority
     from neuroscope.parts import part_contributions
     table = state.session().kept.setdefault("parts_jobs", {})
     job = table.get(key)
@@ -94,7 +94,8 @@ def _job(sel, key):
 
         def run(progress):
             lower_priority()   # after the map: the next click comes first
-            return part_contributions(explainer, image, target)
+            # and each pass waits until no script run is drawing a page (interactive.FOREGROUND)
+            return part_contributions(explainer, image, target, progress=background_progress(progress))
         job = table[key] = Job(run, "parts")
         while len(table) > KEEP_JOBS:
             table.pop(next(iter(table)))

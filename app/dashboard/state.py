@@ -197,6 +197,11 @@ def catalogue(extra: str) -> tuple[list[ModelEntry], list[str]]:
     return entries, problems
 
 
+#: Images per model whose one-layer capture graph the engine keeps (Explainer kept_graphs):
+#: a new click on the picture shown is then a backward of the model above the layer only.
+KEPT_GRAPHS = 2
+
+
 @st.cache_resource(show_spinner=False)
 def cache_pool() -> CachePool:
     """One byte budget for the engine caches of every model the server holds (limits
@@ -207,7 +212,7 @@ def cache_pool() -> CachePool:
 @st.cache_resource(show_spinner=False, max_entries=8)
 def explainer_for_spec(path: str) -> Explainer:
     """One Explainer per local spec, shared by all sessions (it is thread-safe)."""
-    return Explainer(load_model(read_spec(path)), cache_pool=cache_pool())
+    return Explainer(load_model(read_spec(path)), cache_pool=cache_pool(), kept_graphs=KEPT_GRAPHS)
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
@@ -222,14 +227,15 @@ def explainer_for_upload(digest: str, suffix: str, _model: bytes, _spec: bytes |
         model_path = folder / f"model{suffix}"
         model_path.write_bytes(_model)
         if _spec is None:
-            return Explainer(load_model(str(model_path), allow_code=False), cache_pool=cache_pool())
+            return Explainer(load_model(str(model_path), allow_code=False), cache_pool=cache_pool(),
+                             kept_graphs=KEPT_GRAPHS)
         spec_path = folder / "spec.toml"
         spec_path.write_bytes(_spec)
         spec = read_spec(spec_path, allow_code=False)
         if spec.framework != "keras":
             raise BadModel("an uploaded spec must describe the uploaded Keras file (framework = \"keras\")")
         return Explainer(load_model(replace(spec, weights=model_path, path=None), allow_code=False),
-                         cache_pool=cache_pool())
+                         cache_pool=cache_pool(), kept_graphs=KEPT_GRAPHS)
     except NeuroscopeError as exc:  # keep server paths out of the message
         raise type(exc)(str(exc).replace(str(model_path), "the uploaded file").replace(str(folder), "")) from None
     finally:

@@ -529,15 +529,27 @@ class TorchBackend:
         return y.float().cpu().numpy().reshape(-1)
 
     def capture(self, x: np.ndarray, objective: Objective, layers: Sequence[str] = (),
-                input_grad: bool = True, rule: str | None = None, gradients: bool = True) -> Capture:
+                input_grad: bool = True, rule: str | None = None, gradients: bool = True,
+                tails: list | None = None) -> Capture:
         if x.shape[0] != 1:
             raise BadParameter("capture takes one image (batch of 1)")
         if layers:
             self.layers()  # learn which outputs need cloning before the first capture
-        return guarded("capture", self._names, self._capture, x, objective, layers, input_grad, rule, gradients)
+        return guarded("capture", self._names, self._capture, x, objective, layers, input_grad, rule, gradients,
+                       tails)
+
+    def capture_tail(self, x: np.ndarray, objective: Objective, layer: str,
+                     gradients: bool = True) -> tuple[Capture, "Tail | None"]:
+        """`capture(x, objective, [layer], input_grad=False)`, plus the pass's autograd graph
+        from `layer` up to the logits, kept (`Tail`): another objective on the same input
+        (a new click) then needs only a backward of the part above the layer, no forward."""
+        tails: list = []
+        cap = self.capture(x, objective, [layer], input_grad=False, gradients=gradients, tails=tails) \
+            if x.shape[0] == 1 else self.capture(x, objective, [layer], input_grad=False, gradients=gradients)
+        return cap, (tails[0] if tails else None)
 
     def _capture(self, x: np.ndarray, objective: Objective, layers: Sequence[str],
-                 input_grad: bool, rule: str | None, gradients: bool) -> Capture:
+                 input_grad: bool, rule: str | None, gradients: bool, tails: list | None = None) -> Capture:
         want = set(layers)
         records: dict[str, torch.Tensor] = {}
         xt = self._to_tensor(x, requires_grad=input_grad)
@@ -570,7 +582,11 @@ class TorchBackend:
         for k in keys:
             if records[k].dim() == 4:
                 records[k].register_hook(mean_hook(k))   # dies with this call's tensor
-        grads = torch.autograd.grad(y.sum(), inputs, allow_unused=True) if inputs else []
+        keep = (tails is not None and len(layers) == 1 and not input_grad and rule is None and len(keys) == 1
+                and records[keys[0]].grad_fn is None and records[keys[0]].dim() == 4)
+        grads = torch.autograd.grad(y.sum(), inputs, allow_unused=True, retain_graph=keep) if inputs else []
+        if keep:
+            tails.append(Tail(self, keys[0], records[keys[0]], z, self._graph_bytes(keys[0], tuple(xt.shape[-2:]))))
         cap = Capture(output=z[0].detach().float().cpu().numpy(), score=float(y.detach().sum()))
         cap.gradient_means = {k: v.cpu().numpy() for k, v in means.items()}
         by_key = dict(zip(keys, grads))
@@ -587,6 +603,16 @@ class TorchBackend:
             g = torch.zeros_like(xt) if g is None else g
             cap.input_grad = g[0].permute(1, 2, 0).float().cpu().numpy()
         return cap
+
+    def _graph_bytes(self, layer: str, size: tuple[int, int]) -> int:
+        """Estimated bytes a kept graph from `layer` to the logits holds: the float32
+        outputs of every layer after it in the probe (nested modules counted again, so an
+        overestimate), scaled from the probe's input size to `size`."""
+        names = [l.name for l in self.layers()]
+        after = self._layers[names.index(layer) + 1:] if layer in names else self._layers
+        h, w = self.input_size
+        scale = size[0] * size[1] / max(1, h * w)
+        return int(4 * scale * sum(int(np.prod(l.shape)) for l in after if l.shape))
 
     def input_gradients(self, x: np.ndarray, objective: Objective,
                         rule: str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -790,3 +816,31 @@ class TorchBackend:
         """Number of forward/backward hooks on the module (tests: nothing may leak)."""
         return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
                    for m in self.module.modules())
+
+
+class Tail:
+    """The autograd graph of one capture from a layer's output up to the logits, kept
+    (`retain_graph`): `capture(objective)` gives that layer's activation and gradient for
+    another objective on the same input with one backward of the part above the layer.
+    The engine keeps a few, bounded by `nbytes` (an estimate); dropping it frees the graph."""
+
+    def __init__(self, backend: TorchBackend, layer: str, record: torch.Tensor, z: torch.Tensor, nbytes: int):
+        self.backend, self.layer, self.nbytes = backend, layer, nbytes
+        self._record, self._z = record, z
+        self._activation = record.detach()[0].float().cpu().numpy()
+        self._lock = threading.Lock()   # one backward at a time through the shared graph
+
+    def capture(self, objective: Objective, gradients: bool = True) -> Capture:
+        return guarded("capture", self.backend._names, self._capture, objective, gradients)
+
+    def _capture(self, objective: Objective, gradients: bool) -> Capture:
+        with self._lock, torch.enable_grad():
+            y = self.backend._objective(self._z, objective, "logit")
+            (g,) = torch.autograd.grad(y.sum(), [self._record], retain_graph=True, allow_unused=True)
+        g = torch.zeros_like(self._record) if g is None else g
+        cap = Capture(output=self._z[0].detach().float().cpu().numpy(), score=float(y.detach().sum()))
+        cap.activations[self.layer] = self._activation
+        cap.gradient_means[self.layer] = g[0].float().mean(dim=(1, 2)).cpu().numpy()
+        if gradients:
+            cap.gradients[self.layer] = g[0].float().cpu().numpy()
+        return cap

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from ..errors import BadTarget
+from ..errors import BadTarget, Cancelled
 from ..images import resize_labels, resize_map
 from ..metrics import spearman
 from ..synth.classes import CLASS_NAMES
@@ -122,7 +122,11 @@ def part_contributions(explainer, image, target: Target | None = None, *, part_m
         raise BadTarget(f"class {rt.class_name!r} has no parts; parts exist for {names}")
     cls = CLASS_NAMES.index(rt.class_name)
     h, w = prep.rgb.shape[:2]
+    def tick(fraction: float, message: str) -> None:   # between passes: report, stop on request
+        if progress is not None and progress(fraction, message) is False:
+            raise Cancelled(f"parts: cancelled while {message}")
     if part_map is None:
+        tick(0.0, "predicting parts")
         from .module import parts_module_for
         part_map = parts_module_for(explainer).labels(prep.x)
     if part_map.shape != (h, w):
@@ -141,6 +145,7 @@ def part_contributions(explainer, image, target: Target | None = None, *, part_m
     rmap = np.nan_to_num(np.asarray(rmap, np.float32))
     relevance = np.tensordot(masks.astype(np.float64), rmap.astype(np.float64), axes=([1, 2], [0, 1]))
 
+    tick(0.6, "measuring drops")
     clean = prep.rgb.astype(np.float32)
     base = explainer.baseline_rgb(prep, baseline)
     batch = np.concatenate([clean[None], np.where(masks[..., None], base[None], clean[None])])
