@@ -118,11 +118,11 @@ def test_ctrl_c_keeps_what_was_written_and_a_rerun_continues(folder, tmp_path, c
     calls = []
     real = work.run_chunk
 
-    def interrupted(ex, records, settings, loaded=None):
+    def interrupted(ex, records, settings):
         calls.append(len(records))
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(ex, records, settings, loaded)
+        return real(ex, records, settings)
 
     monkeypatch.setattr(batch_run, "CHUNK", 2)
     monkeypatch.setattr(batch_run, "run_chunk", interrupted)

@@ -7,13 +7,12 @@ import os
 import platform
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
 from ..cli_args import CliError
 from .store import Store
-from .work import DONE, Settings, load_chunk, run_chunk
+from .work import DONE, Settings, run_chunk
 
 RUN_JSON = "run.json"
 CHUNK = 8          # images per unit of work (one model batch per same-size group)
@@ -72,17 +71,9 @@ def run_batch(settings: Settings, records: list[dict], *, engine: str = "local",
                 take(rows)
         elif todo:
             ex = explainer or settings.explainer()
-            parts = [todo[i:i + chunk] for i in range(0, len(todo), chunk)]
-            # the next chunk's images are read and decoded in a thread while the model
-            # runs on this one (the model's pass does not keep both cores busy)
-            with ThreadPoolExecutor(1, thread_name_prefix="neuroscope-load") as pool:
-                pending = pool.submit(load_chunk, ex, parts[0])
-                for k, part in enumerate(parts):
-                    loaded = pending.result()
-                    if k + 1 < len(parts):
-                        pending = pool.submit(load_chunk, ex, parts[k + 1])
-                    take(run_chunk(ex, part, settings, loaded))
-                    ex.clear_caches()      # flat memory over thousands of images
+            for i in range(0, len(todo), chunk):
+                take(run_chunk(ex, todo[i:i + chunk], settings))
+                ex.clear_caches()      # flat memory over thousands of images
         meta["finished"] = _now()
     except KeyboardInterrupt:
         meta["interrupted"] = True

@@ -93,35 +93,23 @@ def _row(record: dict, method: str, **kw) -> dict:
     return row
 
 
-def load_chunk(ex, records: list[dict]) -> list:
-    """Per record: (prepared image, target), or the exception that reading it raised. The
-    local engine loads the next chunk with this in a thread while the model runs on the
-    current one (decoding and hashing release the GIL)."""
-    out = []
-    for rec in records:
-        try:
-            out.append((ex.prepare(rec["path"]), target_of(rec, ex.task)))
-        except Cancelled:
-            raise
-        except (NeuroscopeError, OSError) as exc:
-            out.append(exc)
-    return out
-
-
-def run_chunk(ex, records: list[dict], settings: Settings, loaded: list | None = None) -> list[dict]:
+def run_chunk(ex, records: list[dict], settings: Settings) -> list[dict]:
     """Rows for `records` x `settings.methods` (records in order, methods in order); a
-    record's ``todo`` (comma list) narrows its methods (a resumed run). `loaded`: the
-    records' `load_chunk` (else loaded here)."""
+    record's ``todo`` (comma list) narrows its methods (a resumed run)."""
     from ..methods.registry import get_method
     from .batched import explain_many, prefill
     rows: dict[tuple[str, str], dict] = {}
     ready = []                                       # (record, prep, target)
-    for rec, item in zip(records, load_chunk(ex, records) if loaded is None else loaded):
-        if isinstance(item, Exception):
+    for rec in records:
+        try:
+            prep = ex.prepare(rec["path"])
+            target = target_of(rec, ex.task)
+            ready.append((rec, prep, target))
+        except Cancelled:
+            raise
+        except (NeuroscopeError, OSError) as exc:
             for m in _wanted(rec, settings):
-                rows[rec["image"], m] = _row(rec, m, status=FAILED, error=_message(item))
-        else:
-            ready.append((rec, *item))
+                rows[rec["image"], m] = _row(rec, m, status=FAILED, error=_message(exc))
     # same-size images together (one model input shape per batched pass)
     groups: dict[tuple, list] = {}
     for item in ready:
