@@ -289,6 +289,9 @@ class MethodContext:
         if gradients is None:
             gradients = self.info.layer_gradients
         self.note_rule(rule)
+        if self.target is None and self.decide is not None:   # a `decides_target` method, prediction not cached
+            return self.explainer._capture_deciding(self.prep, self.decide, tuple(layers), input_grad, rule,
+                                                    gradients)
         return self.explainer._capture(self.prep, self.target, tuple(layers), input_grad, rule, gradients)
 
     def relevance(self, layer: str, composite: Any = None, channels: Sequence[int] = (),
@@ -499,6 +502,21 @@ class Explainer:
             if cap.input_grad is None:
                 cap.input_grad = cached.input_grad
         self._captures.put(key, cap, _capture_bytes(cap))
+        return cap
+
+    def _capture_deciding(self, prep: Prepared, decide: Callable[[np.ndarray], ResolvedTarget],
+                          layers: tuple[str, ...], input_grad: bool, rule, gradients: bool) -> Capture:
+        """A capture whose target `decide` takes from the logits of this very forward (the
+        backends' deferred objective): prediction, target and capture in one pass."""
+        resolved: list[ResolvedTarget] = []
+
+        def objective(logits: np.ndarray):
+            resolved.append(decide(logits))
+            return resolved[0].objective
+        self._count("capture")
+        cap = self.backend.capture(prep.x, objective, list(layers), input_grad=input_grad, rule=rule,
+                                   gradients=gradients)
+        self._captures.put((prep.hash, resolved[0].key(), rule), cap, _capture_bytes(cap))
         return cap
 
     def _capture_single(self, prep: Prepared, objective, layer: str, gradients: bool):

@@ -288,3 +288,19 @@ def test_keras_maps_match_torch_on_the_bundled_models(model, size, target, names
         assert r >= 0.99, f"{model} {name}: r = {r:.4f}"
         c = [m.meta["extra"]["conservation"] for m in maps]
         assert np.isclose(c[0], c[1], rtol=0.02, atol=1e-4), c
+
+
+@pytest.mark.parametrize("model", ["mobilenet_v2-imagenet", "mobilenet_v2-imagenet-keras"])
+def test_lrp_takes_prediction_and_target_from_its_own_forward(model):
+    """On an image whose prediction is not known, `lrp` is ONE pass (MethodInfo.decides_target):
+    no separate prediction forward, and the same target and map as after a prediction."""
+    image = IMAGES / "cat.jpg"
+    ex = Explainer(load_model(model))
+    e = ex.explain(image, "lrp")
+    assert ex.stats["forward"] == 0 and ex.stats["capture"] == 1, ex.stats
+    known = Explainer(load_model(model))
+    known.predict(image)
+    e2 = known.explain(image, "lrp")
+    assert e.meta["target"] == e2.meta["target"]
+    np.testing.assert_allclose(e.map, e2.map, rtol=1e-4, atol=1e-5 * float(np.abs(e2.map).max()))
+    assert ex.explain(image, "lrp") is e      # cached under the target decided in the pass

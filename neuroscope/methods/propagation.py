@@ -73,7 +73,7 @@ def layer_relevance(ctx, layer: str, composite: str | Composite | None = None,
     return r.reshape(r.shape[0], -1).sum(axis=1)
 
 
-@register(MethodInfo("lrp", "propagation", needs_layer=False, signed=True,
+@register(MethodInfo("lrp", "propagation", needs_layer=False, signed=True, decides_target=True,
                      params={"composite": "epsilon-plus-flat", "epsilon": 1e-6, "gamma": 0.25, "channels": []},
                      choices={"composite": dict(LRP_COMPOSITES)},
                      description="Layer-wise relevance propagation: the score redistributed layer by layer "
