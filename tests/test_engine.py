@@ -477,3 +477,20 @@ def test_background_fills_wait_for_the_foreground():
     busy = Foreground(max_wait_s=0.2, quiet_s=0.0)
     with busy.active():
         assert busy.wait_idle() is False     # bounded: a busy server does not starve it forever
+
+
+def test_a_graph_above_the_size_cap_is_not_kept(rng, monkeypatch):
+    from neuroscope import engine
+    monkeypatch.setattr(engine, "KEPT_GRAPH_BYTES", 0)
+    net = TinySegNet()
+    ex = Explainer(load_model(net, task="segmentation", input_size=(32, 48), num_classes=4), kept_graphs=2)
+    image = rng.integers(0, 255, size=(32, 48, 3), dtype=np.uint8)
+    forwards = []
+    handle = net.stem.register_forward_pre_hook(lambda m, i: forwards.append(1))
+    try:
+        ex.explain(image, "grad-cam", layer="block")
+        before = len(forwards)
+        ex.explain(image, "grad-cam", target=Target(region=(0, 0, 12, 10)), layer="block")
+    finally:
+        handle.remove()
+    assert len(forwards) == before + 1 and ex._tails.nbytes == 0
