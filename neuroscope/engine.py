@@ -434,21 +434,9 @@ class Explainer:
         Without this, an uncached explanation would run a forward for the prediction
         (the default target depends on it) and then a forward + backward.
         """
-        if not self._can_defer(prep):
-            return
-        resolved: list[ResolvedTarget] = []
-
-        def decide(logits: np.ndarray):
-            resolved.append(self._decide(prep, target, logits))
-            return resolved[0].objective
-
-        self._count("capture")
-        cap = None
-        if not input_grad and len(layers) == 1:
-            cap = self._capture_single(prep, decide, layers[0], gradients)
-        if cap is None:
-            cap = self.backend.capture(prep.x, decide, list(layers), input_grad=input_grad, gradients=gradients)
-        self._captures.put((prep.hash, resolved[0].key(), None), cap, _capture_bytes(cap))
+        if self._can_defer(prep):
+            self._capture_deciding(prep, lambda logits: self._decide(prep, target, logits), layers, input_grad,
+                                   None, gradients)
 
     def _can_defer(self, prep: Prepared) -> bool:
         """True when the prediction of `prep` is not cached and can come from a method's own
@@ -488,13 +476,7 @@ class Explainer:
                 and (not gradients or set(layers) <= cached.gradients.keys())
                 and (cached.input_grad is not None or not input_grad)):
             return cached
-        self._count("capture")
-        cap = None
-        if not input_grad and rule is None and len(layers) == 1:
-            cap = self._capture_single(prep, target.objective, layers[0], gradients)
-        if cap is None:
-            cap = self.backend.capture(prep.x, target.objective, list(layers), input_grad=input_grad, rule=rule,
-                                       gradients=gradients)
+        cap = self._run_capture(prep, target.objective, layers, input_grad, rule, gradients)
         if cached is not None:  # merge: keep what the earlier pass had
             cap.activations = {**cached.activations, **cap.activations}
             cap.gradients = {**cached.gradients, **cap.gradients}
@@ -513,26 +495,28 @@ class Explainer:
         def objective(logits: np.ndarray):
             resolved.append(decide(logits))
             return resolved[0].objective
-        self._count("capture")
-        cap = self.backend.capture(prep.x, objective, list(layers), input_grad=input_grad, rule=rule,
-                                   gradients=gradients)
+        cap = self._run_capture(prep, objective, layers, input_grad, rule, gradients)
         self._captures.put((prep.hash, resolved[0].key(), rule), cap, _capture_bytes(cap))
         return cap
 
-    def _capture_single(self, prep: Prepared, objective, layer: str, gradients: bool):
-        """One layer's capture without the input gradient, through a kept graph of this
-        image (`backend.capture_tail`, torch): the first call runs the full pass and keeps
-        its graph from `layer` up; later ones (other targets: a new click on the picture)
-        run only a backward of the model above the layer. `objective` may be a callable
-        (decided from the logits of this very pass): it then always runs the full pass."""
+    def _run_capture(self, prep: Prepared, objective, layers: tuple[str, ...], input_grad: bool, rule,
+                     gradients: bool) -> Capture:
+        """The backend's capture (counted), or, for one layer without the input gradient or a
+        rule, through a kept graph of this image (`backend.capture_tail`, torch, with
+        `kept_graphs`): the first call runs the full pass and keeps its graph from the layer
+        up; later ones (other targets: a new click on the picture) run only a backward of the
+        model above the layer. A callable `objective` (decided from the logits of this very
+        pass) always runs the full pass."""
+        self._count("capture")
         capture_tail = getattr(self.backend, "capture_tail", None)
-        if capture_tail is None or self._tails.max_items <= 0:
-            return None
-        key = (prep.hash, layer)
+        if capture_tail is None or self._tails.max_items <= 0 or input_grad or rule is not None or len(layers) != 1:
+            return self.backend.capture(prep.x, objective, list(layers), input_grad=input_grad, rule=rule,
+                                        gradients=gradients)
+        key = (prep.hash, layers[0])
         tail = self._tails.get(key) if not callable(objective) else None
         if tail is not None:
             return tail.capture(objective, gradients)
-        cap, tail = capture_tail(prep.x, objective, layer, gradients)
+        cap, tail = capture_tail(prep.x, objective, layers[0], gradients)
         if tail is not None and tail.nbytes <= KEPT_GRAPH_BYTES:
             self._tails.put(key, tail, tail.nbytes)
         return cap

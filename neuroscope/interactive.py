@@ -171,15 +171,6 @@ class Foreground:
 FOREGROUND = Foreground()
 
 
-def background_progress(progress=None):
-    """A progress callback for background work: before each further pass, wait for the
-    foreground to be idle (`FOREGROUND`), then report to `progress` (if any)."""
-    def report(fraction: float, message: str) -> bool:
-        FOREGROUND.wait_idle()
-        return True if progress is None else progress(fraction, message)
-    return report
-
-
 class Prefetcher:
     """Fills the engine's caches in one background thread so the next click is a cache hit.
 
@@ -318,7 +309,6 @@ _per_pass: dict = {}                                 # (id(explainer), method) -
 def forward_seconds(explainer) -> float:
     """Seconds of one forward of one image in a batch of the chunk size: measured once per
     model (a warm-up call, then the median of two) on a blank input."""
-    import time
     from .methods.chunks import MAX_CHUNK, PIXELS_PER_CHUNK
     with _PASS_LOCK:
         hit = _forward_s.get(explainer)
@@ -374,11 +364,14 @@ class Job:
     `fn(progress)` gets a progress callback for the engine (`explain(progress=...)`); the
     callback records the fraction and returns False once `cancel()` was called, so the
     engine raises `Cancelled` at its next chunk (well within a second).
+
+    `fill=True`: work the page did not ask to wait for (the Parts view): its thread runs at
+    the prefetch's lower priority and each progress report (between passes) first waits
+    until no script run is drawing a page (`FOREGROUND`), as the layer prefetch does.
     """
 
-    def __init__(self, fn, label: str = ""):
-        import time
-        self.label = label
+    def __init__(self, fn, label: str = "", fill: bool = False):
+        self.label, self.fill = label, fill
         self.fraction, self.message = 0.0, "starting"
         self.result = None
         self.error: BaseException | None = None
@@ -391,10 +384,13 @@ class Job:
 
     def _progress(self, fraction: float, message: str) -> bool:
         self.fraction, self.message = float(fraction), message
+        if self.fill:
+            FOREGROUND.wait_idle()
         return not self._cancel.is_set()
 
     def _run(self, fn) -> None:
-        import time
+        if self.fill:
+            lower_priority()
         try:
             self.result = fn(self._progress)
         except BaseException as exc:  # noqa: BLE001 -- reported to the page (Cancelled included)
@@ -419,7 +415,6 @@ class Job:
 
     @property
     def elapsed(self) -> float:
-        import time
         return (self.finished or time.monotonic()) - self.started
 
     def time_left(self) -> float | None:

@@ -20,8 +20,8 @@ sys.path.insert(0, str(ROOT))
 
 
 def rss_mb() -> float:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    from neuroscope.runtime import rss_bytes
+    return rss_bytes() / 2**20
 
 
 def main() -> int:

@@ -11,7 +11,7 @@ Prints a Markdown table of medians (and min/max) over `--clicks` repeats, plus a
 forward+backward of the model in this process as the reference the click is compared to.
 The machine's load inflates every number: compare within one run, and report the load.
 
-    python scripts/bench_browser.py [--clicks 10] [--app app/streamlit_app.py] [--port 8599]
+    python scripts/bench_browser.py [--clicks 10] [--pause 0] [--app app/streamlit_app.py]
 """
 from __future__ import annotations
 
@@ -67,6 +67,14 @@ def serve_app(app: Path, log: Path, env: dict) -> Iterator[tuple[subprocess.Pope
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def open_page(pw, chromium: str):
+    """Headless Chromium (the Debian one, never a download) and one page of the size the
+    benchmarks use: (browser, page, sidebar locator, target summary locator)."""
+    browser = pw.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu"])
+    page = browser.new_page(viewport={"width": 1440, "height": 1180})
+    return browser, page, page.locator('[data-testid="stSidebar"]'), page.locator(".st-key-target_summary")
 
 
 def click_points(n: int) -> list[tuple[int, int]]:
@@ -258,11 +266,7 @@ def main() -> None:
     with serve_app(app, log, env) as (proc, port):
         url = f"http://127.0.0.1:{port}/?"
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=args.chromium,
-                                         args=["--headless", "--no-sandbox", "--disable-gpu"])
-            page = browser.new_page(viewport={"width": 1440, "height": 1180})
-            sidebar = page.locator('[data-testid="stSidebar"]')
-            summary = page.locator(".st-key-target_summary")
+            browser, page, sidebar, summary = open_page(pw, args.chromium)
             captions = page.locator('.st-key-overlays [data-testid="stImageCaption"]')
 
             # set up: the segmenter and the scene (the first page of a fresh tab is timed below)
@@ -351,12 +355,11 @@ def main() -> None:
     if all(split):
         b = breakdown([a.runs for a in clicks])
         render_ms = sum(b.get(k, 0.0) for k in ("overlay", "legend", "encode"))
-        print(f"Narrower: rendering as the server's "
-              f"overlay + legend + image encoding phases ({render_ms:.0f} ms) plus the browser's share after the "
-              f"map was handed over ({statistics.median(s['map sent -> map decoded (browser)'] for s in split):.0f} "
-              f"ms): click -> map - rendering = "
-              f"{click_ms - render_ms - statistics.median(s['map sent -> map decoded (browser)'] for s in split):.0f}"
-              f" ms = {(click_ms - render_ms - statistics.median(s['map sent -> map decoded (browser)'] for s in split)) / ref:.2f}x fwd+bwd.")
+        decode_ms = statistics.median(s["map sent -> map decoded (browser)"] for s in split)
+        rest_ms = click_ms - render_ms - decode_ms
+        print(f"Narrower: rendering as the server's overlay + legend + image encoding phases ({render_ms:.0f} ms) "
+              f"plus the browser's share after the map was handed over ({decode_ms:.0f} ms): click -> map - "
+              f"rendering = {rest_ms:.0f} ms = {rest_ms / ref:.2f}x fwd+bwd.")
         print("\nclick -> map, where the time goes (median ms over the clicks):\n")
         print("| part | ms |\n|---|---:|")
         for k in split[0]:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_browser import ROOT, Profile, rss_mb, serve_app, wait_idle  # noqa: E402
+from bench_browser import ROOT, Profile, open_page, rss_mb, serve_app, wait_idle  # noqa: E402
 
 SEG = "drivescene-seg"
 PAGES = ["Layers", "Ground truth", "Model", "Results", "Concepts", "Evaluate"]
@@ -69,11 +69,7 @@ def main() -> None:
     try:
         with serve_app(app, log, env) as (proc, port):
             with sync_playwright() as pw:
-                browser = pw.chromium.launch(executable_path=args.chromium,
-                                             args=["--headless", "--no-sandbox", "--disable-gpu"])
-                page = browser.new_page(viewport={"width": 1440, "height": 1180})
-                sidebar = page.locator('[data-testid="stSidebar"]')
-                summary = page.locator(".st-key-target_summary")
+                browser, page, sidebar, summary = open_page(pw, args.chromium)
                 nav = page.locator('[data-testid="stSidebarNav"]')
                 page.goto(f"http://127.0.0.1:{port}/?")
                 expect(summary).to_be_visible(timeout=120_000)

@@ -449,7 +449,7 @@ def test_a_new_target_on_a_shown_image_reuses_the_kept_graph(layer, rng):
 
 
 def test_background_fills_wait_for_the_foreground():
-    """A fill's next pass (interactive.background_progress) starts only once no script run
+    """A fill's next pass (interactive.Job(fill=True), the prefetch) starts only once no script run
     is active and the last ended `quiet_s` ago; a never-idle server still lets it go after
     `max_wait_s`."""
     from neuroscope.interactive import Foreground

@@ -85,18 +85,15 @@ KEEP_JOBS = 4
 def _job(sel, key):
     """The background computation of the parts of this selection's target (per session,
     the newest KEEP_JOBS kept): a click shows its map at once, the parts when they are ready."""
-    from neuroscope.interactive import Job, background_progress, lower_priority
+    from neuroscope.interactive import Job
     from neuroscope.parts import part_contributions
     table = state.session().kept.setdefault("parts_jobs", {})
     job = table.get(key)
     if job is None:
         explainer, image, target = sel.explainer, sel.image, sel.target
-
-        def run(progress):
-            lower_priority()   # after the map: the next click comes first
-            # and each pass waits until no script run is drawing a page (interactive.FOREGROUND)
-            return part_contributions(explainer, image, target, progress=background_progress(progress))
-        job = table[key] = Job(run, "parts")
+        # a fill: after the map, the next click's pass and the page's drawing come first
+        job = table[key] = Job(lambda progress: part_contributions(explainer, image, target, progress=progress),
+                               "parts", fill=True)
         while len(table) > KEEP_JOBS:
             table.pop(next(iter(table)))
     return job

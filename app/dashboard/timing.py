@@ -33,11 +33,8 @@ def enabled() -> bool:
 
 
 def _rss_mb() -> float:
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:
-        return float("nan")
+    from neuroscope.runtime import rss_bytes
+    return rss_bytes() / 2**20
 
 
 @contextlib.contextmanager
