@@ -447,9 +447,9 @@ class Explainer:
         """The prediction (from `logits` [C] or [C, H, W] of a pass on prep.x) and the
         resolved target, both cached as `predict` and `resolve` would."""
         pred = self._prediction_from_logits(prep, logits)
+        self._predictions.put(prep.hash, pred, _nbytes(pred))   # kept when the target fails (empty region)
         rt = resolve_target(target, self.task, self.classes, probs=pred.probs if self.task == "classification" else None,
                             label_map=pred.label_map, image_size=prep.size)
-        self._predictions.put(prep.hash, pred, _nbytes(pred))
         self._resolved.put(_target_key(prep, target), rt, _nbytes(rt))
         return rt
 

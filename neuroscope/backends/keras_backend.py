@@ -20,7 +20,8 @@ from __future__ import annotations
 import itertools
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
 
 import keras
 import numpy as np
@@ -922,36 +923,16 @@ class KerasBackend:
         sizes = [d for i, t in enumerate(graph.model.outputs[1:])        # whole or empty
                  for d in ((1, *t.shape[1:]) if i in wanted else (0,) * len(t.shape))]
         start = self._capture_start(rule, sorted(wanted), input_grad)
-        errors: list[BaseException] = []   # what the decider raised inside the traced pass
-        if callable(objective):   # decided from this very forward pass (no second forward)
-            call_id = next(self._call_ids)
-            decide = objective
-
-            def deciding(logits: np.ndarray) -> Objective:
-                try:
-                    return decide(logits)
-                except BaseException as exc:   # re-raised below, outside TensorFlow
-                    errors.append(exc)
-                    raise
-
-            self._deciders[call_id] = deciding
-            tail = [tf.constant(call_id, tf.int64)]
-            fn = self._function("capture_deferred", rule, start=start)
-        else:
-            tail = self._objective_tensors(objective)
-            fn = self._function("capture", rule, start=start)
-        try:
+        with self.decider(objective if callable(objective) else None) as call_id:
+            if call_id is not None:   # decided from this very forward pass (no second forward)
+                tail = [tf.constant(call_id, tf.int64)]
+                fn = self._function("capture_deferred", rule, start=start)
+            else:
+                tail = self._objective_tensors(objective)
+                fn = self._function("capture", rule, start=start)
             with tf.device(self.device):
-                try:
-                    z, y, x_grad, outputs, grads, means = _guarded(
-                        "capture", fn, self._batch(x, single=True), tf.constant(sizes, tf.int32), *tail)
-                except NeuroscopeError:
-                    if errors:   # our own decider raised inside the traced pass: that error, as itself
-                        raise errors[0] from None
-                    raise
-        finally:
-            if callable(objective):
-                self._deciders.pop(call_id, None)
+                z, y, x_grad, outputs, grads, means = _guarded(
+                    "capture", fn, self._batch(x, single=True), tf.constant(sizes, tf.int32), *tail)
         capture = Capture(output=z.numpy()[0], score=float(y.numpy()[0]),
                           input_grad=x_grad.numpy()[0] if input_grad else None)
         for name, index in indices.items():   # views, not copies (see _to_numpy_channels_first)
@@ -960,6 +941,33 @@ class KerasBackend:
             if len(graph.model.outputs[1 + index].shape) == 4:
                 capture.gradient_means[name] = np.asarray(means[index])[0]
         return capture
+
+    @contextmanager
+    def decider(self, decide: Callable | None) -> Iterator[int | None]:
+        """Register `decide(logits)` for one traced call that asks it mid-pass (a
+        `tf.py_function` looks it up in `_deciders` by the yielded call id; None: nothing to
+        register). An exception it raised inside TensorFlow is re-raised after the call as
+        itself, not as TensorFlow's wrapper."""
+        if decide is None:
+            yield None
+            return
+        call_id, errors = next(self._call_ids), []
+
+        def deciding(logits: np.ndarray):
+            try:
+                return decide(logits)
+            except BaseException as exc:   # re-raised below, outside TensorFlow
+                errors.append(exc)
+                raise
+        self._deciders[call_id] = deciding
+        try:
+            yield call_id
+        except Exception:
+            if errors:
+                raise errors[0] from None
+            raise
+        finally:
+            self._deciders.pop(call_id, None)
 
     def input_gradients(self, x: np.ndarray, objective: Objective,
                         rule: str | None = None) -> tuple[np.ndarray, np.ndarray]:

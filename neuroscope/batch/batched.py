@@ -95,17 +95,10 @@ def prefill(ex, preps: Sequence, targets: Sequence, methods: Sequence[str], *, l
 
 
 def _decide(ex, prep, target, logits: np.ndarray):
-    """The prediction and resolved target of one image from its logits (cached as the
-    engine's own), or (None, exception)."""
-    from ..engine import _target_key
-    from ..targets import resolve_target
+    """(resolved target, None) of one image from its logits (`Explainer._decide`: prediction
+    and target cached as the engine's own), or (None, exception)."""
     try:
-        pred = ex._prediction_from_logits(prep, logits)
-        ex._predictions.put(prep.hash, pred)
-        rt = resolve_target(target, ex.task, ex.classes, probs=pred.probs if ex.task == "classification" else None,
-                            label_map=pred.label_map, image_size=prep.size)
-        ex._resolved.put(_target_key(prep, target), rt)
-        return rt, None
+        return ex._decide(prep, target, logits), None
     except Cancelled:
         raise
     except NeuroscopeError as exc:

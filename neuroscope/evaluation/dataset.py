@@ -71,11 +71,9 @@ def run_dataset_cli(args, methods: list[str]) -> tuple[dict, str]:
         records = collect(args.dataset, tmp)
         settings = Settings(model=args.model, methods=methods, out=tmp, input_size=args.input_size, save=(),
                             metrics=True, labels=str(labels_dir) if labels_dir is not None else None)
-        labelled: list[dict] = []
+        rows_seen: list[dict] = []      # label_confusion() reads the label columns of these
         run_batch(settings, records, engine=args.engine, workers=args.workers, address=args.address,
-                  explainer=ex if args.engine == "local" else None, progress=None,
-                  on_rows=lambda rows: labelled.extend(r for r in rows if r.get("label_confusion") is not None
-                                                       or r.get("label_problem") is not None))
+                  explainer=ex if args.engine == "local" else None, progress=None, on_rows=rows_seen.extend)
         df = read_results(tmp)
     data: dict = {"methods": {}, "images": len(records), "failed": {}}
     rows = []
@@ -90,7 +88,7 @@ def run_dataset_cli(args, methods: list[str]) -> tuple[dict, str]:
     text = title + "\n\n" + markdown_table(rows, ["method", "deletion_auc", "insertion_auc", "time_ms", "failed"],
                                            fmt=fmt_value)
     if labels_dir is not None:
-        matrix, used, problems = label_confusion(labelled, len(ex.classes))
+        matrix, used, problems = label_confusion(rows_seen, len(ex.classes))
         ious = iou(matrix)
         data["model_iou"] = {name: (None if np.isnan(v) else float(v)) for name, v in zip(ex.classes, ious)}
         data["model_iou"]["mean"] = None if not used else mean_iou(matrix)

@@ -12,8 +12,6 @@ few attributes named here, so the backends stay untouched.
 """
 from __future__ import annotations
 
-import itertools
-import threading
 import weakref
 from typing import Sequence
 
@@ -22,9 +20,6 @@ import numpy as np
 from ..errors import BadParameter
 
 _KERAS_MODELS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-_DECIDERS: dict = {}            # call id -> decider of a traced keras_backproject_top call
-_CALL_IDS = itertools.count()
-_LOCK = threading.Lock()
 
 
 def _check_layers(backend, layers: Sequence[str]) -> None:
@@ -229,6 +224,7 @@ def keras_backproject_top(backend, x: np.ndarray, layers: Sequence[str], w: np.n
     Returns (r [F], top filter indices [n], input gradients [n, H, W, 3])."""
     import keras
     import tensorflow as tf
+    from ..backends.keras_backend import _channels_first
     _check_layers(backend, layers)
     if rule not in getattr(backend, "rules", ()):
         raise BadParameter(f"the keras backend has no rule {rule!r}")
@@ -255,7 +251,7 @@ def keras_backproject_top(backend, x: np.ndarray, layers: Sequence[str], w: np.n
 
         def decided(cid, z):
             def call(c, logits):
-                wv, ms = _DECIDERS[int(c.numpy())](logits.numpy()[0])
+                wv, ms = backend._deciders[int(c.numpy())](logits.numpy()[0])
                 return [np.asarray(wv, np.float32), *[np.asarray(ms[l], np.float32) for l in layers]]
             out = tf.py_function(call, [cid, z], [tf.float32] * (1 + len(layers)))
             return (tf.ensure_shape(tf.stop_gradient(out[0]), [F]),
@@ -267,8 +263,7 @@ def keras_backproject_top(backend, x: np.ndarray, layers: Sequence[str], w: np.n
                 tape.watch(xb)
                 outs = keras.tree.flatten(model(xb, training=False))
                 if deferred:
-                    z = backend._logits(outs[0])
-                    z = tf.transpose(z, [0, 3, 1, 2]) if z.shape.rank == 4 else z
+                    z = _channels_first(backend._logits(outs[0]))
                     wv, ms = decided(wv, tf.stop_gradient(z))
                     outs = outs[1:]
                 acts = [o[0] for o in outs]    # [h, w, K]
@@ -291,28 +286,8 @@ def keras_backproject_top(backend, x: np.ndarray, layers: Sequence[str], w: np.n
         with tf.device(backend.device):
             r, top, grads = fn(backend._batch(x, single=True), tf.constant(np.asarray(w, np.float32)), *ms)
         return r.numpy(), top.numpy(), grads.numpy()
-    errors: list[BaseException] = []
-
-    def deciding(logits):
-        try:
-            return decide(logits)
-        except BaseException as exc:    # re-raised below, outside TensorFlow
-            errors.append(exc)
-            raise
-
-    with _LOCK:
-        cid = next(_CALL_IDS)
-        _DECIDERS[cid] = deciding
-    try:
-        with tf.device(backend.device):
-            r, top, grads = fn(backend._batch(x, single=True), tf.constant(cid, tf.int64))
-    except Exception:
-        if errors:
-            raise errors[0] from None
-        raise
-    finally:
-        with _LOCK:
-            _DECIDERS.pop(cid, None)
+    with backend.decider(decide) as cid, tf.device(backend.device):
+        r, top, grads = fn(backend._batch(x, single=True), tf.constant(cid, tf.int64))
     return r.numpy(), top.numpy(), grads.numpy()
 
 
@@ -332,7 +307,8 @@ def layer_relevances(backend, x: np.ndarray, decide, layers: Sequence[str], rule
     _check_layers(backend, layers)
     layers = list(layers)
     if backend.framework == "torch":
-        return _torch_relevances(backend, x, decide, layers, rule)
+        from ..backends.torch_model import guarded
+        return guarded("relevance", backend._names, _torch_relevances, backend, x, decide, layers, rule)
     if backend.framework != "keras":
         raise BadParameter(f"relevance is not available for framework {backend.framework!r}")
     from ..backends.base import Objective
@@ -345,14 +321,12 @@ def layer_relevances(backend, x: np.ndarray, decide, layers: Sequence[str], rule
 
     out: list = []
     cap = backend.capture(x, first, layers, input_grad=False, rule=rule, gradients=True)
-    done = False
-    for o in decided:
+    lead = next((k for k, o in enumerate(decided) if o is not None), None)   # the capture that decided
+    for k, o in enumerate(decided):
         if o is None:
             out.append(None)
             continue
-        if not done:       # the first objective's capture is the one that decided
-            done = True
-        else:
+        if k != lead:
             cap = backend.capture(x, o, layers, input_grad=False, rule=rule, gradients=True)
         out.append({l: np.asarray(cap.gradients[l], np.float32) for l in layers})
     return out
@@ -363,31 +337,35 @@ def _torch_relevances(backend, x, decide, layers, rule):
     (the rules' backwards free their state: one backward per forward). The first
     forward's logits decide the objectives."""
     import torch
-    objectives = None
-    out: list = []
-    k = 0
-    while objectives is None or k < len(objectives):
-        if objectives is not None and objectives[k] is None:
-            out.append(None)
-            k += 1
-            continue
+    from ..backends.torch_model import CallerError
+    xt = backend._to_tensor(x, requires_grad=True)
+
+    def forward():
         records: dict = {}
-        xt = backend._to_tensor(x, requires_grad=True)
         with torch.enable_grad(), backend._hooks(set(layers), rule, records):
             z = backend._logits(backend._run(xt), tuple(xt.shape[-2:]), 1)
-            if objectives is None:
-                objectives = list(decide(z[0].detach().float().cpu().numpy()))
-                missing = set(layers) - set(records)
-                if missing:
-                    raise BadParameter(f"layer(s) not found or not a tensor output: {', '.join(sorted(missing))}")
-                while k < len(objectives) and objectives[k] is None:
-                    out.append(None)
-                    k += 1
-                if k == len(objectives):
-                    break
-            y = backend._objective(z, objectives[k], "logit").sum()
+        missing = set(layers) - set(records)
+        if missing:
+            raise BadParameter(f"layer(s) not found or not a tensor output: {', '.join(sorted(missing))}")
+        return z, records
+
+    z, records = forward()
+    try:
+        objectives = list(decide(z[0].detach().float().cpu().numpy()))
+    except Exception as exc:  # noqa: BLE001 -- the caller's, not the model's: raised as is
+        raise CallerError(exc) from exc
+    out: list = []
+    unused = True          # the first forward's graph serves the first objective
+    for objective in objectives:
+        if objective is None:
+            out.append(None)
+            continue
+        if not unused:
+            z, records = forward()
+        unused = False
+        with torch.enable_grad():
+            y = backend._objective(z, objective, "logit").sum()
         grads = torch.autograd.grad(y, [records[l] for l in layers], allow_unused=True)
         out.append({l: (np.zeros(tuple(records[l].shape[1:]), np.float32) if g is None
                         else g[0].float().cpu().numpy()) for l, g in zip(layers, grads)})
-        k += 1
     return out
