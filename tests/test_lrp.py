@@ -304,3 +304,26 @@ def test_lrp_takes_prediction_and_target_from_its_own_forward(model):
     assert e.meta["target"] == e2.meta["target"]
     np.testing.assert_allclose(e.map, e2.map, rtol=1e-4, atol=1e-5 * float(np.abs(e2.map).max()))
     assert ex.explain(image, "lrp") is e      # cached under the target decided in the pass
+
+
+def test_an_in_place_add_breaks_the_chain_and_signed_calls_keep_their_negative_pass():
+    """`y = bn(conv(x)); y += shortcut; act(y)`: bn's output object reaches act changed in
+    place, so act is not bn's sole consumer (its rule must see the shortcut); a module called
+    once on a ReLU output and once on a signed input is not marked non-negative."""
+    from neuroscope.backends.torch_rules import data_flow
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.act = nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU()
+            self.relu, self.shared = nn.ReLU(), nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            y = self.bn(self.conv(x))
+            y += x
+            y = self.act(y)
+            return (self.shared(self.relu(y)) + self.shared(y - 1)).mean(dim=(2, 3))
+
+    flow = data_flow(TorchBackend(Block().eval(), (8, 8), "classification", device="cpu"))
+    assert flow.feeds.get("conv") == "bn" and "bn" not in flow.feeds
+    assert "shared" not in flow.nonneg and "act" not in flow.nonneg

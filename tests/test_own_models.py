@@ -182,7 +182,7 @@ def test_torch_grayscale_and_four_channel_models(channels):
         np.testing.assert_allclose(x[0, ..., 0], expected, atol=1e-5)
     else:
         np.testing.assert_allclose(x[0, ..., 3], 1.0)
-    for method in ("saliency", "grad-cam", "occlusion", "integrated-gradients"):
+    for method in ("saliency", "grad-cam", "occlusion", "integrated-gradients", "guided-backprop", "lrp"):
         res = ex.explain(image, method, params={"steps": 4} if method == "integrated-gradients" else None)
         assert res.map.shape == image.shape[:2] and np.isfinite(res.map).all() and np.ptp(res.map) > 0
     sm = ex.explain(image, "saliency", params={"smooth": 2})

@@ -544,8 +544,7 @@ class TorchBackend:
         from `layer` up to the logits, kept (`Tail`): another objective on the same input
         (a new click) then needs only a backward of the part above the layer, no forward."""
         tails: list = []
-        cap = self.capture(x, objective, [layer], input_grad=False, gradients=gradients, tails=tails) \
-            if x.shape[0] == 1 else self.capture(x, objective, [layer], input_grad=False, gradients=gradients)
+        cap = self.capture(x, objective, [layer], input_grad=False, gradients=gradients, tails=tails)
         return cap, (tails[0] if tails else None)
 
     def _capture(self, x: np.ndarray, objective: Objective, layers: Sequence[str],
@@ -582,11 +581,10 @@ class TorchBackend:
         for k in keys:
             if records[k].dim() == 4:
                 records[k].register_hook(mean_hook(k))   # dies with this call's tensor
-        keep = (tails is not None and len(layers) == 1 and not input_grad and rule is None and len(keys) == 1
-                and records[keys[0]].grad_fn is None and records[keys[0]].dim() == 4)
+        # `tails` (capture_tail: one layer, no input gradient, no rule): keep the graph when the
+        # layer's output is its leaf
+        keep = tails is not None and len(keys) == 1 and records[keys[0]].grad_fn is None and records[keys[0]].dim() == 4
         grads = torch.autograd.grad(y.sum(), inputs, allow_unused=True, retain_graph=keep) if inputs else []
-        if keep:
-            tails.append(Tail(self, keys[0], records[keys[0]], z, self._graph_bytes(keys[0], tuple(xt.shape[-2:]))))
         cap = Capture(output=z[0].detach().float().cpu().numpy(), score=float(y.detach().sum()))
         cap.gradient_means = {k: v.cpu().numpy() for k, v in means.items()}
         by_key = dict(zip(keys, grads))
@@ -602,6 +600,9 @@ class TorchBackend:
             g = grads[-1]
             g = torch.zeros_like(xt) if g is None else g
             cap.input_grad = g[0].permute(1, 2, 0).float().cpu().numpy()
+        if keep:   # shares this capture's logits and activation arrays (nothing writes to them)
+            tails.append(Tail(self, keys[0], records[keys[0]], z, cap,
+                              self._graph_bytes(keys[0], tuple(xt.shape[-2:]))))
         return cap
 
     def _graph_bytes(self, layer: str, size: tuple[int, int]) -> int:
@@ -824,10 +825,11 @@ class Tail:
     another objective on the same input with one backward of the part above the layer.
     The engine keeps a few, bounded by `nbytes` (an estimate); dropping it frees the graph."""
 
-    def __init__(self, backend: TorchBackend, layer: str, record: torch.Tensor, z: torch.Tensor, nbytes: int):
+    def __init__(self, backend: TorchBackend, layer: str, record: torch.Tensor, z: torch.Tensor, first: Capture,
+                 nbytes: int):
         self.backend, self.layer, self.nbytes = backend, layer, nbytes
         self._record, self._z = record, z
-        self._activation = record.detach()[0].float().cpu().numpy()
+        self._output, self._activation = first.output, first.activations[layer]   # the same for every objective
         self._lock = threading.Lock()   # one backward at a time through the shared graph
 
     def capture(self, objective: Objective, gradients: bool = True) -> Capture:
@@ -838,7 +840,7 @@ class Tail:
             y = self.backend._objective(self._z, objective, "logit")
             (g,) = torch.autograd.grad(y.sum(), [self._record], retain_graph=True, allow_unused=True)
         g = torch.zeros_like(self._record) if g is None else g
-        cap = Capture(output=self._z[0].detach().float().cpu().numpy(), score=float(y.detach().sum()))
+        cap = Capture(output=self._output, score=float(y.detach().sum()))
         cap.activations[self.layer] = self._activation
         cap.gradient_means[self.layer] = g[0].float().mean(dim=(1, 2)).cpu().numpy()
         if gradients:

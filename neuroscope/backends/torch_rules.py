@@ -240,7 +240,7 @@ def bn_pairs(backend: Any) -> dict[str, str]:
         return hook
 
     H, W = backend.input_size
-    x = backend._to_tensor(torch.zeros(1, H, W, 3).numpy())
+    x = backend._to_tensor(torch.zeros(1, H, W, backend.channels).numpy())
     keep = []
     try:
         for name, module in backend._by_name.items():
@@ -275,9 +275,19 @@ def data_flow(backend: Any) -> Flow:
         return cached
     owner = threading.get_ident()
     flow = Flow()
-    calls: list = []            # (name, input tensor, output tensor, output node)
-    relu_outs: set[int] = set()
+    # (name, input tensor, the input's node when this module took it, output tensor, output node):
+    # a tensor object keeps its id through in-place ops (`y += shortcut`), its node does not
+    calls: list = []
+    relu_outs: dict[int, Any] = {}      # id(ReLU output) -> its node
+    taken: dict[str, list] = {}         # module -> its input's node before each of its calls
     handles = []
+
+    def pre(name):
+        def hook(module, inputs):
+            if threading.get_ident() == owner:
+                x = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+                taken.setdefault(name, []).append(None if x is None else x.grad_fn)
+        return hook
 
     def post(name):
         def hook(module, inputs, out):
@@ -285,18 +295,20 @@ def data_flow(backend: Any) -> Flow:
                 return
             flow.calls[name] += 1
             x = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+            xnode = taken[name].pop()    # an in-place module has changed its input by now
             if isinstance(out, torch.Tensor):
-                calls.append((name, x, out, out.grad_fn))
+                calls.append((name, x, xnode, out, out.grad_fn))
                 spec = act_spec(module)
                 if spec is not None and spec.slope == 0.0 and spec.threshold == 0.0:
-                    relu_outs.add(id(out))
+                    relu_outs[id(out)] = out.grad_fn
         return hook
 
     H, W = backend.input_size
-    x = backend._to_tensor(torch.zeros(1, H, W, 3).numpy(), requires_grad=True)
+    x = backend._to_tensor(torch.zeros(1, H, W, backend.channels).numpy(), requires_grad=True)
     try:
         for name, module in backend._by_name.items():
             if classify(module) is not None:
+                handles.append(module.register_forward_pre_hook(pre(name)))
                 handles.append(module.register_forward_hook(post(name)))
         with torch.enable_grad():
             out = backend.module(x)
@@ -315,15 +327,20 @@ def data_flow(backend: Any) -> Flow:
             if nxt is not None:
                 consumers[nxt] += 1
                 stack.append(nxt)
-    made = {id(o): (name, node) for name, _, o, node in calls}
-    for name, xin, _, _ in calls:
+    made = {(id(o), node): name for name, _, _, o, node in calls}   # an in-place module's output: its own node
+    signed: set[str] = set()            # modules with at least one call on a possibly negative input
+    for name, xin, xnode, _, _ in calls:
         if xin is None:
             continue
-        if id(xin) in relu_outs:
+        # the very output, not changed in place since (same node)
+        if id(xin) in relu_outs and relu_outs[id(xin)] is xnode:
             flow.nonneg.add(name)
-        src = made.get(id(xin))
-        if src is not None and src[1] is not None and consumers[src[1]] == 1:
-            flow.feeds[src[0]] = name
+        else:
+            signed.add(name)
+        src = made.get((id(xin), xnode))
+        if src is not None and src != name and xnode is not None and consumers[xnode] == 1:
+            flow.feeds[src] = name
+    flow.nonneg -= signed
     del calls, out
     backend._flow = flow
     return flow
