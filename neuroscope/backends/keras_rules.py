@@ -24,7 +24,7 @@ from ..errors import BadParameter
 from ..propagation.canonizers import MergeBatchNorm
 from ..propagation.composites import Composite
 from ..propagation.kinds import ACTIVATION
-from ..propagation.rules import ActSpec, Flat, Pass
+from ..propagation.rules import ActSpec, Flat, Pass, stabilize
 
 
 class TfOps:
@@ -259,7 +259,7 @@ class _FlatConv(keras.layers.Layer):
         fn, eps = self.fn, self.eps
         w1 = tf.ones([*self.kernel_shape[:-1], 1], y.dtype)
         z = fn(tf.ones_like(tf.stop_gradient(x)), w1, None)
-        inv = tf.stop_gradient(1.0 / tf.where(z >= 0, z + eps, z - eps))
+        inv = tf.stop_gradient(1.0 / stabilize(z, eps, OPS))
 
         @tf.custom_gradient
         def op(x, y):

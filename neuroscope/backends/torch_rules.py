@@ -25,7 +25,7 @@ from ..errors import BadParameter
 from ..propagation.canonizers import ExplicitResidual, MergeBatchNorm
 from ..propagation.composites import Composite
 from ..propagation.kinds import ACTIVATION, LINEAR
-from ..propagation.rules import ActSpec, BasicRule, Flat, Norm, Pass, Rule, _keep, _same
+from ..propagation.rules import ActSpec, BasicRule, Flat, Norm, Pass, Rule, _keep, _same, stabilize
 
 
 class TorchOps:
@@ -594,7 +594,7 @@ class LinearKernel:
                     z = self.fn(torch.ones_like(x), *p["passes"][0])
                 # (z counts the taps in each receptive field: the same in every output channel)
                 inv = _remember(p["constant"], ("inv",) + key,
-                                1.0 / torch.where(z >= 0, z + self.rule.stabilizer, z - self.rule.stabilizer)[:, :1])
+                                1.0 / stabilize(z[:, :1], self.rule.stabilizer, OPS))
             w1 = p.get("flat_w")
             if w1 is None:
                 w = p["w"]
