@@ -33,14 +33,16 @@ import torch  # noqa: E402
 from neuroscope.archs.drivescene_parts import drivescene_parts  # noqa: E402
 from neuroscope.images import load_image, normalize, resize_rgb  # noqa: E402
 from neuroscope.synth import generate_scene  # noqa: E402
-from neuroscope.synth.parts import NUM_PARTS, PART_NAMES  # noqa: E402
+from neuroscope.synth.classes import CAR, PERSON, TRAFFIC_LIGHT, TRAFFIC_SIGN  # noqa: E402
+from neuroscope.synth.parts import CLASS_PARTS, NUM_PARTS, PART_NAMES  # noqa: E402
 
 H, W = 256, 512
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 HELD_OUT = 1_000_000
 WEIGHTS = ROOT / "assets" / "weights"
-#: Part ids per object kind (the card's group means).
-GROUPS = {"vehicle": (1, 2, 3, 4, 5), "person": (6, 7, 8, 9), "traffic sign": (10, 11), "traffic light": (12, 13, 14)}
+#: Part ids per object kind (the card's group means; trucks and buses have the car's parts).
+GROUPS = {"vehicle": CLASS_PARTS[CAR], "person": CLASS_PARTS[PERSON], "traffic sign": CLASS_PARTS[TRAFFIC_SIGN],
+          "traffic light": CLASS_PARTS[TRAFFIC_LIGHT]}
 
 
 def prep(rgb: np.ndarray) -> np.ndarray:
@@ -80,7 +82,7 @@ def main() -> int:
     present = conf.sum(1) > 0
     miou = float(iou[1:][present[1:]].mean())
     share = conf.sum(1) / conf.sum()
-    groups = {name: float(np.mean([iou[k] for k in ids])) for name, ids in GROUPS.items()}
+    groups = {name: float(np.mean([iou[k] for k in ids if present[k]] or [np.nan])) for name, ids in GROUPS.items()}
     t_eval = time.time() - t0
     print(f"part mIoU over {int(present[1:].sum())} parts on {args.scenes} held-out scenes: {miou:.3f} "
           f"({t_eval:.0f} s)", flush=True)

@@ -161,9 +161,9 @@ def main() -> None:
     wt = torch.tensor(weight, dtype=torch.float32)
     t_start = last_save = time.time()
     losses = []
-    budget = args.minutes * 60 - (t_start - t0)
+    budget = args.minutes * 60 - (t_start - t0)   # what making the data left of --minutes
     for step in range(args.steps):
-        frac = max(step / args.steps, (time.time() - t_start) / budget)   # steps or wall time
+        frac = max(step / args.steps, (time.time() - t_start) / budget) if budget > 0 else 1.0   # steps or wall time
         if frac >= 1:
             print(f"wall-time budget of {args.minutes} min reached at step {step}", flush=True)
             break
