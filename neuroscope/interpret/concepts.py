@@ -93,7 +93,7 @@ def shares_here(explainer, image, target, it: Interpretation, class_name: str) -
     cap = explainer.capture(image, target, layers=layers)
     rt = explainer.resolve(image, target)
     acts = {l: cap.activations[l] for l in layers}
-    r, _ = filter_evidence(it, class_name, acts, rt.objective.mask)
+    r, _ = filter_evidence(it, it.weights(class_name), acts, rt.objective.mask)
     total = float(r[r > 0].sum())
     shares = {}
     for f in it.class_entry(class_name)["filters"]:

@@ -273,7 +273,9 @@ def interpret(explainer, *, set_name: str | None = None, images: str | None = No
             truth = [resize_labels(t, (H, W)) for t in truth]
         return explainer.preprocess_rgb(rgb), truth
 
-    def forward_batch(b, f, x, truth, first_done):
+    def forward_batch(k, b, x, truth):
+        """Batch `b`, the k-th of this run (a rerun skips the batches already written)."""
+        f = partial / f"batch-{b:05d}.npz"
         logits, acts = layer_outputs(backend, x, layers)
         X, lab, idx = batch_features(logits, acts, layers, task, truth)
         atlas = batch_atlas(acts, layers, b * batch)
@@ -281,27 +283,24 @@ def interpret(explainer, *, set_name: str | None = None, images: str | None = No
         np.savez(tmp, X=X, labels=lab, image=idx + b * batch, **{f"atlas_{k}": v for k, v in atlas.items()})
         tmp.replace(f)
         del acts, logits
-        first_done = first_done if first_done is not None else b
         if progress is not None:
             done = min(len(items), (b + 1) * batch)
-            rate = (time.perf_counter() - started) / ((b - first_done + 1) * batch)
-            eta = rate * (len(items) - done)
+            rate = (time.perf_counter() - started) / ((k + 1) * batch)   # this run's batches only
+            eta = rate * batch * (len(todo) - k - 1)
             if progress(done / len(items), f"{done}/{len(items)} images, ETA {_fmt(eta)}") is False:
                 (partial / "state.json").write_text(json.dumps(
                     {**state, "time_s": done_time + time.perf_counter() - t0}))
                 raise Cancelled(f"interpret cancelled after {done} images; rerun to continue")
-        return first_done
 
     from concurrent.futures import ThreadPoolExecutor
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="interpret-load")
     ahead = pool.submit(load, todo[0]) if todo else None      # one batch ahead: memory stays flat
-    started, first_done = time.perf_counter(), None
+    started = time.perf_counter()
     try:
         for k, b in enumerate(todo):
-            f = partial / f"batch-{b:05d}.npz"
             x, truth = ahead.result()
             ahead = pool.submit(load, todo[k + 1]) if k + 1 < len(todo) else None
-            first_done = forward_batch(b, f, x, truth, first_done)
+            forward_batch(k, b, x, truth)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     # merge the batches

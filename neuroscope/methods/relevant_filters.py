@@ -60,10 +60,10 @@ def load_for(spec_name: str, path: str):
     return it
 
 
-def filter_evidence(it, class_name: str, acts: dict[str, np.ndarray], mask: np.ndarray | None):
-    """(r [F], region weights per layer or None) for one image: r = x * w_c / sum w_c."""
+def filter_evidence(it, w: np.ndarray, acts: dict[str, np.ndarray], mask: np.ndarray | None):
+    """(r [F], region weights per layer or None) for one image: r = x * w_c / sum w_c, with
+    w = `it.weights(class)`."""
     from ..interpret.core import _pool, normalise_features
-    w = it.weights(class_name)
     parts, masks = [], {}
     for l in it.layers:
         sq = acts[l["name"]].astype(np.float32) ** 2
@@ -104,8 +104,8 @@ def relevant_filters(ctx) -> np.ndarray:
             raise BadParameter(f"relevant-filters: the interpretation has no relevant filter for class {target.class_name!r}")
         return w
 
-    if ctx.target is not None:      # known before the pass (else: ctx.decide, from the pass's own logits)
-        class_weights(ctx.target)
+    # known before the pass, checked before it (else: from ctx.decide, the pass's own logits)
+    known = class_weights(ctx.target) if ctx.target is not None else None
     chosen: list[tuple[str, int, float]] = []
     if ctx.backend.framework == "keras":     # one traced call: forward, evidence, top, backwards
         from ..interpret.core import _pool
@@ -114,7 +114,7 @@ def relevant_filters(ctx) -> np.ndarray:
 
         def inputs(target):   # (w [F], {layer: region weights [h, w]}) for the target
             mask = target.objective.mask
-            return class_weights(target), {
+            return known if known is not None else class_weights(target), {
                 l: np.ones(shapes[l][1:], np.float32) if mask is None else _pool(mask > 0, tuple(shapes[l][1:]))
                 for l in layers}
 
@@ -133,8 +133,8 @@ def relevant_filters(ctx) -> np.ndarray:
                 grads.append(all_grads[i])
     else:
         def picks(acts):
-            class_weights(ctx.target)
-            r, masks = filter_evidence(it, ctx.target.class_name, acts, ctx.target.objective.mask)
+            w = known if known is not None else class_weights(ctx.target)
+            r, masks = filter_evidence(it, w, acts, ctx.target.objective.mask)
             total = float(r[r > 0].sum())
             order = [int(j) for j in np.argsort(-r, kind="stable")[:top] if r[j] > 0]
             for j in order:
