@@ -65,8 +65,6 @@ def prefill(ex, preps: Sequence, targets: Sequence, methods: Sequence[str], *, l
         served.append(m)
     if not served:
         return []
-    # images already fully cached need no pass
-    x = np.concatenate([p.x for p in preps])
     layers = sorted(layers)
     fw = ex.backend.framework
     passes = {"torch": _torch_pass, "keras": _keras_pass}
@@ -74,22 +72,22 @@ def prefill(ex, preps: Sequence, targets: Sequence, methods: Sequence[str], *, l
         return []
     step = len(preps)
     if "cpu" in str(getattr(ex.backend, "device", "cpu")).lower():
-        step = CPU_BATCH_PIXELS // max(1, int(np.prod(x.shape[1:3])))
+        step = CPU_BATCH_PIXELS // max(1, int(np.prod(preps[0].x.shape[1:3])))
         if step < 2:
             return []        # one image per pass: the images' own explain calls
-    caps = []
-    try:
-        for i in range(0, len(preps), step):
-            caps += passes[fw](ex, preps[i:i + step], targets[i:i + step], x[i:i + step], layers, input_grad,
-                               gradients)
-    except (Cancelled, NeuroscopeError):
-        raise
-    except Exception:  # noqa: BLE001 -- e.g. a model that takes one image per pass: each
-        return []      # image's own explain runs (and reports a real error itself)
     from ..engine import _capture_bytes
-    for prep, (rt, cap) in zip(preps, caps):
-        if cap is not None:
-            ex._captures.put((prep.hash, rt.key(), None), cap, _capture_bytes(cap))
+    for i in range(0, len(preps), step):
+        part = preps[i:i + step]
+        try:
+            caps = passes[fw](ex, part, targets[i:i + step], np.concatenate([p.x for p in part]), layers,
+                              input_grad, gradients)
+        except (Cancelled, NeuroscopeError):
+            raise
+        except Exception:  # noqa: BLE001 -- e.g. a model that takes one image per pass: each
+            return []      # image's own explain runs (and reports a real error itself)
+        for prep, (rt, cap) in zip(part, caps):   # kept as each pass ends
+            if cap is not None:
+                ex._captures.put((prep.hash, rt.key(), None), cap, _capture_bytes(cap))
     ex._count("batched_capture")
     return served
 
