@@ -214,47 +214,11 @@ def build_plan(backend: Any, composite: Composite) -> RulePlan:
 
 
 def bn_pairs(backend: Any) -> dict[str, str]:
-    """{linear module: BatchNorm module} where the BatchNorm's input is the linear
-    module's output (one probe forward, cached on the backend)."""
-    cached = getattr(backend, "_bn_pairs", None)
-    if cached is not None:
-        return cached
-    owner = threading.get_ident()
-    produced: dict[int, str] = {}
-    pairs: dict[str, str] = {}
-    used: Counter = Counter()
-    handles = []
-
-    def post(name):
-        def hook(module, inputs, out):
-            if threading.get_ident() != owner:
-                return
-            kind = classify(module)
-            if kind == "batchnorm" and inputs and id(inputs[0]) in produced:
-                lin = produced[id(inputs[0])]
-                if _out_axis_shape(backend._by_name[lin]) is not None:
-                    pairs[lin] = name
-            if kind in LINEAR:
-                produced[id(out)] = name
-            used[name] += 1
-        return hook
-
-    H, W = backend.input_size
-    x = backend._to_tensor(torch.zeros(1, H, W, backend.channels).numpy())
-    keep = []
-    try:
-        for name, module in backend._by_name.items():
-            if classify(module) in (*LINEAR, "batchnorm"):
-                handles.append(module.register_forward_hook(post(name)))
-        with torch.no_grad():
-            keep.append(backend.module(x))
-    finally:
-        for h in handles:
-            h.remove()
-    # a module called twice (shared) is not merged: its BatchNorms may differ per call
-    pairs = {lin: bn for lin, bn in pairs.items() if used[lin] == 1 and used[bn] == 1}
-    backend._bn_pairs = pairs
-    return pairs
+    """{linear module: BatchNorm module} where the BatchNorm's input is the linear module's
+    output (`data_flow`'s probe), each called once (a shared module is not merged: its
+    BatchNorms may differ per call)."""
+    flow = data_flow(backend)
+    return {lin: bn for lin, bn in flow.bn_after.items() if flow.calls[lin] == 1 and flow.calls[bn] == 1}
 
 
 @dataclass
@@ -264,6 +228,7 @@ class Flow:
     feeds: dict[str, str] = field(default_factory=dict)   # module -> the module that is the SOLE consumer of its output
     nonneg: set[str] = field(default_factory=set)         # modules whose input is a ReLU / ReLU6 output
     calls: Counter = field(default_factory=Counter)       # module -> calls in one forward
+    bn_after: dict[str, str] = field(default_factory=dict) # linear module -> the BatchNorm taking its output
 
 
 def data_flow(backend: Any) -> Flow:
@@ -338,8 +303,13 @@ def data_flow(backend: Any) -> Flow:
         else:
             signed.add(name)
         src = made.get((id(xin), xnode))
-        if src is not None and src != name and xnode is not None and consumers[xnode] == 1:
+        if src is None or src == name or xnode is None:
+            continue
+        if consumers[xnode] == 1:
             flow.feeds[src] = name
+        if classify(backend._by_name[name]) == "batchnorm" and classify(backend._by_name[src]) in LINEAR \
+                and _out_axis_shape(backend._by_name[src]) is not None:
+            flow.bn_after[src] = name
     flow.nonneg -= signed
     del calls, out
     backend._flow = flow
