@@ -271,7 +271,7 @@ class _GraphWalker:
             rule = applier.rule(kind, name)
             if kind in ACTIVATION:
                 act = act_spec(_relu_spec(op))
-                nonneg = act is not None and act.slope == 0.0 and act.threshold >= 0.0
+                nonneg = act is not None and act.threshold >= 0.0   # (act_spec: slope 0, a ReLU)
                 applier.note_activation(kind, rule, act, op)
                 if rule is not None and rule.kind == "elementwise":
                     output = applier.elementwise(rule, act, args[0], output)
@@ -283,8 +283,6 @@ class _GraphWalker:
                     output = applier.elementwise(rule, None, args[0], output)
             elif kind == "identity":
                 applier.padding(op, args[0], output)
-            if kind in ("identity", "maxpool") and args and applier.is_nonneg(args[0]):
-                nonneg = True
             elif rule is not None and kind in ("sum", "gate", "avgpool"):
                 xs = [t for t in keras.tree.flatten(args) if isinstance(t, keras.KerasTensor)]
                 if kind == "avgpool" and rule.kind == "basic":
@@ -293,6 +291,8 @@ class _GraphWalker:
                     output = applier.basic_op(rule, _sum, xs, output)
                 elif kind == "gate" and rule.kind == "gate" and len(xs) >= 2:
                     output = applier.gate(xs, output)
+            if kind in ("identity", "maxpool") and args and applier.is_nonneg(args[0]):
+                nonneg = True   # a pad / pool of a non-negative input
         output = applier.mask(name, output) if isinstance(op, keras.layers.Layer) else output
         if nonneg:
             applier.note_nonneg(output)

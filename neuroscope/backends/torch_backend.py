@@ -249,7 +249,8 @@ class TorchBackend:
         # at the linear call (armed by its pre-hook) and passes it through the BatchNorm,
         # and one Function from the chain's end (its only forward hook) to its input
         # carries the linear rule; a chain the mode cannot run gets per-layer rules
-        blocked = base_names | {m.split("#")[0] for m in masks}
+        mask_names = {m.split("#")[0] for m in masks}
+        blocked = base_names | mask_names
         chains = plan.chains if plan is not None else {}
         if chains:
             runs = {c: not set(c.members) & blocked and mode_runs(c, plan, self._by_name) for c in set(chains.values())}
@@ -304,7 +305,6 @@ class TorchBackend:
             # F.relu & co. called by the model's forward (no module to hook): the same rule
             functional = FunctionalRules(lambda x, out, p: _Elementwise.apply(
                 x, relu_rule, ActSpec(slope=p[0], upper=p[1]), [out.detach()]))
-        mask_names = {m.split("#")[0] for m in masks}
         try:
             for name, module in self._by_name.items():
                 entry = plan.entries.get(name) if plan is not None else None

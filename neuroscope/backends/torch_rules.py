@@ -204,8 +204,8 @@ def build_plan(backend: Any, composite: Composite) -> RulePlan:
             members.append(bn)
         nxt = flow.feeds.get(members[-1])
         after = plan.entries.get(nxt) if nxt is not None else None
-        if after is not None and after.kind in ACTIVATION and isinstance(after.rule, Pass):
-            members.append(nxt)
+        if after is not None and after.kind in ACTIVATION and isinstance(after.rule, Pass) and flow.calls.get(nxt) == 1:
+            members.append(nxt)   # (a shared activation module, e.g. torchvision's one `relu`: the chain stops before it)
         if len(members) > 1 and all(flow.calls.get(m) == 1 for m in members):
             chain = Chain(tuple(members))
             for m in members:
