@@ -155,15 +155,17 @@ def _basic_backward(rule, fn: Callable, params: tuple, xs: list, relevance: tf.T
 
 
 class _Backward(keras.layers.Layer):
-    """Output = y (the layer's own output, unchanged); backward = `backward(dy, xs)`."""
+    """Output = y (the layer's own output, unchanged); backward = `backward(dy, xs)` -> the
+    gradients of xs. With `forward=True`, `backward(xs, y)` is called in the forward and
+    returns that function (what it computes there, e.g. a rule's totals, is its state)."""
 
-    def __init__(self, backward: Callable, **kwargs: Any) -> None:
+    def __init__(self, backward: Callable, forward: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.backward_fn = backward
+        self.backward_fn, self.forward = backward, forward
 
     def call(self, inputs: list) -> tf.Tensor:
         *xs, y = inputs
-        backward_fn = self.backward_fn
+        backward_fn = self.backward_fn(xs, y) if self.forward else self.backward_fn
 
         @tf.custom_gradient
         def op(*args):
@@ -189,28 +191,20 @@ def _dgrad(fn: Callable, g: tf.Tensor, x: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
     return tape.gradient(out, x, output_gradients=g)
 
 
-class _SignGroups(keras.layers.Layer):
-    """A sign-split rule (z+, alpha-beta, gamma; rules.SignGroup) on one linear layer:
-    the groups' totals are computed in the forward with the stabiliser folded into the
-    bias, only the x+ pass where the input is a ReLU output; the backward is a division
-    and the data-gradients. Output = y unchanged."""
-
-    def __init__(self, groups: list, eps: float, fn: Callable, params: Callable, nonneg: bool,
-                 **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.groups, self.eps, self.fn, self.params, self.nonneg = groups, eps, fn, params, nonneg
-
-    def call(self, inputs: list) -> tf.Tensor:
-        x, y = inputs
-        fn, groups, nonneg = self.fn, self.groups, self.nonneg
-        w, b, scale, shift = self.params()
+def _sign_groups(groups: list, eps: float, fn: Callable, params: Callable, nonneg: bool) -> Callable:
+    """A sign-split rule (z+, alpha-beta, gamma; rules.SignGroup) on one linear layer, for
+    `_Backward(..., forward=True)`: the groups' totals are computed in the forward with the
+    stabiliser folded into the bias, only the x+ pass where the input is a ReLU output;
+    the backward is a division and the data-gradients."""
+    def forward(xs: list, y: tf.Tensor) -> Callable:
+        w, b, scale, shift = params()
         b0 = tf.zeros([tf.shape(y)[-1]], y.dtype) if b is None else b
-        xs = tf.stop_gradient(x)
-        xp, xn = (xs, None) if nonneg else (tf.maximum(xs, 0.0), tf.minimum(xs, 0.0))
+        x = tf.stop_gradient(xs[0])
+        xp, xn = (x, None) if nonneg else (tf.maximum(x, 0.0), tf.minimum(x, 0.0))
         parts = []
         for grp in groups:
             wa, wb = grp.pos(w, "weight", OPS), grp.neg(w, "weight", OPS)
-            t = fn(xp, wa, grp.pos(b0, "bias", OPS) + grp.sign * self.eps)
+            t = fn(xp, wa, grp.pos(b0, "bias", OPS) + grp.sign * eps)
             if xn is not None:
                 t = t + fn(xn, wb, None)
             parts.append((grp, wa, wb, t))
@@ -218,60 +212,41 @@ class _SignGroups(keras.layers.Layer):
         if any(grp.select for grp in groups):   # the layer's own (merged) output
             z = tf.stop_gradient(y if scale is None else y * scale + shift)
 
-        @tf.custom_gradient
-        def op(x, y):
-            def backward(dy):
-                da = db = None
-                for grp, wa, wb, t in parts:
-                    g = dy / t
-                    if grp.coef != 1.0:
-                        g = g * grp.coef
-                    if grp.select == ">":
-                        g = tf.where(z > 0, g, tf.zeros_like(g))
-                    elif grp.select == "<":
-                        g = tf.where(z < 0, g, tf.zeros_like(g))
-                    d = _dgrad(fn, g, x, wa)
-                    da = d if da is None else da + d
-                    if not nonneg:
-                        d = _dgrad(fn, g, x, wb)
-                        db = d if db is None else db + d
-                r = x * da if nonneg else x * tf.where(x > 0, da, db)
-                return r, tf.zeros_like(y)
-            return tf.identity(y), backward
-
-        return op(x, tf.stop_gradient(y))
-
-    def compute_output_shape(self, input_shape: list) -> tuple:
-        return input_shape[-1]
+        def backward(dy: tf.Tensor, xs: list) -> list:
+            x = xs[0]
+            da = db = None
+            for grp, wa, wb, t in parts:
+                g = dy / t
+                if grp.coef != 1.0:
+                    g = g * grp.coef
+                if grp.select == ">":
+                    g = tf.where(z > 0, g, tf.zeros_like(g))
+                elif grp.select == "<":
+                    g = tf.where(z < 0, g, tf.zeros_like(g))
+                d = _dgrad(fn, g, x, wa)
+                da = d if da is None else da + d
+                if not nonneg:
+                    d = _dgrad(fn, g, x, wb)
+                    db = d if db is None else db + d
+            return [x * da if nonneg else x * tf.where(x > 0, da, db)]
+        return backward
+    return forward
 
 
-class _FlatConv(keras.layers.Layer):
-    """LRP-flat on an ungrouped convolution: all weights 1 and no bias, so every output
-    channel of the pass is the same and every input channel gets the same back-projection
-    of the relevance summed over the output channels (one channel instead of all)."""
-
-    def __init__(self, eps: float, fn: Callable, kernel_shape: tuple, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.eps, self.fn, self.kernel_shape = eps, fn, kernel_shape
-
-    def call(self, inputs: list) -> tf.Tensor:
-        x, y = inputs
-        fn, eps = self.fn, self.eps
-        w1 = tf.ones([*self.kernel_shape[:-1], 1], y.dtype)
-        z = fn(tf.ones_like(tf.stop_gradient(x)), w1, None)
+def _flat_conv(eps: float, fn: Callable, kernel_shape: tuple) -> Callable:
+    """LRP-flat on an ungrouped convolution, for `_Backward(..., forward=True)`: all weights
+    1 and no bias, so every output channel of the pass is the same and every input channel
+    gets the same back-projection of the relevance summed over the output channels (one
+    channel instead of all)."""
+    def forward(xs: list, y: tf.Tensor) -> Callable:
+        w1 = tf.ones([*kernel_shape[:-1], 1], y.dtype)
+        z = fn(tf.ones_like(tf.stop_gradient(xs[0])), w1, None)
         inv = tf.stop_gradient(1.0 / stabilize(z, eps, OPS))
 
-        @tf.custom_gradient
-        def op(x, y):
-            def backward(dy):
-                g = tf.reduce_sum(dy * inv, axis=-1, keepdims=True)
-                return _dgrad(fn, g, x, w1), tf.zeros_like(y)
-            return tf.identity(y), backward
-
-        return op(x, tf.stop_gradient(y))
-
-    def compute_output_shape(self, input_shape: list) -> tuple:
-        return input_shape[-1]
+        def backward(dy: tf.Tensor, xs: list) -> list:
+            return [_dgrad(fn, tf.reduce_sum(dy * inv, axis=-1, keepdims=True), xs[0], w1)]
+        return backward
+    return forward
 
 
 class _Mask(keras.layers.Layer):
@@ -388,10 +363,11 @@ class RuleApplier:
 
         groups = rule.sign_groups()
         if groups is not None:
-            out = _SignGroups(groups, float(rule.stabilizer), fn, params, self.is_nonneg(x))([x, y])
+            out = _Backward(_sign_groups(groups, float(rule.stabilizer), fn, params, self.is_nonneg(x)),
+                            forward=True)([x, y])
         elif type(rule) is Flat and isinstance(op, BaseConv) and getattr(op, "groups", 1) == 1 \
                 and getattr(op, "data_format", "channels_last") == "channels_last":
-            out = _FlatConv(float(rule.stabilizer), fn, tuple(kernel.shape))([x, y])
+            out = _Backward(_flat_conv(float(rule.stabilizer), fn, tuple(kernel.shape)), forward=True)([x, y])
         else:
             def backward(dy, xs):
                 w, b, _, _ = params()
