@@ -417,15 +417,18 @@ class Explainer:
         self._predictions.put(prep.hash, pred, _nbytes(pred))
         return pred
 
-    def _prediction_from_logits(self, prep: Prepared, logits: np.ndarray) -> Prediction:
+    def _prediction_from_logits(self, prep: Prepared, logits: np.ndarray,
+                                labels: np.ndarray | None = None) -> Prediction:
+        """`labels`: a segmenter's argmax label map when the caller has it already (a
+        batched pass takes it for the whole batch in one threaded op)."""
         if not np.all(np.isfinite(logits)):
             raise BadModel("the model produced NaN or infinite outputs for this image; check its weights and preprocessing")
         if logits.shape[0] != len(self.classes):
             raise BadModel(f"the model outputs {logits.shape[0]} classes but its spec names {len(self.classes)}")
         if self.task == "classification":
             return Prediction(self.task, self.classes, prep.size, logits, multilabel=self.multilabel)
-        return Prediction(self.task, self.classes, prep.size, logits, _argmax_classes(logits),
-                          multilabel=self.multilabel)
+        return Prediction(self.task, self.classes, prep.size, logits,
+                          _argmax_classes(logits) if labels is None else labels, multilabel=self.multilabel)
 
     def _prefetch(self, prep: Prepared, target: Target | None, layers: tuple[str, ...], input_grad: bool,
                   gradients: bool = True) -> None:
@@ -443,10 +446,11 @@ class Explainer:
         forward pass (the backend's `deferred_objective`)."""
         return self._predictions.get(prep.hash) is None and getattr(self.backend, "deferred_objective", False)
 
-    def _decide(self, prep: Prepared, target: Target | None, logits: np.ndarray) -> ResolvedTarget:
-        """The prediction (from `logits` [C] or [C, H, W] of a pass on prep.x) and the
-        resolved target, both cached as `predict` and `resolve` would."""
-        pred = self._prediction_from_logits(prep, logits)
+    def _decide(self, prep: Prepared, target: Target | None, logits: np.ndarray,
+                labels: np.ndarray | None = None) -> ResolvedTarget:
+        """The prediction (from `logits` [C] or [C, H, W] of a pass on prep.x; `labels`: their
+        argmax when known) and the resolved target, both cached as `predict` and `resolve` would."""
+        pred = self._prediction_from_logits(prep, logits, labels)
         self._predictions.put(prep.hash, pred, _nbytes(pred))   # kept when the target fails (empty region)
         rt = resolve_target(target, self.task, self.classes, probs=pred.probs if self.task == "classification" else None,
                             label_map=pred.label_map, image_size=prep.size)

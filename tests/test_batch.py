@@ -322,6 +322,12 @@ def test_one_batched_pass_gives_each_image_its_own_maps_with_its_own_target(mode
     # every map came from the one batched pass: no model pass per image
     assert ex.stats["capture"] == passes["capture"] and ex.stats["forward"] == passes.get("forward", 0)
     assert passes["batched_capture"] == 1
+    if ex.task == "segmentation":     # the pass's label maps (torch: one op for the batch) = the engine's argmax
+        from neuroscope.engine import _argmax_classes
+        for im in images:
+            pred = ex.predict(im)
+            assert pred.label_map.dtype == np.uint8 and np.array_equal(pred.label_map, _argmax_classes(pred.logits))
+        assert ex.stats["forward"] == passes.get("forward", 0)     # predictions cached by the pass
 
 
 # ------------------------------------------------------------------ the Results page
