@@ -22,6 +22,12 @@ local CPU ms/image: it does not depend on the machine's load). Overhead = local 
 
 `--compute`: the bare model, forward + backward to the input, per image at batch 1, 2, 4,
 8 (CPU time, one thread): what batching can gain at all at this size on this CPU.
+
+`--cli 200,2000`: what a user waits for: the real `neuroscope batch` command, timed end to
+end (process start, imports, model load, `ray.init`, actors, shutdown), local engine vs
+`--engine ray --workers N` (N = the largest of `--workers`), on 200 and 2,000 images (the
+scenes repeated under other names), alternating, median of `--repeats`. A fresh local Ray
+costs a fixed few seconds; this shows from which data set size it is paid back.
 """
 from __future__ import annotations
 
@@ -79,6 +85,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads of one at a time and batched")
     ap.add_argument("--no-ray", action="store_true")
     ap.add_argument("--compute", action="store_true", help="also time the bare model at batch 1..8")
+    ap.add_argument("--cli", default="", help="image counts for end-to-end CLI timings (e.g. 200,2000); "
+                                                "then nothing else runs")
     args = ap.parse_args()
     import torch
     torch.set_num_threads(1)
@@ -94,6 +102,8 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="ns-bench-batch-"))
     for i in range(args.scenes):
         Image.fromarray(generate_scene(5000 + i, (h, w)).image).save(tmp / f"scene{i:04d}.png")
+    if args.cli:
+        return cli_table(args, tmp)
     records = collect(str(tmp), tmp)
     worker_counts = [] if args.no_ray else [int(v) for v in args.workers.split(",")]
     many = max(worker_counts, default=1)
@@ -167,6 +177,46 @@ def main() -> int:
         print("\n(overhead = local images/s / Ray images/s - 1: +20% means Ray took 20% longer)")
     for n in notes:
         print("- " + n)
+    return 0
+
+
+def cli_table(args, scenes: Path) -> int:
+    """End-to-end wall time of the real CLI, local vs Ray, at each image count."""
+    import subprocess
+    workers = max(int(v) for v in args.workers.split(","))
+    files = sorted(scenes.glob("*.png"))
+    cli = [sys.executable, "-m", "neuroscope", "batch", args.model]
+    rows = []
+    for n in (int(v) for v in args.cli.split(",")):
+        folder = Path(tempfile.mkdtemp(prefix=f"ns-bench-cli-{n}-"))
+        for i in range(n):         # hard links: the same scenes under other names (no cache across chunks)
+            os.link(files[i % len(files)], folder / f"img{i:05d}.png")
+        for method in args.methods.split(","):
+            times: dict[str, list[float]] = {"local": [], "ray": []}
+            for _ in range(args.repeats):
+                for engine in ("local", "ray"):
+                    with tempfile.TemporaryDirectory() as out:
+                        cmd = cli + [str(folder), "--methods", method, "--out", out, "--save", "none", "--json",
+                                     "--input-size", args.size, "--engine", engine] + \
+                              (["--workers", str(workers)] if engine == "ray" else [])
+                        t = time.perf_counter()
+                        done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                                              env={k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"})
+                        times[engine].append(time.perf_counter() - t)
+                        if done.returncode != 0:
+                            raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+            lo, ra = statistics.median(times["local"]), statistics.median(times["ray"])
+            rows.append((n, method, lo, ra))
+            print(f"{n:6d} {method:10s} local {lo:6.1f} s ({n / lo:5.1f} images/s)   ray, {workers} workers "
+                  f"{ra:6.1f} s ({n / ra:5.1f} images/s)   {(ra / lo - 1) * 100:+.0f}%", flush=True)
+    print(f"\n`neuroscope batch {args.model} DIR --methods M --save none --input-size {args.size}`, end to end "
+          f"(median of {args.repeats}), local engine (one process, the framework's threads) vs "
+          f"`--engine ray --workers {workers}` (a fresh local Ray), {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.1f}\n")
+    print("| images | method | local, s | Ray, s | Ray overhead |")
+    print("|---|---|---|---|---|")
+    for n, method, lo, ra in rows:
+        print(f"| {n} | {method} | {lo:.1f} | {ra:.1f} | {(ra / lo - 1) * 100:+.0f}% |")
     return 0
 
 
