@@ -16,8 +16,9 @@ engine is one process; its `--workers` only applies to Ray): the same cores.
 
 Ray modes (one run each): the wall time includes starting the actors inside the run; the
 script also reports `ray.init` seconds, when the first actor was ready (its Explainer
-loaded), the steady rate = scenes / (last chunk finished - first chunk started, read
-inside the actors) and the workers' CPU ms per image inside the chunks (compare with the
+loaded), the steady rate = the sum over the workers of each one's images / (its last chunk
+finished - its first chunk started, read inside the actors: Ray's gaps between chunks
+included, the actors' staggered start-up not) and the workers' CPU ms per image inside the chunks (compare with the
 local CPU ms/image: it does not depend on the machine's load). Overhead = local / Ray - 1 at equal cores, end to end and steady.
 
 `--compute`: the bare model, forward + backward to the input, per image at batch 1, 2, 4,
@@ -236,7 +237,7 @@ def ray_run(args, method: str, workers: int, records, size) -> dict:
             t = time.time()
             super().__init__(settings)
             with open(trace, "a") as f:
-                f.write(f"{os.getpid()} init {t} {time.time()} 0\n")
+                f.write(f"{os.getpid()} init {t} {time.time()} 0 0\n")
 
         def __call__(self, batch):
             import os
@@ -244,7 +245,7 @@ def ray_run(args, method: str, workers: int, records, size) -> dict:
             t, c = time.time(), time.process_time()
             out = super().__call__(batch)
             with open(trace, "a") as f:
-                f.write(f"{os.getpid()} call {t} {time.time()} {time.process_time() - c}\n")
+                f.write(f"{os.getpid()} call {t} {time.time()} {time.process_time() - c} {out.num_rows}\n")
             return out
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -270,13 +271,21 @@ def ray_run(args, method: str, workers: int, records, size) -> dict:
     finally:
         ray_engine.ExplainActor = real
         ray.shutdown()
-    inits, calls, cpu = [], [], 0.0
+    inits, calls, cpu = [], {}, 0.0
     for line in trace.read_text().splitlines():
-        _, kind, a, b, c = line.split()
-        (inits if kind == "init" else calls).append((float(a) - start, float(b) - start))
+        pid, kind, a, b, c, n = line.split()
+        span = (float(a) - start, float(b) - start)
+        if kind == "init":
+            inits.append(span)
+        else:
+            calls.setdefault(pid, []).append((*span, int(n)))
         cpu += float(c)
     ready = min(b for _, b in inits)
-    steady = len(records) / (max(b for _, b in calls) - min(a for a, _ in calls))
+    # each worker's images over its own span (first chunk started -> last one finished,
+    # the gaps Ray leaves between its chunks included), summed over the workers: the
+    # pool's rate once running, without the actors' staggered start-up
+    steady = sum(sum(n for _, _, n in cs) / (max(b for _, b, _ in cs) - min(a for a, _, _ in cs))
+                 for cs in calls.values())
     return {"rate": len(records) / wall, "steady": steady, "init_s": init_s, "ready_s": ready,
             "load_s": min(b - a for a, b in inits), "wall_s": wall, "cpu_ms": cpu * 1000.0 / len(records)}
 
