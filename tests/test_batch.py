@@ -209,6 +209,18 @@ def test_usage_errors_are_one_line_exit_2(folder, tmp_path, capsys, extra, messa
     assert rc == 2 and message in err and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_a_method_that_does_not_fit_the_model_fails_before_any_image(folder, tmp_path, capsys, monkeypatch, engine):
+    from neuroscope.batch.work import Settings
+    if engine == "ray":       # a bundled model is checked against its spec: the driver loads nothing
+        monkeypatch.setattr(Settings, "explainer", lambda self: pytest.fail("the Ray driver loaded the model"))
+    rc, _, err = run(capsys, "batch", "mobilenet_v2-imagenet", str(folder), "--methods", "grad-cam,score-map",
+                     "--out", str(tmp_path / "o"), "--engine", engine)
+    assert rc == 2 and err.count("\n") == 1
+    assert "score-map is for segmentation models; mobilenet_v2-imagenet is classification" in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_missing_input_and_unmatched_targets_and_another_model(folder, tmp_path, capsys):
     base = ["--methods", "grad-cam", "--input-size", SIZE]
     rc, _, err = run(capsys, "batch", MODEL, str(tmp_path / "nothing"), "--out", str(tmp_path / "o"), *base)

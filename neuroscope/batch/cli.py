@@ -45,7 +45,7 @@ def run_cli(args) -> tuple[dict, str]:
     save = () if args.save == "none" else tuple(args.save.split(","))
     settings = Settings(model=args.model, methods=methods, out=args.out, input_size=args.input_size, save=save,
                         metrics=args.metrics, layer=args.layer)
-    ex = _check_model(settings)
+    ex = _check_model(settings, args.engine)
     summary = run_batch(settings, records, engine=args.engine, workers=args.workers, address=args.address,
                         explainer=ex if args.engine == "local" else None)
     table = (f"{summary['images']} images x {len(methods)} methods: {summary['done']} done, "
@@ -54,10 +54,20 @@ def run_cli(args) -> tuple[dict, str]:
     return summary, table
 
 
-def _check_model(settings):
-    """The model loads and every method fits it, before any image is read."""
+def _check_model(settings, engine: str = "local"):
+    """The model loads and every method fits it, before any image is read. With Ray, a
+    bundled model is checked against its spec and loaded by the workers only (None is
+    returned): the driver's `import torch` and load would take ~2 s of CPU from a Ray
+    that is starting up on the same cores."""
     from ..evaluation import check_fits
     from ..methods.registry import get_method
+    from ..zoo import bundled_specs, read_spec
+    bundled = bundled_specs()
+    if engine == "ray" and settings.layer is None and settings.model in bundled:
+        spec = read_spec(bundled[settings.model])
+        for m in settings.methods:
+            check_fits(get_method(m)[0], spec.task, spec.framework, spec.name)
+        return None
     ex = settings.explainer()
     for m in settings.methods:
         check_fits(get_method(m)[0], ex.task, ex.backend.framework, ex.spec.name)
