@@ -288,6 +288,27 @@ def test_ray_with_two_workers_gives_the_local_table_and_maps(ray_cluster, tmp_pa
     assert json.loads((ro / "run.json").read_text())["engine"] == "ray"
 
 
+def test_a_ray_worker_that_cannot_load_the_model_is_a_one_line_model_error(ray_cluster, tmp_path):
+    """The workers load the model themselves (a cluster node may lack its files)."""
+    from neuroscope.batch.inputs import collect
+    from neuroscope.batch.run import run_batch
+    from neuroscope.batch.work import Settings
+    from neuroscope.errors import BadModel
+    from neuroscope.zoo import bundled_specs
+    spec = bundled_specs()[MODEL].read_text().splitlines()
+    spec = [f'weights = "{tmp_path / "gone.pt"}"' if line.startswith("weights") else line for line in spec]
+    (tmp_path / "m.toml").write_text("\n".join(spec) + "\n")
+    images = tmp_path / "images"
+    scenes(images, 2, seed0=100)
+    settings = Settings(model=str(tmp_path / "m.toml"), methods=["grad-cam"], out=str(tmp_path / "o"),
+                        input_size=(64, 128), threads=1)
+    with pytest.raises(BadModel) as err:
+        run_batch(settings, collect(str(images), tmp_path), engine="ray", workers=1)
+    text = str(err.value)
+    assert text.startswith(f"a Ray worker could not load {tmp_path / 'm.toml'}: BadModel: weights file not found")
+    assert "\n" not in text and "Traceback" not in text
+
+
 # ------------------------------------------------------------------ batching through the model
 @pytest.mark.parametrize("model, size, split", [("drivescene-seg", (64, 128), False),
                                                 ("drivescene-seg", (64, 128), True),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Iterator
 
 from .work import COLUMNS, LABEL_COLUMNS, Settings, run_chunk, schema
@@ -36,6 +37,13 @@ class ExplainActor:
         labels = bool(self.settings.labels)
         columns = COLUMNS + (LABEL_COLUMNS if labels else ())
         return pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows], schema=schema(labels))
+
+
+def _last_line(exc: Exception) -> str:
+    """The exception line that ends a worker's traceback in Ray's error text."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", l).strip() for l in str(getattr(exc, "error_msg", "") or exc).splitlines()]
+    lines = [l for l in lines if l and not l.startswith(("File ", "^", "Traceback"))]
+    return re.sub(r"^(?:\w+\.)+(\w+: )", r"\1", lines[-1])[:300] if lines else type(exc).__name__
 
 
 def run_ray(settings: Settings, records: list[dict], *, workers: int = 1, address: str | None = None,
@@ -68,8 +76,14 @@ def run_ray(settings: Settings, records: list[dict], *, workers: int = 1, addres
         ds = ray.data.from_items([{"records": c} for c in chunks], override_num_blocks=len(chunks))
         ds = ds.map_batches(ExplainActor, fn_constructor_args=(settings,), batch_size=1, batch_format="pyarrow",
                             compute=ray.data.ActorPoolStrategy(size=max(1, workers)), num_cpus=1, **per_actor)
-        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-            yield batch.to_pylist()
+        try:
+            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                yield batch.to_pylist()
+        except ray.exceptions.RayActorError as exc:
+            if not getattr(exc, "actor_init_failed", False):
+                raise
+            from ..errors import BadModel    # the workers load the model (a cluster node may lack its files)
+            raise BadModel(f"a Ray worker could not load {settings.model}: {_last_line(exc)}") from None
     finally:
         if started:
             ray.shutdown()
