@@ -221,6 +221,18 @@ def test_a_method_that_does_not_fit_the_model_fails_before_any_image(folder, tmp
     assert not (tmp_path / "o").exists()
 
 
+def test_a_ray_address_nothing_answers_on_is_a_one_line_error(folder, tmp_path, capsys):
+    import socket
+    pytest.importorskip("ray")
+    with socket.socket() as s:            # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rc, _, err = run(capsys, "batch", MODEL, str(folder), "--methods", "grad-cam", "--out", str(tmp_path / "o"),
+                     "--input-size", SIZE, "--engine", "ray", "--address", f"127.0.0.1:{port}")
+    assert rc == 2 and err.count("\n") == 1
+    assert f"cannot reach the Ray cluster at 127.0.0.1:{port}: Connection refused" in err
+
+
 def test_missing_input_and_unmatched_targets_and_another_model(folder, tmp_path, capsys):
     base = ["--methods", "grad-cam", "--input-size", SIZE]
     rc, _, err = run(capsys, "batch", MODEL, str(tmp_path / "nothing"), "--out", str(tmp_path / "o"), *base)

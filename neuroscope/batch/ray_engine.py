@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 from typing import Iterator
 
 from .work import COLUMNS, LABEL_COLUMNS, Settings, run_chunk, schema
@@ -39,8 +40,23 @@ class ExplainActor:
         return pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows], schema=schema(labels))
 
 
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """A HOST:PORT (or ray://HOST:PORT) that nothing answers on is a one-line error in
+    seconds: `ray.init` waits on an unreachable GCS for minutes. "auto" and other forms
+    are left to Ray."""
+    from ..cli_args import CliError
+    m = re.fullmatch(r"(?:ray://)?\[?([^\[\]/]+?)\]?:(\d{1,5})", address.strip())
+    if m is None:
+        return
+    try:
+        socket.create_connection((m.group(1), int(m.group(2))), timeout=timeout).close()
+    except OSError as exc:
+        why = exc.strerror or (f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else type(exc).__name__)
+        raise CliError(f"cannot reach the Ray cluster at {address}: {why}") from None
+
+
 def _last_line(exc: Exception) -> str:
-    """The exception line that ends a worker's traceback in Ray's error text."""
+    """The last line of Ray's error text, one line (a worker's traceback ends with its exception)."""
     lines = [re.sub(r"\x1b\[[0-9;]*m", "", l).strip() for l in str(getattr(exc, "error_msg", "") or exc).splitlines()]
     lines = [l for l in lines if l and not l.startswith(("File ", "^", "Traceback"))]
     return re.sub(r"^(?:\w+\.)+(\w+: )", r"\1", lines[-1])[:300] if lines else type(exc).__name__
@@ -58,7 +74,13 @@ def run_ray(settings: Settings, records: list[dict], *, workers: int = 1, addres
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if not ray.is_initialized():
         if address:
-            ray.init(address=address, log_to_driver=False)
+            _probe(address)
+            try:
+                ray.init(address=address, log_to_driver=False)
+            except (ConnectionError, ray.exceptions.RayError) as exc:
+                from ..cli_args import CliError
+                why = _last_line(exc.__cause__ or exc)
+                raise CliError(f"cannot join the Ray cluster at {address}: {why}") from None
         else:
             ray.init(num_cpus=max(1, workers), include_dashboard=False, log_to_driver=False,
                      _node_ip_address="127.0.0.1", configure_logging=False)
