@@ -2,8 +2,9 @@
 holding one Explainer per worker, so the model loads once per worker, not per image.
 
 `address` joins a running cluster (``ray.init(address=...)``; the output folder must be
-on a file system every node sees); without it a local Ray with `workers` CPUs starts on
-the loopback interface and stops at the end. Each actor asks for one GPU share when the
+on a file system every node sees); without it a local Ray of its own with `workers` CPUs
+starts on the loopback interface and stops at the end (also beside a running `ray start`
+cluster, which `--address auto` joins). Each actor asks for one GPU share when the
 cluster has GPUs. The actors run `work.run_chunk`, the very code of the local engine,
 so both engines give the same rows and maps.
 """
@@ -82,7 +83,7 @@ def run_ray(settings: Settings, records: list[dict], *, workers: int = 1, addres
                 why = _last_line(exc.__cause__ or exc)
                 raise CliError(f"cannot join the Ray cluster at {address}: {why}") from None
         else:
-            ray.init(num_cpus=max(1, workers), include_dashboard=False, log_to_driver=False,
+            ray.init(address="local", num_cpus=max(1, workers), include_dashboard=False, log_to_driver=False,
                      _node_ip_address="127.0.0.1", configure_logging=False)
         started = True
     try:
