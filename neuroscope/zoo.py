@@ -282,16 +282,23 @@ def load_model(source: Any, *, trusted: bool = False, input_size: tuple[int, int
     else:
         obj, owned = source, False
         spec = _spec_for_object(obj, fields, device)
-    if input_size is not None:
-        _check_size(input_size, not allow_code, "--input-size")
-        if not spec.fully_convolutional and tuple(input_size) != tuple(spec.input_size):
-            raise BadModel(f"--input-size needs a fully convolutional model; {spec.name} runs at "
-                           f"{spec.input_size[0]}x{spec.input_size[1]} only")
-        spec = replace(spec, input_size=(int(input_size[0]), int(input_size[1])))
+    spec = sized(spec, input_size, upload=not allow_code)
     if obj is None:
         obj = _build(spec, trusted=trusted)
     backend = _backend(obj, spec, device, own=owned)
     return Model(_resolved(spec, backend), backend)
+
+
+def sized(spec: ModelSpec, input_size: tuple[int, int] | None, upload: bool = False) -> ModelSpec:
+    """The spec at `input_size` (None: its own): the size limits, and only a fully
+    convolutional model takes another size (`BadModel` otherwise)."""
+    if input_size is None:
+        return spec
+    _check_size(input_size, upload, "--input-size")
+    if not spec.fully_convolutional and tuple(input_size) != tuple(spec.input_size):
+        raise BadModel(f"--input-size needs a fully convolutional model; {spec.name} runs at "
+                       f"{spec.input_size[0]}x{spec.input_size[1]} only")
+    return replace(spec, input_size=(int(input_size[0]), int(input_size[1])))
 
 
 def _resolved(spec: ModelSpec, backend) -> ModelSpec:

@@ -219,6 +219,10 @@ def test_a_method_that_does_not_fit_the_model_fails_before_any_image(folder, tmp
     assert rc == 2 and err.count("\n") == 1
     assert "score-map is for segmentation models; mobilenet_v2-imagenet is classification" in err
     assert not (tmp_path / "o").exists()
+    rc, _, err = run(capsys, "batch", "mobilenet_v2-imagenet", str(folder), "--methods", "grad-cam",
+                     "--out", str(tmp_path / "o"), "--engine", engine, "--input-size", "64x64")
+    assert rc == 2 and err == ("neuroscope: error: --input-size needs a fully convolutional model; "
+                               "mobilenet_v2-imagenet runs at 224x224 only\n")
 
 
 def test_a_ray_address_nothing_answers_on_is_a_one_line_error(folder, tmp_path, capsys):

@@ -61,10 +61,10 @@ def _check_model(settings, engine: str = "local"):
     that is starting up on the same cores."""
     from ..evaluation import check_fits
     from ..methods.registry import get_method
-    from ..zoo import bundled_specs, read_spec
+    from ..zoo import bundled_specs, read_spec, sized
     bundled = bundled_specs()
     if engine == "ray" and settings.layer is None and settings.model in bundled:
-        spec = read_spec(bundled[settings.model])
+        spec = sized(read_spec(bundled[settings.model]), settings.input_size)
         for m in settings.methods:
             check_fits(get_method(m)[0], spec.task, spec.framework, spec.name)
         return None
