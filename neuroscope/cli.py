@@ -138,11 +138,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 @contextlib.contextmanager
 def _library_logs():
-    """Keep library output off the user's stderr, so that it holds only Neuroscope's own
-    one-line message (CONTRACT.md §3). What is written to file descriptor 2 (TensorFlow's
-    C++ and absl logs) goes to the file NEUROSCOPE_LOG names, or nowhere; Python warnings
-    and library `logging` records are silenced. `sys.stderr` stays the terminal, so a
-    command's own progress line still shows. Yields a stream for internal tracebacks."""
+    """Keep library output off the user's stderr and stdout, so that they hold only
+    Neuroscope's own one-line message and result (CONTRACT.md §3). What is written to file
+    descriptor 2 (TensorFlow's C++ and absl logs) and to `sys.stdout` while a command runs
+    (Ray's driver prints its workers' errors there from a thread) goes to the file
+    NEUROSCOPE_LOG names, or nowhere (a command prints its result after this); Python
+    warnings and library `logging` records are silenced. `sys.stderr` stays the terminal,
+    so a command's own progress line still shows. Yields a stream for internal tracebacks."""
     target = os.environ.get("NEUROSCOPE_LOG") or os.devnull
     try:
         sys.stderr.flush()
@@ -160,11 +162,13 @@ def _library_logs():
         sys.stderr = terminal
     logging.disable(logging.CRITICAL)
     log = open(target, "a", encoding="utf-8", errors="replace")   # noqa: SIM115
+    old_stdout, sys.stdout = sys.stdout, log
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield log
     finally:
+        sys.stdout = old_stdout
         logging.disable(logging.NOTSET)
         log.close()
         for stream in (sys.stderr, old_stderr):

@@ -117,6 +117,30 @@ def test_errors_are_one_line_with_exit_code_2(capsys, argv, fragment):
     assert err.count("\n") == 1 and fragment in err
 
 
+def test_library_output_during_a_command_stays_off_stdout_and_stderr(capsys, monkeypatch):
+    """What a library prints while a command runs (Ray's driver prints its workers' errors
+    to sys.stdout from a thread) is not the command's output: stdout holds the result only,
+    stderr the one-line error only."""
+    import threading
+    from neuroscope import cli
+    from neuroscope.errors import BadModel
+
+    def noisy(args):
+        t = threading.Thread(target=lambda: print("(raylet) Traceback (most recent call last): ..."))
+        t.start()
+        t.join()
+        print("library chatter", file=sys.stdout)
+        if args.json:
+            raise BadModel("a Ray worker could not load m: BadModel: weights file not found")
+        return {"ok": True}, "ok"
+    monkeypatch.setitem(cli.COMMANDS, "models", noisy)
+    code, out, err = run(capsys, "models")
+    assert (code, out, err) == (0, "ok\n", "")
+    code, out, err = run(capsys, "models", "--json")
+    assert code == 2 and out == ""
+    assert err == "neuroscope: error: a Ray worker could not load m: BadModel: weights file not found\n"
+
+
 def test_corrupt_image_is_a_clear_error(capsys, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0not really a jpeg")
