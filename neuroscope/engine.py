@@ -204,11 +204,6 @@ class _LRU:
         with self._lock:
             return sum(self._sizes.values())
 
-    def newest_first(self) -> list[tuple[Any, Any]]:
-        """(key, value) pairs, most recently used first (a snapshot)."""
-        with self._lock:
-            return list(reversed(self._d.items()))
-
     def clear(self) -> None:
         with self._lock:
             for key in list(self._d):

@@ -248,11 +248,9 @@ def ray_run(args, method: str, workers: int, records, size) -> dict:
                 f.write(f"{os.getpid()} call {t} {time.time()} {time.process_time() - c} {out.num_rows}\n")
             return out
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     settings = Settings(model=args.model, methods=[method], out="", input_size=size, save=(), threads=1)
     t0 = time.perf_counter()
-    ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
-             configure_logging=False)
+    ray_engine.start_local(workers)
     init_s = time.perf_counter() - t0
     ray_engine.ExplainActor = Traced
     try:

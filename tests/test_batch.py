@@ -266,10 +266,8 @@ def test_progress_line_shows_count_rate_and_eta():
 @pytest.fixture(scope="module")
 def ray_cluster():
     ray = pytest.importorskip("ray")
-    import os
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
-             configure_logging=False)
+    from neuroscope.batch.ray_engine import start_local
+    start_local(2)
     yield ray
     ray.shutdown()
 

@@ -41,6 +41,15 @@ class ExplainActor:
         return pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows], schema=schema(labels))
 
 
+def start_local(cpus: int) -> None:
+    """A local Ray of our own (also beside a running `ray start` cluster) with `cpus` CPUs,
+    on the loopback interface, without dashboard, usage stats or worker output on the driver."""
+    import ray
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(address="local", num_cpus=max(1, cpus), include_dashboard=False, log_to_driver=False,
+             _node_ip_address="127.0.0.1", configure_logging=False)
+
+
 def _probe(address: str, timeout: float = 5.0) -> None:
     """A HOST:PORT (or ray://HOST:PORT) that nothing answers on is a one-line error in
     seconds: `ray.init` waits on an unreachable GCS for minutes. "auto" and other forms
@@ -83,8 +92,7 @@ def run_ray(settings: Settings, records: list[dict], *, workers: int = 1, addres
                 why = _last_line(exc.__cause__ or exc)
                 raise CliError(f"cannot join the Ray cluster at {address}: {why}") from None
         else:
-            ray.init(address="local", num_cpus=max(1, workers), include_dashboard=False, log_to_driver=False,
-                     _node_ip_address="127.0.0.1", configure_logging=False)
+            start_local(workers)
         started = True
     try:
         ctx = ray.data.DataContext.get_current()
