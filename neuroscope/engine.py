@@ -444,9 +444,12 @@ class Explainer:
     def _decide(self, prep: Prepared, target: Target | None, logits: np.ndarray,
                 labels: np.ndarray | None = None) -> ResolvedTarget:
         """The prediction (from `logits` [C] or [C, H, W] of a pass on prep.x; `labels`: their
-        argmax when known) and the resolved target, both cached as `predict` and `resolve` would."""
-        pred = self._prediction_from_logits(prep, logits, labels)
-        self._predictions.put(prep.hash, pred, _nbytes(pred))   # kept when the target fails (empty region)
+        argmax when known; the cached one when there is one: several targets decided from one
+        pass share it) and the resolved target, both cached as `predict` and `resolve` would."""
+        pred = self._predictions.get(prep.hash)
+        if pred is None:
+            pred = self._prediction_from_logits(prep, logits, labels)
+            self._predictions.put(prep.hash, pred, _nbytes(pred))   # kept when the target fails (empty region)
         rt = resolve_target(target, self.task, self.classes, probs=pred.probs if self.task == "classification" else None,
                             label_map=pred.label_map, image_size=prep.size)
         self._resolved.put(_target_key(prep, target), rt, _nbytes(rt))

@@ -117,9 +117,8 @@ def relevance_pass(explainer, it, items, images: int = RELEVANCE_IMAGES,
             # predicted in this image
             out = []
             for t in targets:
-                try:   # the prediction once (the first call caches it), then each target from it
-                    predicted = explainer._predictions.get(prep.hash) is not None
-                    out.append((explainer.resolve(prep, t) if predicted else explainer._decide(prep, t, logits)).objective)
+                try:   # (the prediction once: the first call caches it, the others take it)
+                    out.append(explainer._decide(prep, t, logits).objective)
                 except NeuroscopeError:
                     out.append(None)
             return out
